@@ -1,0 +1,26 @@
+# `make run` and `make test` set up .venv from requirements.txt when it is missing or stale.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.requirements-installed
+PORT ?= 5000
+
+.PHONY: run test bench clean
+
+$(STAMP): requirements.txt
+	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $(STAMP)
+
+run: $(STAMP)
+	@$(VENV)/bin/python omniwise.py init
+	@echo "Open http://127.0.0.1:$(PORT)/ in your browser (Ctrl-C stops both processes)."
+	@OMNIWISE_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,109 @@
+"""The parsed form of a strategy: rules whose conditions are trees of these nodes.
+
+Nodes are frozen and compare by content (positions excluded), so equal sub-expressions are computed
+once per evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+
+class Action(enum.IntEnum):
+    """What a rule asks for: a target position, not an order."""
+
+    HOLD = 0  # keep whatever position there is
+    BUY = 1  # be long
+    SELL = 2  # be flat (or short, where the broker allows it)
+
+
+_pos = dataclasses.field(default=(0, 0), compare=False, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class Number:
+    value: float
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Series:
+    """A candle series: open, high, low, close or volume."""
+
+    name: str
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Indicator:
+    name: str
+    args: tuple[float, ...]
+    source: "Series | Indicator | None" = None
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Arithmetic:
+    op: str  # + - * /
+    left: "Value"
+    right: "Value"
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Negate:
+    operand: "Value"
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Compare:
+    op: str  # > < >= <= == !=
+    left: "Value"
+    right: "Value"
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Crosses:
+    direction: str  # above, below
+    left: "Value"
+    right: "Value"
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class All:
+    """AND of its parts."""
+
+    parts: tuple["Condition", ...]
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Any:
+    """OR of its parts."""
+
+    parts: tuple["Condition", ...]
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
+class Not:
+    operand: "Condition"
+    at: tuple[int, int] = _pos
+
+
+Value = Number | Series | Indicator | Arithmetic | Negate
+Condition = Compare | Crosses | All | Any | Not
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """IF condition THEN action, as written on line `line` of the file."""
+
+    condition: Condition
+    action: Action
+    line: int
+    text: str

@@ -1,0 +1,128 @@
+"""Omniwise web app (Flask app factory) and command line: check, serve, init.
+
+`python omniwise.py COMMAND` and `flask --app omniwise COMMAND` run the same commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask, current_app, g
+from flask.cli import FlaskGroup
+
+from core import store
+from core.config import ConfigError, Settings, load_settings
+from core.dsl import StrategyError, compile_strategy
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the web app; `settings` defaults to the OMNIWISE_* environment and .env."""
+    app = Flask(__name__)
+    settings = settings or load_settings()
+    app.config["SETTINGS"] = settings
+    app.config.from_prefixed_env("OMNIWISE")
+    with store.connect(settings.db_path) as db:  # schema up to date before the first request
+        app.config.setdefault("SECRET_KEY", store.ensure_secret(db, "flask_secret_key"))
+    app.teardown_appcontext(close_db)
+
+    from blueprints import status
+
+    app.register_blueprint(status.bp)
+    for command in COMMANDS:
+        app.cli.add_command(command)
+    return app
+
+
+def get_db():
+    """The request's database connection, opened on first use."""
+    if "db" not in g:
+        g.db = store.open_db(current_app.config["SETTINGS"].db_path)
+    return g.db
+
+
+def close_db(exc: BaseException | None = None) -> None:
+    db = g.pop("db", None)
+    if db is not None:
+        db.close()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+@click.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+def check_command(files: tuple[Path, ...]) -> None:
+    """Check strategy files; print FILE:LINE:COL: error: MESSAGE for each error, exit 1 on any."""
+    failed = False
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            click.echo(f"{path}:1:1: error: cannot read the file: {exc}")
+            failed = True
+            continue
+        try:
+            compile_strategy(text)
+        except StrategyError as exc:
+            failed = True
+            for error in exc.errors:
+                click.echo(error.format(str(path)))
+    sys.exit(1 if failed else 0)
+
+
+@click.command("init")
+def init_command() -> None:
+    """Create the data folder, the database and a starter strategy; print where to open the browser."""
+    settings = _settings_or_exit()
+    with store.connect(settings.db_path):
+        pass
+    if not settings.strategy_path.exists():
+        settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
+    click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
+
+
+@click.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
+@click.option("--port", default=5000, show_default=True, type=int, help="port to listen on")
+@click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
+def serve_command(host: str, port: int, workers: int) -> None:
+    """Run the web app on gunicorn, a production WSGI server."""
+    from gunicorn.app.base import BaseApplication
+
+    settings = _settings_or_exit()
+    with store.connect(settings.db_path):  # create the schema before any worker starts
+        pass
+
+    class Server(BaseApplication):
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", 4)
+            self.cfg.set("control_socket_disable", True)
+            self.cfg.set("accesslog", None)
+
+        def load(self) -> Flask:
+            return create_app(settings)
+
+    click.echo(f"Omniwise web app on http://{host}:{port}/")
+    Server().run()
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+COMMANDS = (check_command, init_command, serve_command)
+
+cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
+for _command in COMMANDS:
+    cli.add_command(_command)
+
+if __name__ == "__main__":
+    cli()
