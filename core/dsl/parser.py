@@ -116,7 +116,7 @@ def _describe_expected(expected: set[str]) -> str:
         return "expected , or ) in the argument list"
     if "RPAR" in expected:
         return "expected ) to close the parenthesis"
-    if "$END" in expected:
+    if expected & {"$END", "<END-OF-FILE>"}:
         return "expected the end of the rule: one action per rule"
     return "expected " + ", ".join(sorted(expected))
 
@@ -131,7 +131,7 @@ def _syntax_error(exc: UnexpectedInput, line: str) -> tuple[int, str]:
         return exc.column, f"unexpected character {char!r}: {hint}"
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         expected = set(exc.expected)
-        if "THEN" in expected and "COMPARATOR" not in expected:
+        if "THEN" in expected and ("COMPARATOR" not in expected or _comparison_is_complete(line)):
             return end_column, "the rule ends without THEN and an action, e.g. ... THEN BUY"
         return end_column, "the rule ends too early: " + _describe_expected(expected)
     assert isinstance(exc, UnexpectedToken)
@@ -318,7 +318,7 @@ class _Builder:
     def indicator(self, indicator, token: Token, args: list) -> Indicator | None:
         column = token.column
         source = None
-        if indicator.takes_source and args and (_is_source(args[0]) or len(args) > len(indicator.params)):
+        if indicator.takes_source and args and (_is_source(args[0]) or len(args) == len(indicator.params) + 1):
             source_tree, args = args[0], args[1:]
             source = self.build(source_tree)
             if source is None:

@@ -1,0 +1,104 @@
+"""Settings, the database, the boundary between core/ and Flask, and the check command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core import store
+from core.config import ConfigError, Settings, load_settings
+from tests.conftest import ROOT
+
+
+def test_settings_defaults_follow_the_design():
+    s = load_settings({}, env_file=None)
+    assert (s.data_dir, s.symbol, s.feed, s.replay_speed, s.broker) == (Path("data"), "BTCUSDT", "replay", 60, "paper")
+    assert (s.heartbeat_interval_s, s.heartbeat_grace_s, s.signal_ttl_s, s.alert_urls) == (60, 90, 600, ())
+
+
+def test_settings_read_environment_over_env_file(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("OMNIWISE_SYMBOL=ethbtc\nOMNIWISE_REPLAY_SPEED=0\nOMNIWISE_ALERT_URLS=json://a json://b\n")
+    s = load_settings({"OMNIWISE_REPLAY_SPEED": "10", "BINANCE_API_SECRET": "s3cret"}, env_file=env_file)
+    assert (s.symbol, s.replay_speed, s.alert_urls) == ("ETHBTC", 10, ("json://a", "json://b"))
+    assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("OMNIWISE_BROKER", "kraken", "not one of: paper, binance-spot, binance-futures"),
+    ("OMNIWISE_FEED", "x", "not one of: replay, binance"),
+    ("OMNIWISE_REPLAY_SPEED", "fast", "is not a number"),
+    ("OMNIWISE_HEARTBEAT_INTERVAL", "0", "must be at least 1"),
+])
+def test_bad_settings_are_refused_with_the_variable_named(name, value, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        load_settings({name: value}, env_file=None)
+    assert name in str(caught.value)
+
+
+def test_database_is_wal_with_busy_timeout_and_migrations_apply_once(tmp_path):
+    db = store.connect(tmp_path / "x" / "omniwise.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA busy_timeout").fetchone()[0] == store.BUSY_TIMEOUT_MS
+    assert "meta" in db.table_names()
+    assert store.migrate(db) == []  # nothing pending the second time
+    db.close()
+
+
+def test_generated_secret_is_stable_across_connections(tmp_path):
+    path = tmp_path / "omniwise.db"
+    with store.connect(path) as a:
+        first = store.ensure_secret(a, "token")
+    with store.connect(path) as b:
+        assert store.ensure_secret(b, "token") == first and len(first) >= 32
+
+
+def test_core_never_imports_flask():
+    code = ("import pkgutil, importlib, sys, core\n"
+            "for m in pkgutil.walk_packages(core.__path__, 'core.'): importlib.import_module(m.name)\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('flask', 'blueprints', 'worker', 'omniwise')]\n"
+            "print(len([m for m in sys.modules if m.startswith('core.')]))\n"
+            "assert not bad, bad\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) >= 6  # the walk really imported the core modules
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "omniwise.py"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_check_prints_compiler_style_errors_and_exits_1(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("IF MA4 > MA9 THEN BUY\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("# mine\nIF MA4 > MA9 BUY\nIF EMAA(9) > 1 THEN SELL\n")
+    result = run_cli("check", str(good), str(bad))
+    assert result.returncode == 1
+    assert result.stdout.splitlines() == [
+        f"{bad}:2:14: error: missing THEN before BUY",
+        f"{bad}:3:4: error: unknown name 'EMAA': did you mean EMA?",
+    ]
+
+
+def test_check_exits_0_for_the_shipped_strategy():
+    result = run_cli("check", "data/strategy.txt")
+    assert (result.returncode, result.stdout) == (0, "")
+
+
+def test_flask_cli_runs_the_same_check(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("IF CLOSE > 1 THEN BUYY\n")
+    env = {"PATH": "/usr/bin:/bin", "OMNIWISE_DATA_DIR": str(tmp_path / "data")}
+    result = subprocess.run([str(Path(sys.executable).with_name("flask")), "--app", "omniwise", "check", str(bad)],
+                            cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 1 and "bad.txt:1:19: error: unknown action 'BUYY'" in result.stdout
+
+
+def test_status_page_answers_and_shows_the_rules(client):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b"IF MA4 &gt; MA9 THEN BUY" in page.data
