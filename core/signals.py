@@ -1,0 +1,476 @@
+"""External signals: read a webhook delivery, check its token, parse it into a Signal, keep the ledger.
+
+The ledger is the table `external_signals`. Every authenticated delivery becomes one row before it is
+answered: `outcome` is 'accepted', 'stale' (older than the newest accepted signal of its source: kept,
+never the latest) or 'rejected: REASON' (then `signal` is NULL). The latest signal is the accepted
+row with the greatest signal time, so no row ever has to be rewritten to move a flag.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import parse_qsl, quote_plus
+
+from sqlite_utils import Database
+
+from core import store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 4096
+MAX_AHEAD_MS = 5 * 60_000  # clock skew allowed to a sender; later signals would pin the latest forever
+MAX_SOURCE_CHARS = 100
+DEFAULT_SOURCE = "webhook"
+# Waits for the ledger, kept short: TradingView gives up after 3 s, and a quick 503 lets other senders retry.
+TURN_TIMEOUT_S = 1.0
+LEDGER_BUSY_TIMEOUT_MS = 1000
+ACCEPTED, STALE, REJECTED = "accepted", "stale", "rejected"
+
+# TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short.
+SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "SELL", "short": "SELL"}
+EXAMPLE = '{"signal": "{{strategy.order.action}}", "timestamp": "{{timenow}}", "source": "TradingView"}'
+
+
+class LedgerBusy(Exception):
+    """The ledger could not be written in time. Caller: answer 503; the sender may retry."""
+
+
+class WebhookError(Exception):
+    """A delivery was refused. `reason` is short (it goes to the ledger); str() adds how to fix it."""
+
+    def __init__(self, reason: str, hint: str = ""):
+        super().__init__(f"{reason}; {hint}" if hint else reason)
+        self.reason = reason
+
+
+class AddressRefused(WebhookError):
+    """The sender's address is not on the allow-list. Caller: answer 403, record nothing."""
+
+
+class TokenError(WebhookError):
+    """No valid token came with the delivery. Caller: answer 401, record nothing."""
+
+
+class BodyTooLarge(WebhookError):
+    """The body is over MAX_BODY_BYTES. Caller: answer 413."""
+
+
+class UnsupportedContentType(WebhookError):
+    """The body is neither JSON, text nor a form. Caller: answer 415."""
+
+
+class SignalError(WebhookError):
+    """The body is not a usable signal. Caller: answer 400; the sender must fix its message."""
+
+
+class WrongSymbol(SignalError):
+    """The signal is for another market. Caller: answer 422; the alert is set up on the wrong chart."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Delivery:
+    """One request to the webhook as the web layer read it (body already capped at MAX_BODY_BYTES + 1)."""
+
+    body: bytes
+    content_type: str | None
+    tokens: tuple[str | None, ...]  # from the URL path, the query and the X-Omniwise-Token header
+    remote_addr: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Signal:
+    """The position a sender believes in: BUY (be long) or SELL (be flat), as of `signal_time_ms`."""
+
+    signal: str
+    signal_time_ms: int
+    source: str
+    symbol: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What became of a recorded signal: its ledger row, its outcome, whether it was seen before."""
+
+    id: int
+    outcome: str
+    is_duplicate: bool
+    signal: Signal
+
+    def as_json(self) -> dict[str, object]:
+        """The webhook's answer."""
+        return {"id": self.id, "accepted": self.outcome == ACCEPTED, "duplicate": self.is_duplicate,
+                "outcome": self.outcome, "signal": self.signal.signal, "signal_time_ms": self.signal.signal_time_ms}
+
+
+@dataclasses.dataclass(frozen=True)
+class LedgerSignal:
+    """An accepted row of the ledger, as the heartbeat and the status page read it."""
+
+    id: int
+    signal: str
+    signal_time_ms: int
+    received_at_ms: int
+    source: str
+    symbol: str
+
+
+def webhook_token(db: Database, configured: str | None) -> str:
+    """The webhook's secret: OMNIWISE_WEBHOOK_TOKEN, else one generated once and kept in the database."""
+    return configured or store.ensure_secret(db, "webhook_token")
+
+
+def check_address(address: str, allowed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+    """Raise AddressRefused unless `address` is in one of the `allowed` networks (none given: all are)."""
+    allowed = tuple(allowed)
+    if not allowed:
+        return
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        ip = None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    if ip is None or not any(ip in network for network in allowed):
+        raise AddressRefused(f"address {address} may not send signals",
+                             "it is not in OMNIWISE_WEBHOOK_ALLOW (behind a reverse proxy, set "
+                             "OMNIWISE_TRUST_PROXY to the number of proxies)")
+
+
+def is_token_valid(candidates: Iterable[object], expected: str) -> bool:
+    """Whether any candidate equals `expected`, each compared in constant time."""
+    want = expected.encode("utf-8")
+    found = False
+    for candidate in candidates:
+        if isinstance(candidate, str) and candidate:
+            found |= hmac.compare_digest(candidate.encode("utf-8", "surrogatepass"), want)
+    return found
+
+
+def read_fields(body: bytes, content_type: str | None) -> dict[str, object]:
+    """The body's fields, keys lower-cased: a JSON object (sent as JSON, text or form) or form fields."""
+    if len(body) > MAX_BODY_BYTES:
+        raise BodyTooLarge(f"the body is over {MAX_BODY_BYTES} bytes", "a signal needs less than 200")
+    mimetype = (content_type or "").partition(";")[0].strip().lower()
+    is_form = mimetype == "application/x-www-form-urlencoded"
+    if not (is_form or mimetype in ("", "text/plain", "application/json") or mimetype.endswith("+json")):
+        raise UnsupportedContentType(f"content type {_quote(mimetype)} is not supported",
+                                     "send the JSON as application/json or text/plain")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise SignalError(f"the body is not UTF-8 text (byte {exc.start})", f"send JSON like {EXAMPLE}") from None
+    if not text.strip():
+        raise SignalError("the body is empty", f"send JSON like {EXAMPLE}")
+    if is_form and not text.lstrip().startswith("{"):
+        return _form_fields(text)
+    try:
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        raise SignalError(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                          f"TradingView sends the alert message as written, so write it as JSON: {EXAMPLE}") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignalError(f"the body is not usable JSON ({exc.__class__.__name__})",
+                          f"send JSON like {EXAMPLE}") from None
+    if not isinstance(value, dict):
+        raise SignalError(f"the body is JSON but not an object (it is {type(value).__name__})",
+                          f"send an object like {EXAMPLE}")
+    return {key.lower(): item for key, item in value.items()}
+
+
+def parse_signal(fields: Mapping[str, object], symbol: str, now_ms: int) -> Signal:
+    """The Signal in a body's fields, for the market `symbol`; raise SignalError when it is not usable."""
+    source = _text(fields.get("source"), "source")[:MAX_SOURCE_CHARS].strip() or DEFAULT_SOURCE
+    market = normalize_symbol(symbol)
+    given = _text(fields.get("symbol"), "symbol") or _text(fields.get("ticker"), "ticker")
+    if given and normalize_symbol(given) != market:
+        raise WrongSymbol(f"the signal is for {_quote(given)}, but this Omniwise trades {market}",
+                          "send alerts from a chart of that symbol, or drop the symbol field")
+    return Signal(_signal_word(fields.get("signal")), _signal_time_ms(fields.get("timestamp"), now_ms), source, market)
+
+
+def normalize_symbol(text: str) -> str:
+    """A market name without exchange prefix and perpetual suffix: 'BINANCE:BTCUSDT.P' -> 'BTCUSDT'."""
+    name = text.strip().upper().rpartition(":")[2]
+    for suffix in (".P", "PERP"):
+        name = name.removesuffix(suffix)
+    return name.replace("/", "").replace("-", "")
+
+
+def receive(db: Database, delivery: Delivery, *, token: str, symbol: str, now_ms: int) -> Receipt:
+    """Check, parse and record one delivery; raise a WebhookError when it is refused.
+
+    An authenticated delivery is in the ledger before this returns or raises.
+    """
+    is_authenticated = is_token_valid(delivery.tokens, token)
+    fields: dict[str, object] | None = None
+    try:
+        fields = read_fields(delivery.body, delivery.content_type)
+    except (BodyTooLarge, UnsupportedContentType) as exc:
+        if is_authenticated:
+            _record_refusal(db, delivery, token, exc, None, now_ms)
+        raise
+    except SignalError as exc:
+        if not is_authenticated:
+            raise TokenError("no valid token", f"{_TOKEN_HINT} (the body could not be read either: {exc})") from None
+        _record_refusal(db, delivery, token, exc, None, now_ms)
+        raise
+    if not (is_authenticated or is_token_valid((fields.get("token"), fields.get("passphrase")), token)):
+        raise TokenError("no valid token", _TOKEN_HINT)
+    try:
+        signal = parse_signal(fields, symbol, now_ms)
+    except SignalError as exc:
+        _record_refusal(db, delivery, token, exc, fields, now_ms)
+        raise
+    return record(db, signal, received_at_ms=now_ms, remote_addr=delivery.remote_addr,
+                  raw_body=_raw_text(delivery.body, token))
+
+
+def record(db: Database, signal: Signal, *, received_at_ms: int, remote_addr: str, raw_body: str) -> Receipt:
+    """Write a parsed signal to the ledger once: accepted, stale, or the receipt of its first delivery."""
+    with _write_turn(db):
+        return _insert_once(db.conn, signal, received_at_ms, remote_addr, raw_body)
+
+
+def _insert_once(conn: sqlite3.Connection, signal: Signal, received_at_ms: int, remote_addr: str,
+                 raw_body: str) -> Receipt:
+    conn.execute("BEGIN IMMEDIATE")  # the stale check and the insert see the same ledger in every process
+    try:
+        key = (signal.source, signal.signal, signal.signal_time_ms, signal.symbol)
+        row = conn.execute("SELECT id, outcome FROM external_signals "
+                           "WHERE source = ? AND signal = ? AND signal_time_ms = ? AND symbol = ?", key).fetchone()
+        if row is None:
+            newest = conn.execute("SELECT MAX(signal_time_ms) FROM external_signals "
+                                  "WHERE source = ? AND outcome = 'accepted'", [signal.source]).fetchone()[0]
+            outcome = STALE if newest is not None and signal.signal_time_ms < newest else ACCEPTED
+            cursor = conn.execute(
+                "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
+                "raw_body, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [received_at_ms, *key, remote_addr, raw_body, outcome])
+            receipt = Receipt(cursor.lastrowid, outcome, False, signal)
+        else:
+            receipt = Receipt(row[0], row[1], True, signal)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    if not receipt.is_duplicate:
+        log.info("external signal %s from %s at %d: %s (ledger id %d)", signal.signal, signal.source,
+                 signal.signal_time_ms, receipt.outcome, receipt.id)
+    return receipt
+
+
+def open_ledger(path: str | Path) -> Database:
+    """A connection for ledger writes: synchronous=FULL, so an acknowledged signal survives a power cut.
+
+    The store's NORMAL survives a crash of any process but may lose the last commits to a power cut,
+    and a lost signal is not sent again (TradingView never retries). FULL costs one fsync a write.
+    """
+    db = store.open_db(path)
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute(f"PRAGMA busy_timeout={LEDGER_BUSY_TIMEOUT_MS}")
+    return db
+
+
+def redact(text: str, token: str) -> str:
+    """`text` with the token blotted out in each form it can be written in (plain, JSON, URL-encoded)."""
+    for written in {token, json.dumps(token)[1:-1], quote_plus(token)}:
+        text = text.replace(written, "[token]")
+    return text
+
+
+def latest_signal(db: Database, symbol: str | None = None) -> LedgerSignal | None:
+    """The accepted signal with the greatest signal time (the later arrival on a tie), or None."""
+    sql = ("SELECT id, signal, signal_time_ms, received_at_ms, source, symbol FROM external_signals "
+           "WHERE outcome = 'accepted'")
+    params: list[object] = []
+    if symbol is not None:
+        sql += " AND symbol = ?"
+        params.append(normalize_symbol(symbol))
+    row = db.execute(sql + " ORDER BY signal_time_ms DESC, id DESC LIMIT 1", params).fetchone()
+    return None if row is None else LedgerSignal(*row)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+_TOKEN_HINT = ("put the webhook token in the URL (/api/v1/external-signal/TOKEN or ?token=TOKEN), in the "
+               "body's \"token\" field or in an X-Omniwise-Token header; `python omniwise.py init` prints it")
+
+
+_turns: dict[str, tuple[threading.Lock, int | None]] = {}
+_turns_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _write_turn(db: Database):
+    """Ledger writers take turns: threads on a lock, processes on flock() of a file beside the database.
+
+    Without it they queue in SQLite's busy handler, which polls with sleeps of 1, 2, 5, 10... ms; under
+    load that made the p99 latency several times longer. A blocked flock() wakes as soon as it is free.
+    """
+    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
+    with _turns_lock:
+        if path not in _turns:
+            fd = os.open(path + "-ledger.lock", os.O_RDWR | os.O_CREAT, 0o600) if path else None
+            _turns[path] = (threading.Lock(), fd)
+        lock, fd = _turns[path]
+    if not lock.acquire(timeout=TURN_TIMEOUT_S):
+        raise LedgerBusy(f"no turn to write the ledger within {TURN_TIMEOUT_S:g} s")
+    try:
+        if fd is not None:  # the other process holds it for one transaction at most
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if fd is not None:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        lock.release()
+
+
+def _forget_turns() -> None:
+    # A forked child shares its parent's open files, so its flock would not exclude the parent's.
+    global _turns_lock
+    for _, fd in _turns.values():
+        if fd is not None:
+            os.close(fd)
+    _turns.clear()
+    _turns_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_turns)
+
+
+def _record_refusal(db: Database, delivery: Delivery, token: str, exc: WebhookError,
+                    fields: Mapping[str, object] | None, now_ms: int) -> int:
+    source = symbol = None
+    if fields is not None:
+        source = _text_or_none(fields.get("source"), MAX_SOURCE_CHARS)
+        symbol = _text_or_none(fields.get("symbol") or fields.get("ticker"), MAX_SOURCE_CHARS)
+    reason = redact(exc.reason, token)
+    with _write_turn(db), db.conn:
+        cursor = db.conn.execute(
+            "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
+            "raw_body, outcome) VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
+            [now_ms, source, symbol, delivery.remote_addr, _raw_text(delivery.body, token), f"{REJECTED}: {reason}"])
+    log.info("external signal refused (ledger id %d): %s", cursor.lastrowid, reason)
+    return cursor.lastrowid
+
+
+def _raw_text(body: bytes, token: str) -> str:
+    """The body as stored: capped, decoded leniently, the token blotted out."""
+    return redact(body[:MAX_BODY_BYTES].decode("utf-8", "replace"), token)
+
+
+def _form_fields(text: str) -> dict[str, object]:
+    try:
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=50)
+    except ValueError:
+        pairs = []
+    if not pairs:
+        raise SignalError("the form body has no fields", f"send JSON like {EXAMPLE}")
+    return {key.lower(): value for key, value in pairs}
+
+
+def _signal_word(value: object) -> str:
+    if value is None:
+        raise SignalError('the body has no "signal" field', f"send JSON like {EXAMPLE}")
+    word = value.strip().lower() if isinstance(value, str) else None
+    if word in SIGNAL_WORDS:
+        return SIGNAL_WORDS[word]
+    if word and word.startswith("{{"):
+        raise SignalError(f"the signal is the placeholder {_quote(value)}, not replaced by TradingView",
+                          "{{strategy.order.action}} and {{strategy.market_position}} are filled in only "
+                          "for alerts on a strategy; on an indicator alert write BUY or SELL")
+    raise SignalError(f"signal {_quote(value)} is not BUY or SELL",
+                      "send BUY or SELL (any case), or TradingView's buy/sell/long/flat/short")
+
+
+def _signal_time_ms(value: object, now_ms: int) -> int:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return now_ms
+    if isinstance(value, str):
+        number = _number_or_none(value.strip())
+        ms = _iso_ms(value.strip()) if number is None else _epoch_ms(number)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = _epoch_ms(value)
+    else:
+        ms = None
+    if ms is None:
+        raise SignalError(f"timestamp {_quote(value)} is not a time",
+                          "send seconds or milliseconds since 1970 (UTC), or ISO-8601 like {{timenow}}; "
+                          "leave it out to use the arrival time")
+    if ms > now_ms + MAX_AHEAD_MS:
+        raise SignalError(f"timestamp {_quote(value)} is {(ms - now_ms) / 1000:.0f} s ahead of this server's clock",
+                          "send UTC times; check the sender's clock and time zone")
+    return ms
+
+
+def _number_or_none(text: str) -> int | float | None:
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    return None
+
+
+def _epoch_ms(number: int | float) -> int | None:
+    """Seconds, milliseconds or microseconds since 1970, told apart by size, as milliseconds."""
+    if not math.isfinite(number) or number <= 0:
+        return None
+    for below, times, divided_by in ((1e11, 1000, 1), (1e14, 1, 1), (1e17, 1, 1000)):
+        if number < below:
+            return number * times // divided_by if isinstance(number, int) else round(number * times / divided_by)
+    return None
+
+
+def _iso_ms(text: str) -> int | None:
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    ms = round(moment.timestamp() * 1000)
+    return ms if ms > 0 else None
+
+
+def _text(value: object, name: str) -> str:
+    """A string field ('' when absent); SignalError when it is not text."""
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SignalError(f'"{name}" must be a string, not {type(value).__name__}', f"send JSON like {EXAMPLE}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SignalError(f'"{name}" is not valid text', f"send JSON like {EXAMPLE}") from None
+    return value.strip()
+
+
+def _text_or_none(value: object, limit: int) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value[:limit].encode("utf-8", "replace").decode("utf-8")
+
+
+def _quote(value: object) -> str:
+    shown = json.dumps(value) if isinstance(value, (str, int, float, bool, type(None))) else type(value).__name__
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number JSON allows")
