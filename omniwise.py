@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 from flask import Flask, current_app, g
 from flask.cli import FlaskGroup
+from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import store
+from core import signals, store
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
@@ -26,10 +27,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         app.config.setdefault("SECRET_KEY", store.ensure_secret(db, "flask_secret_key"))
     app.teardown_appcontext(close_db)
+    if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
     from blueprints import status
 
     app.register_blueprint(status.bp)
+    from blueprints import signals as signals_bp
+
+    app.register_blueprint(signals_bp.bp)
     for command in COMMANDS:
         app.cli.add_command(command)
     return app
@@ -72,15 +78,42 @@ def check_command(files: tuple[Path, ...]) -> None:
     sys.exit(1 if failed else 0)
 
 
+@click.command("candles")
+@click.option("--agg-trades", "agg_trades", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Binance aggTrades CSV to read")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="klines CSV to write")
+@click.option("--until-ms", type=int, default=None,
+              help="flat candles for empty minutes up to this time [default: end of the last trade's UTC day]")
+def candles_command(agg_trades: Path, out: Path, until_ms: int | None) -> None:
+    """Build Binance's 1-minute klines (12 columns, no header) from an aggTrades CSV."""
+    from core.candles import candles_from_ticks, format_kline_row
+    from core.feeds import FeedError, read_agg_trades
+
+    try:  # read everything first, so that a bad file leaves no half-written output
+        candles = list(candles_from_ticks(read_agg_trades(agg_trades), until_ms))
+    except FeedError as exc:
+        click.echo(exc.format())
+        sys.exit(1)
+    try:  # CRLF line ends (RFC 4180), as in Binance's files under shared/data, so the two compare equal
+        out.write_text("".join(",".join(format_kline_row(candle)) + "\r\n" for candle in candles), encoding="utf-8")
+    except OSError as exc:
+        click.echo(f"{out}: error: cannot write: {exc}")
+        sys.exit(1)
+    click.echo(f"{len(candles)} candles written to {out}")
+
+
 @click.command("init")
 def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
-    with store.connect(settings.db_path):
-        pass
+    with store.connect(settings.db_path) as db:
+        token = signals.webhook_token(db, settings.webhook_token)
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
     click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
+    click.echo(f"Signal webhook: https://YOUR-HOST/api/v1/external-signal/{token}")
+    click.echo("  (the token is the last segment; TradingView calls ports 80 and 443 only, so serve it behind "
+               "a reverse proxy with HTTPS)")
 
 
 @click.command("serve")
@@ -118,7 +151,7 @@ def _settings_or_exit() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-COMMANDS = (check_command, init_command, serve_command)
+COMMANDS = (check_command, init_command, serve_command, candles_command)
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
 for _command in COMMANDS:

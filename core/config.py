@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +27,12 @@ class Settings:
     replay_file: Path | None = None
     replay_speed: float = 60.0
     broker: str = "paper"
+    paper_balance: float = 10_000.0  # quote asset the paper account starts with
+    fee_rate: float = 0.001  # per side, paper trading and backtests
     webhook_token: str | None = None
+    webhook_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: any address
+    webhook_rate_per_s: float = 20.0  # per source address, burst twice that; 0 turns the limit off
+    trust_proxy: int = 0  # reverse proxies in front whose X-Forwarded-For is believed
     admin_password: str | None = None
     heartbeat_interval_s: float = 60.0
     heartbeat_grace_s: float = 90.0
@@ -54,8 +60,13 @@ _FIELDS = {
     "FEED": ("feed", lambda v: _choice(v, "FEED", ("replay", "binance"))),
     "REPLAY_FILE": ("replay_file", Path),
     "REPLAY_SPEED": ("replay_speed", lambda v: _number(v, "REPLAY_SPEED", minimum=0)),
+    "PAPER_BALANCE": ("paper_balance", lambda v: _number(v, "PAPER_BALANCE", minimum=0)),
+    "FEE": ("fee_rate", lambda v: _number(v, "FEE", minimum=0)),
     "BROKER": ("broker", lambda v: _choice(v, "BROKER", ("paper", "binance-spot", "binance-futures"))),
     "WEBHOOK_TOKEN": ("webhook_token", str),
+    "WEBHOOK_ALLOW": ("webhook_allow", lambda v: _networks(v, "WEBHOOK_ALLOW")),
+    "WEBHOOK_RATE": ("webhook_rate_per_s", lambda v: _number(v, "WEBHOOK_RATE", minimum=0)),
+    "TRUST_PROXY": ("trust_proxy", lambda v: int(_number(v, "TRUST_PROXY", minimum=0))),
     "ADMIN_PASSWORD": ("admin_password", str),
     "HEARTBEAT_INTERVAL": ("heartbeat_interval_s", lambda v: _number(v, "HEARTBEAT_INTERVAL", minimum=1)),
     "HEARTBEAT_GRACE": ("heartbeat_grace_s", lambda v: _number(v, "HEARTBEAT_GRACE", minimum=0)),
@@ -70,6 +81,19 @@ def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ConfigError(f"{PREFIX}{name}={value!r} is not one of: {', '.join(allowed)}")
     return value
+
+
+# TradingView's documented webhook senders, the preset `OMNIWISE_WEBHOOK_ALLOW=tradingview`.
+TRADINGVIEW_ADDRESSES = ("52.89.214.238", "34.212.75.30", "54.218.53.128", "52.32.178.7")
+
+
+def _networks(value: str, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    words = [a for w in value.split() for a in (TRADINGVIEW_ADDRESSES if w.lower() == "tradingview" else (w,))]
+    try:
+        return tuple(ipaddress.ip_network(w, strict=False) for w in words)
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name}: {exc} (give addresses or CIDRs like 10.0.0.0/8, "
+                          "or the word tradingview)") from None
 
 
 def _number(value: str, name: str, minimum: float) -> float:

@@ -21,6 +21,57 @@ def m001_meta(db: Database) -> None:
     db["meta"].create({"key": str, "value": str, "updated_at_ms": int}, pk="key")
 
 
+@migrations()
+def m002_external_signals(db: Database) -> None:
+    # The signal ledger: every authenticated webhook request, accepted or not (core/signals.py).
+    db.execute("""
+        CREATE TABLE external_signals (
+            id INTEGER PRIMARY KEY,
+            received_at_ms INTEGER NOT NULL,
+            source TEXT,
+            signal TEXT CHECK (signal IN ('BUY', 'SELL')),
+            signal_time_ms INTEGER,
+            symbol TEXT,
+            remote_addr TEXT,
+            raw_body TEXT,
+            outcome TEXT NOT NULL
+        )""")
+    # One row per delivered signal; refused rows have a NULL signal, and NULLs never collide.
+    db.execute("CREATE UNIQUE INDEX external_signals_once ON external_signals(source, signal, signal_time_ms, symbol)")
+    db.execute("CREATE INDEX external_signals_latest ON external_signals(signal_time_ms) WHERE outcome = 'accepted'")
+    db.execute("CREATE INDEX external_signals_latest_by_source ON external_signals(source, signal_time_ms) "
+               "WHERE outcome = 'accepted'")
+
+
+@migrations()
+def m003_trading(db: Database) -> None:
+    # Closed 1-minute candles, Binance's kline columns.
+    db.execute("""CREATE TABLE candles (
+        symbol TEXT NOT NULL, open_time_ms INTEGER NOT NULL,
+        open REAL NOT NULL, high REAL NOT NULL, low REAL NOT NULL, close REAL NOT NULL,
+        volume REAL NOT NULL, close_time_ms INTEGER NOT NULL, quote_volume REAL NOT NULL,
+        trades INTEGER NOT NULL, taker_buy_base REAL NOT NULL, taker_buy_quote REAL NOT NULL,
+        PRIMARY KEY (symbol, open_time_ms)) WITHOUT ROWID""")
+    # One row per closed candle (and per correction of the heartbeat's follow mode), written before
+    # any order, so a restart can tell what was already decided.
+    db.execute("""CREATE TABLE decisions (
+        id INTEGER PRIMARY KEY, symbol TEXT NOT NULL, candle_open_time_ms INTEGER NOT NULL,
+        action TEXT NOT NULL, target TEXT, position_before TEXT NOT NULL,
+        rule_index INTEGER, rule_text TEXT, strategy_version TEXT, reason TEXT NOT NULL,
+        created_at_ms INTEGER NOT NULL,
+        UNIQUE (symbol, candle_open_time_ms, reason))""")
+    # An order's client id is derived from its decision, so a decision can never send two orders.
+    db.execute("""CREATE TABLE orders (
+        id INTEGER PRIMARY KEY, decision_id INTEGER NOT NULL UNIQUE REFERENCES decisions(id),
+        client_order_id TEXT NOT NULL UNIQUE, broker TEXT NOT NULL, symbol TEXT NOT NULL,
+        side TEXT NOT NULL, status TEXT NOT NULL, qty REAL, price REAL, quote REAL, fee_quote REAL,
+        exchange_order_id TEXT, error TEXT, created_at_ms INTEGER NOT NULL, filled_at_ms INTEGER)""")
+    db.execute("CREATE INDEX orders_status ON orders(status)")
+    db.execute("""CREATE TABLE paper_accounts (
+        symbol TEXT PRIMARY KEY, quote_balance REAL NOT NULL, base_qty REAL NOT NULL,
+        entry_price REAL, updated_at_ms INTEGER NOT NULL)""")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)
