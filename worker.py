@@ -1,6 +1,8 @@
-"""The Omniwise worker process: hot-reloads the strategy and writes a liveness beacon.
+"""The Omniwise worker process: feed -> candles -> decisions -> orders, plus its periodic jobs.
 
-Thin on purpose: everything it does lives in core/. Stops cleanly on SIGINT and SIGTERM.
+Thin on purpose: the trading step lives in core/trader.py. The loop reads the feed, hands every tick
+(or candle) to the trader, and runs the scheduled jobs in between, also while the replay waits for
+the next tick and after the replay file has ended. SIGINT and SIGTERM stop it cleanly.
 """
 
 from __future__ import annotations
@@ -10,15 +12,93 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import schedule
 
-from core import store
-from core.config import ConfigError, load_settings
+from core import liveness, store
+from core.brokers import PaperBroker
+from core.candles import Tick
+from core.config import ConfigError, Settings, load_settings
+from core.feeds import FeedError, ReplayFeed
 from core.policy_loader import PolicyLoader
+from core.trader import Trader
 
 log = logging.getLogger("omniwise.worker")
-BEACON_INTERVAL_S = 5
+ROOT = Path(__file__).resolve().parent
+BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
+JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
+
+
+class Worker:
+    """One worker: its trader, its scheduled jobs, and a stop flag."""
+
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time):
+        self.settings = settings
+        self.clock = clock
+        self.stop = threading.Event()
+        self.db = store.connect(settings.db_path)
+        self.loader = PolicyLoader(settings.strategy_path)
+        broker = PaperBroker(self.db, settings.symbol, settings.paper_balance, settings.fee_rate)
+        self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
+        self.scheduler = schedule.Scheduler()
+        self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(self.beat)
+        self.scheduler.every(60).seconds.do(self.report)
+
+    def beat(self) -> None:
+        liveness.beat(self.db, int(self.clock() * 1000))
+
+    def report(self) -> None:
+        latencies = sorted(self.trader.latencies_s)
+        if latencies:
+            log.info("last minute: %d candles, decision p50 %.2f ms, p99 %.2f ms", len(latencies),
+                     latencies[len(latencies) // 2] * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3)
+        self.trader.latencies_s.clear()
+
+    def wait(self, seconds: float) -> None:
+        """Pause the feed for `seconds` while keeping the jobs running; returns early on stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stop.is_set():
+            self.scheduler.run_pending()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self.stop.wait(min(left, 0.5))
+
+    def run(self) -> int:
+        """Trade the feed to its end, then keep the jobs running until stopped."""
+        self.beat()
+        self.trader.resume()
+        replay_file = self.settings.replay_file or BUNDLED_REPLAY
+        log.info("worker started: %s, broker %s, replaying %s at %gx", self.settings.symbol,
+                 self.trader.broker.name, replay_file, self.settings.replay_speed)
+        try:
+            self.trade(ReplayFeed(replay_file, speed=self.settings.replay_speed, sleep=self.wait))
+        except FeedError as exc:
+            log.critical("replay stopped: %s", exc)
+        while not self.stop.is_set():
+            self.wait(1.0)
+        log.info("worker stopped")
+        self.db.close()
+        return 0
+
+    def trade(self, feed) -> None:
+        trader = self.trader
+        for count, item in enumerate(feed):
+            if self.stop.is_set():
+                return
+            if isinstance(item, Tick):
+                trader.on_tick(item)
+            else:
+                trader.on_candle(item)
+            if count % JOBS_EVERY_N_ITEMS == 0:
+                self.scheduler.run_pending()
+        # The file is complete: its last minute is over too.
+        open_ms = trader.buffer.open_time_ms
+        if open_ms is not None:
+            trader.close_due(open_ms + 60_000 + trader.buffer.lateness_ms)
+        log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
 
 
 def main() -> int:
@@ -28,28 +108,10 @@ def main() -> int:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    db = store.connect(settings.db_path)
-    loader = PolicyLoader(settings.strategy_path)
-    stop = threading.Event()
+    worker = Worker(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-
-    def beacon() -> None:
-        store.set_meta(db, "worker_beacon_ms", str(int(time.time() * 1000)), int(time.time() * 1000))
-
-    scheduler = schedule.Scheduler()
-    scheduler.every(BEACON_INTERVAL_S).seconds.do(beacon)
-    scheduler.every(1).seconds.do(loader.refresh)
-    beacon()
-    loader.refresh()
-    log.info("worker started: symbol %s, broker %s, strategy %s", settings.symbol, settings.broker,
-             loader.policy.version)
-    while not stop.is_set():
-        scheduler.run_pending()
-        stop.wait(min(1.0, max(0.05, scheduler.idle_seconds or 1.0)))
-    log.info("worker stopped")
-    db.close()
-    return 0
+        signal.signal(signum, lambda *_: worker.stop.set())
+    return worker.run()
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, current_app, render_template
 
-from core import store
+from core import liveness
 from core.dsl import StrategyError, compile_strategy
 
 bp = Blueprint("status", __name__)
@@ -24,7 +24,6 @@ def index():
         pass
     except StrategyError as exc:
         errors = exc.errors
-    beacon = store.get_meta(get_db(), "worker_beacon_ms")
-    age_s = None if beacon is None else max(0.0, time.time() - int(beacon) / 1000)
-    return render_template("status/index.html", settings=settings, rules=rules, errors=errors,
-                           worker_age_s=age_s)
+    worker = liveness.worker_status(get_db(), int(time.time() * 1000))
+    return render_template("status/index.html", settings=settings, rules=rules, errors=errors, worker=worker,
+                           now_ms=int(time.time() * 1000))

@@ -27,6 +27,7 @@ from .parser import parse_strategy
 
 REL_TOL = 1e-10
 MIN_WINDOW = 300  # candles the live decision looks at, at least
+MAX_WINDOW = 20_000  # and at most (two weeks of minutes): a longer warm-up only costs precision
 
 Candles = Mapping[str, np.ndarray]  # "open", "high", "low", "close", "volume" -> float64 arrays
 Step = Callable[[list, Candles], object]
@@ -53,7 +54,7 @@ class Policy:
         self._actions = np.array([int(rule.action) for rule in self.rules], dtype=np.int8)
         self.warmup = max((_warmup(rule.condition) for rule in self.rules), default=0)
         # The live decision needs the warm-up plus one previous candle for CROSSES.
-        self.window = max(self.warmup + 2, MIN_WINDOW)
+        self.window = min(max(self.warmup + 2, MIN_WINDOW), MAX_WINDOW)
 
     def __repr__(self) -> str:
         return f"<Policy {self.version}: {len(self.rules)} rules, window {self.window}>"

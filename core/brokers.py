@@ -1,0 +1,114 @@
+"""Brokers: where target positions become orders. Paper trading here; Binance joins later.
+
+A broker is asked for the `position()` and given orders that were already recorded (with a client
+order id derived from the decision) inside the trader's transaction. Everything the paper broker
+knows lives in SQLite, so it survives restarts of the worker.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from sqlite_utils import Database
+
+from core import fills
+
+log = logging.getLogger(__name__)
+
+DUST_QTY = 1e-12
+
+
+class BrokerError(Exception):
+    """The broker could not be reached or refused a request. Caller: alert and retry on the next check;
+    never assume the position changed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """What the account holds in the traded symbol."""
+
+    side: str  # "long", "flat" or "short"
+    qty: float = 0.0
+    entry_price: float | None = None
+
+
+def client_order_id(decision_id: int) -> str:
+    """The client order id of a decision's order: the same decision always gives the same id."""
+    return f"omniwise-{decision_id}"
+
+
+class PaperBroker:
+    """Simulated spot account: long or flat, whole balance in or out, fee per side.
+
+    Orders wait as `pending` and fill at the next price the trader reports (`fill_pending`), which is
+    the next candle's open: the fill rule of the backtest.
+    """
+
+    name = "paper"
+
+    def __init__(self, db: Database, symbol: str, start_balance: float = 10_000.0,
+                 fee_rate: float = fills.DEFAULT_FEE_RATE):
+        self.db = db
+        self.symbol = symbol
+        self.fee_rate = fee_rate
+        self.db.execute(
+            "INSERT OR IGNORE INTO paper_accounts(symbol, quote_balance, base_qty, entry_price, updated_at_ms) "
+            "VALUES (?, ?, 0, NULL, 0)", [symbol, start_balance])
+        self.db.conn.commit()
+
+    def account(self) -> tuple[float, float, float | None]:
+        """(quote balance, base quantity, entry price) as stored."""
+        return self.db.execute(
+            "SELECT quote_balance, base_qty, entry_price FROM paper_accounts WHERE symbol = ?", [self.symbol]
+        ).fetchone()
+
+    def position(self) -> Position:
+        """The position from the stored account."""
+        _, base_qty, entry_price = self.account()
+        if base_qty > DUST_QTY:
+            return Position("long", base_qty, entry_price)
+        return Position("flat")
+
+    def submit(self, decision_id: int, side: str, now_ms: int) -> dict:
+        """Record a market order for a decision; it fills at the next price. Call inside a transaction."""
+        order = {"decision_id": decision_id, "client_order_id": client_order_id(decision_id), "broker": self.name,
+                 "symbol": self.symbol, "side": side, "status": "pending", "created_at_ms": now_ms}
+        cursor = self.db.execute(
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms) "
+            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms)", order)
+        order["id"] = cursor.lastrowid
+        return order
+
+    def has_pending(self) -> bool:
+        """True when an order waits for the next price."""
+        return self.db.execute("SELECT 1 FROM orders WHERE broker = ? AND symbol = ? AND status = 'pending' LIMIT 1",
+                               [self.name, self.symbol]).fetchone() is not None
+
+    def fill_pending(self, price: float, time_ms: int) -> list[dict]:
+        """Fill every pending order at `price`. Call inside a transaction."""
+        pending = self.db.execute(
+            "SELECT id, side, client_order_id FROM orders WHERE broker = ? AND symbol = ? AND status = 'pending' "
+            "ORDER BY id", [self.name, self.symbol]).fetchall()
+        filled = []
+        for order_id, side, client_id in pending:
+            quote, base, _ = self.account()
+            if side == "BUY" and quote > 0:
+                fill = fills.buy_all(quote, price, self.fee_rate)
+                quote, base, entry = 0.0, base + fill.qty, price
+            elif side == "SELL" and base > DUST_QTY:
+                fill = fills.sell_all(base, price, self.fee_rate)
+                quote, base, entry = quote + fill.quote, 0.0, None
+            else:  # nothing to buy with or nothing to sell: the target is already met
+                self.db.execute("UPDATE orders SET status = 'rejected', error = ? WHERE id = ?",
+                                ["nothing to trade", order_id])
+                continue
+            self.db.execute("UPDATE paper_accounts SET quote_balance = ?, base_qty = ?, entry_price = ?, "
+                            "updated_at_ms = ? WHERE symbol = ?", [quote, base, entry, time_ms, self.symbol])
+            self.db.execute("UPDATE orders SET status = 'filled', qty = ?, price = ?, quote = ?, fee_quote = ?, "
+                            "filled_at_ms = ? WHERE id = ?",
+                            [fill.qty, fill.price, fill.quote, fill.fee_quote, time_ms, order_id])
+            filled.append({"id": order_id, "client_order_id": client_id, "side": side, "qty": fill.qty,
+                           "price": fill.price, "quote": fill.quote, "fee_quote": fill.fee_quote,
+                           "filled_at_ms": time_ms})
+        return filled

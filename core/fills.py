@@ -1,0 +1,35 @@
+"""The fill rule shared by the paper broker and the backtest, so both give the same trades.
+
+A decision on candle t fills at candle t+1's open (or at candle t's close with `fill=close`). A buy
+spends the whole quote balance, a sell sells the whole position; the fee is taken from what is
+received: base on a buy, quote on a sell (as Binance does with fees paid in the traded asset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+DEFAULT_FEE_RATE = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class Fill:
+    """What one market order did to the account."""
+
+    side: str  # "BUY" or "SELL"
+    price: float
+    qty: float  # base asset bought or sold, after fees on a buy
+    quote: float  # quote asset spent (buy) or received after fees (sell)
+    fee_quote: float  # the fee, valued in the quote asset
+
+
+def buy_all(quote_balance: float, price: float, fee_rate: float) -> Fill:
+    """Spend the whole quote balance at `price`."""
+    gross_qty = quote_balance / price
+    return Fill("BUY", price, gross_qty * (1 - fee_rate), quote_balance, quote_balance * fee_rate)
+
+
+def sell_all(base_qty: float, price: float, fee_rate: float) -> Fill:
+    """Sell the whole base position at `price`."""
+    gross = base_qty * price
+    return Fill("SELL", price, base_qty, gross * (1 - fee_rate), gross * fee_rate)
