@@ -5,7 +5,10 @@
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
+import time
 from pathlib import Path
 
 import click
@@ -13,7 +16,7 @@ from flask import Flask, current_app, g
 from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import signals, store
+from core import alerts, heartbeat, liveness, signals, store
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
@@ -138,10 +141,39 @@ def serve_command(host: str, port: int, workers: int) -> None:
             self.cfg.set("accesslog", None)
 
         def load(self) -> Flask:
-            return create_app(settings)
+            app = create_app(settings)
+            Watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
+            return app
 
     click.echo(f"Omniwise web app on http://{host}:{port}/")
     Server().run()
+
+
+class Watchdog(threading.Thread):
+    """In the web process: notices a dead worker (which cannot report itself) and delivers alerts."""
+
+    CHECK_EVERY_S = 10.0
+
+    def __init__(self, settings: Settings):
+        super().__init__(name="watchdog", daemon=True)
+        self.settings = settings
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        notify = alerts.apprise_notifier(self.settings.alert_urls)
+        # Give a worker started together with the web app time for its first beacon.
+        if self.stop.wait(liveness.STALE_AFTER_S):
+            return
+        with store.open_db(self.settings.db_path) as db:
+            while True:
+                now_ms = time.time_ns() // 1_000_000
+                try:
+                    heartbeat.check_worker(db, now_ms)
+                    alerts.deliver_due(db, notify, now_ms)
+                except Exception:  # noqa: BLE001 - the watchdog must outlive a locked database
+                    logging.getLogger("omniwise.watchdog").exception("watchdog check failed")
+                if self.stop.wait(self.CHECK_EVERY_S):
+                    return
 
 
 def _settings_or_exit() -> Settings:

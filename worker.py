@@ -12,12 +12,13 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import schedule
 
-from core import liveness, store
+from core import alerts, events, heartbeat, liveness, store
 from core.brokers import PaperBroker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
@@ -42,12 +43,37 @@ class Worker:
         self.loader = PolicyLoader(settings.strategy_path)
         broker = PaperBroker(self.db, settings.symbol, settings.paper_balance, settings.fee_rate)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
+        self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)
+        self.alert_sender = AlertSender(settings, self.stop, clock)
         self.scheduler = schedule.Scheduler()
         self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(self.beat)
+        self.scheduler.every(settings.heartbeat_interval_s).seconds.do(self.check_heartbeat)
         self.scheduler.every(60).seconds.do(self.report)
+        events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
+        events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
 
     def beat(self) -> None:
         liveness.beat(self.db, int(self.clock() * 1000))
+
+    def check_heartbeat(self) -> None:
+        """Compare the external signal with the broker's position; follow it if configured to."""
+        verdict = heartbeat.check_position(self.db, self.trader.broker, self.settings.symbol,
+                                           int(self.clock() * 1000), self.heartbeat)
+        if verdict.state == heartbeat.OK:
+            self.alert_sender.ping_due.set()
+        elif verdict.state == heartbeat.MISMATCH and not verdict.in_grace and self.settings.on_mismatch == "follow":
+            signal = heartbeat.current_signal(self.db, self.settings.symbol)
+            self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
+
+    def on_strategy_invalid(self, sender, error) -> None:
+        verdict = heartbeat.Verdict(heartbeat.INVALID, f"{self.settings.strategy_path} is invalid, still running "
+                                                       f"version {self.loader.policy.version}: {error}")
+        heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
+
+    def on_strategy_loaded(self, sender, policy) -> None:
+        verdict = heartbeat.Verdict(heartbeat.VALID, f"strategy version {policy.version} loaded, "
+                                                     f"{len(policy.rules)} rules")
+        heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def report(self) -> None:
         latencies = sorted(self.trader.latencies_s)
@@ -69,7 +95,9 @@ class Worker:
     def run(self) -> int:
         """Trade the feed to its end, then keep the jobs running until stopped."""
         self.beat()
+        self.alert_sender.start()
         self.trader.resume()
+        self.check_heartbeat()
         replay_file = self.settings.replay_file or BUNDLED_REPLAY
         log.info("worker started: %s, broker %s, replaying %s at %gx", self.settings.symbol,
                  self.trader.broker.name, replay_file, self.settings.replay_speed)
@@ -79,6 +107,7 @@ class Worker:
             log.critical("replay stopped: %s", exc)
         while not self.stop.is_set():
             self.wait(1.0)
+        self.alert_sender.join(timeout=15)
         log.info("worker stopped")
         self.db.close()
         return 0
@@ -99,6 +128,33 @@ class Worker:
         if open_ms is not None:
             trader.close_due(open_ms + 60_000 + trader.buffer.lateness_ms)
         log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
+
+
+class AlertSender(threading.Thread):
+    """Delivers the alert outbox and pings the dead-man's switch, apart from trading: a notifier that
+    hangs or fails slows only this thread."""
+
+    def __init__(self, settings: Settings, stop: threading.Event, clock: Callable[[], float]):
+        super().__init__(name="alert-sender", daemon=True)
+        self.settings = settings
+        self.stop = stop
+        self.clock = clock
+        self.ping_due = threading.Event()
+        self.notify = alerts.apprise_notifier(settings.alert_urls)
+
+    def run(self) -> None:
+        db = store.open_db(self.settings.db_path)
+        while True:
+            try:
+                alerts.deliver_due(db, self.notify, int(self.clock() * 1000))
+                if self.ping_due.is_set() and self.settings.ping_url:
+                    self.ping_due.clear()
+                    urllib.request.urlopen(self.settings.ping_url, timeout=10).close()
+            except Exception as exc:  # noqa: BLE001 - keep delivering whatever one attempt did
+                log.warning("alert delivery: %s", exc)
+            if self.stop.wait(2.0):
+                break
+        db.close()
 
 
 def main() -> int:

@@ -8,11 +8,12 @@ knows lives in SQLite, so it survives restarts of the worker.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 
 from sqlite_utils import Database
 
-from core import fills
+from core import fills, store
 
 log = logging.getLogger(__name__)
 
@@ -112,3 +113,16 @@ class PaperBroker:
                            "price": fill.price, "quote": fill.quote, "fee_quote": fill.fee_quote,
                            "filled_at_ms": time_ms})
         return filled
+
+
+def save_position(db: Database, position: Position, now_ms: int) -> None:
+    """Publish the position the worker last read, for the web app (which never asks the broker itself)."""
+    value = json.dumps({"side": position.side, "qty": position.qty, "entry_price": position.entry_price,
+                        "read_at_ms": now_ms})
+    store.set_meta(db, "position", value, now_ms)
+
+
+def load_position(db: Database) -> dict | None:
+    """The position the worker last published: side, qty, entry_price, read_at_ms; None before the first."""
+    value = store.get_meta(db, "position")
+    return None if value is None else json.loads(value)

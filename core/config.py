@@ -38,6 +38,9 @@ class Settings:
     heartbeat_grace_s: float = 90.0
     signal_ttl_s: float = 600.0
     alert_urls: tuple[str, ...] = ()
+    alert_repeat_s: float = 1800.0  # a persisting mismatch is alerted again this often
+    on_mismatch: str = "alert"  # or "follow": move the position to the external signal after the grace
+    ping_url: str | None = None  # fetched after each good heartbeat check (a dead-man's switch)
     log_level: str = "INFO"
     binance_api_key: str | None = dataclasses.field(default=None, repr=False)
     binance_api_secret: str | None = dataclasses.field(default=None, repr=False)
@@ -72,6 +75,9 @@ _FIELDS = {
     "HEARTBEAT_GRACE": ("heartbeat_grace_s", lambda v: _number(v, "HEARTBEAT_GRACE", minimum=0)),
     "SIGNAL_TTL": ("signal_ttl_s", lambda v: _number(v, "SIGNAL_TTL", minimum=1)),
     "ALERT_URLS": ("alert_urls", lambda v: tuple(v.split())),
+    "ALERT_REPEAT": ("alert_repeat_s", lambda v: _number(v, "ALERT_REPEAT", minimum=1)),
+    "ON_MISMATCH": ("on_mismatch", lambda v: _choice(v, "ON_MISMATCH", ("alert", "follow"))),
+    "PING_URL": ("ping_url", str),
     "LOG_LEVEL": ("log_level", lambda v: _choice(v.upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))),
 }
 

@@ -72,6 +72,24 @@ def m003_trading(db: Database) -> None:
         entry_price REAL, updated_at_ms INTEGER NOT NULL)""")
 
 
+@migrations()
+def m004_heartbeat(db: Database) -> None:
+    # The heartbeat's current verdict (one row per watched thing: "position" and "worker").
+    db.execute("""CREATE TABLE heartbeat (
+        subject TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL, since_ms INTEGER NOT NULL,
+        checked_at_ms INTEGER NOT NULL, last_alert_ms INTEGER)""")
+    # Every change of state, as a row: the history the operator reads back.
+    db.execute("""CREATE TABLE heartbeat_changes (
+        id INTEGER PRIMARY KEY, subject TEXT NOT NULL, old_state TEXT, new_state TEXT NOT NULL,
+        reason TEXT NOT NULL, at_ms INTEGER NOT NULL)""")
+    # The alert outbox: written with the state change, delivered (and retried) apart from trading.
+    db.execute("""CREATE TABLE alerts (
+        id INTEGER PRIMARY KEY, created_at_ms INTEGER NOT NULL, subject TEXT NOT NULL, state TEXT NOT NULL,
+        message TEXT NOT NULL, delivered_at_ms INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER NOT NULL, last_error TEXT, claimed_until_ms INTEGER)""")
+    db.execute("CREATE INDEX alerts_due ON alerts(next_attempt_ms) WHERE delivered_at_ms IS NULL")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)
@@ -112,13 +130,12 @@ def get_meta(db: Database, key: str) -> str | None:
 
 
 def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
-    """Write one value of the meta table."""
-    with db.conn:
-        db.execute(
-            "INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
-            [key, value, now_ms],
-        )
+    """Write one value of the meta table, inside the caller's transaction (the caller commits)."""
+    db.execute(
+        "INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
+        [key, value, now_ms],
+    )
 
 
 def ensure_secret(db: Database, key: str, now_ms: int | None = None) -> str:

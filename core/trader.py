@@ -14,7 +14,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import events, store
+from core import brokers, events, store
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
@@ -126,6 +126,7 @@ class Trader:
         with self.db.conn:
             if self.broker.has_pending():
                 filled = self.broker.fill_pending(candle.open, candle.open_time_ms)
+                brokers.save_position(self.db, self.broker.position(), now_ms)
             self.db.execute("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [self.symbol, *candle])
             self.window.append(candle)
@@ -152,11 +153,35 @@ class Trader:
         if order is not None:
             events.emit(events.order_placed, self.broker, order=order)
 
+    def follow(self, signal: str, reason: str) -> dict | None:
+        """Move the position to an external signal (BUY -> long, SELL -> flat): a decision of its own, with
+        `reason`, on the newest candle, and its order. Returns the order, or None when nothing is needed."""
+        last = self.window.last_open_time_ms
+        if last is None:
+            return None  # no price yet to trade at
+        target = "long" if signal == "BUY" else "flat"
+        now_ms = int(self.clock() * 1000)
+        with self.db.conn:
+            position = self.broker.position()
+            if self.broker.has_pending() or position.side == target or (target == "flat" and position.side != "long"):
+                return None
+            cursor = self.db.execute(
+                "INSERT OR IGNORE INTO decisions(symbol, candle_open_time_ms, action, target, position_before, "
+                "rule_text, strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'follow', ?)",
+                [self.symbol, last, signal, target, position.side, reason, self._policy_version, now_ms])
+            if not cursor.rowcount:
+                return None  # already followed on this candle
+            order = self.broker.submit(cursor.lastrowid, SIDE_FOR_TARGET[target], now_ms)
+        log.warning("following the external signal %s: %s", signal, reason)
+        events.emit(events.order_placed, self.broker, order=order)
+        return order
+
     def _fill_pending(self, price: float, time_ms: int) -> None:
         if not self.broker.has_pending():
             return
         with self.db.conn:
             filled = self.broker.fill_pending(price, time_ms)
+            brokers.save_position(self.db, self.broker.position(), int(self.clock() * 1000))
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
 
@@ -164,12 +189,14 @@ class Trader:
         policy = self.loader.current()
         if policy.version != self._policy_version:
             self._policy_version = policy.version
-            store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
+            with self.db.conn:
+                store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
             events.emit(events.strategy_reloaded, self, policy=policy)
         if self.loader.error is not self._error_seen:
             self._error_seen = self.loader.error
             message = "" if self.loader.error is None else str(self.loader.error)
-            store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
+            with self.db.conn:
+                store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
             if self.loader.error is not None:
                 events.emit(events.strategy_invalid, self, error=self.loader.error)
         return policy

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from core import store
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, load_settings
 from tests.conftest import ROOT
 
 

@@ -4,73 +4,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
-import socket
-import sqlite3
-import subprocess
-import sys
 import threading
-import time
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "server-test-token-0123456789"
+from tests.processes import TOKEN, Server
+
 URL = "/api/v1/external-signal"
-START_TIMEOUT_S = 30
-
-
-class Server:
-    """`omniwise.py serve` in its own process group, on a free port, with its own data folder."""
-
-    def __init__(self, data_dir: Path, **env: str):
-        self.data_dir = data_dir
-        self.env = {**os.environ, "OMNIWISE_DATA_DIR": str(data_dir), "OMNIWISE_WEBHOOK_TOKEN": TOKEN, **env}
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Server:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "omniwise.py"), "serve", "--port", str(self.port)], cwd=self.data_dir,
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:  # poll until it answers, no fixed sleep
-            if self.process.poll() is not None:
-                raise AssertionError(f"server exited: {self.process.stderr.read().decode()}")
-            try:
-                self.request("GET", "/api/v1/ready")
-                return self
-            except OSError:
-                time.sleep(0.02)
-        raise AssertionError(f"server did not answer within {START_TIMEOUT_S} s")
-
-    def request(self, method: str, path: str, body: bytes | str | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-        try:
-            conn.request(method, path, body, headers or {})
-            response = conn.getresponse()
-            return response.status, dict(response.getheaders()), response.read()
-        finally:
-            conn.close()
-
-    def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Send `signum` to the whole group (gunicorn's master and workers) and reap the master."""
-        os.killpg(self.process.pid, signum)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=20)
-        self.process.stderr.close()
-
-    def ledger(self) -> list[tuple]:
-        with sqlite3.connect(self.data_dir / "omniwise.db") as db:
-            return db.execute("SELECT id, source, signal, signal_time_ms, outcome FROM external_signals").fetchall()
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import sqlite3
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -15,47 +10,15 @@ from core.candles import candles_from_ticks, candles_to_arrays
 from core.dsl import Action, compile_strategy
 from core.feeds import read_agg_trades
 from core.fills import buy_all, sell_all
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import SHARED_DATA
+from tests.processes import query, start_worker, stop_worker, wait_until
 
 AGG_TRADES = SHARED_DATA / "binance" / "XRPETH-aggTrades-2019-10-11.csv"
 STRATEGY = "IF EMA(5) CROSSES ABOVE SMA(20) THEN BUY\nIF EMA(5) CROSSES BELOW SMA(20) THEN SELL\n"
 
 
-def start_worker(data_dir, speed: float) -> subprocess.Popen:
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMNIWISE_DATA_DIR": str(data_dir),
-           "OMNIWISE_REPLAY_FILE": str(AGG_TRADES), "OMNIWISE_REPLAY_SPEED": str(speed),
-           "OMNIWISE_SYMBOL": "XRPETH", "OMNIWISE_PAPER_BALANCE": "10", "OMNIWISE_LOG_LEVEL": "WARNING"}
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def query(data_dir, sql):
-    conn = sqlite3.connect(data_dir / "omniwise.db", timeout=10)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError:  # the worker has not created the schema yet
-        return []
-    finally:
-        conn.close()
-
-
-def wait_until(condition, worker: subprocess.Popen, timeout_s: float = 60.0):
-    """Poll `condition` until it holds; fail if the worker dies or the deadline passes."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        assert worker.poll() is None, worker.stdout.read()
-        time.sleep(0.05)
-    pytest.fail("condition not met in time")
-
-
-def stop(worker: subprocess.Popen) -> str:
-    worker.send_signal(signal.SIGTERM)
-    output, _ = worker.communicate(timeout=20)
-    assert worker.returncode == 0, output
-    return output
+def start(data_dir, speed: float):
+    return start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=speed, symbol="XRPETH", paper_balance=10)
 
 
 def expected_trades():
@@ -82,9 +45,10 @@ def expected_trades():
 def test_worker_trades_a_replay_exactly_as_the_policy_decides(data_dir):
     (data_dir / "strategy.txt").write_text(STRATEGY)
     candles, actions, fills, quote, base = expected_trades()
-    worker = start_worker(data_dir, speed=0)
-    wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions") == [(len(candles),)], worker)
-    stop(worker)
+    worker = start(data_dir, speed=0)
+    wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions") == [(len(candles),)], worker,
+               what="every candle decided")
+    stop_worker(worker)
     assert query(data_dir, "SELECT open_time_ms, close FROM candles ORDER BY 1") == \
         [(c.open_time_ms, c.close) for c in candles]
     assert [a for (a,) in query(data_dir, "SELECT action FROM decisions ORDER BY candle_open_time_ms")] == \
@@ -98,16 +62,17 @@ def test_worker_trades_a_replay_exactly_as_the_policy_decides(data_dir):
 def test_kill_9_mid_replay_then_restart_never_executes_a_decision_twice(data_dir):
     (data_dir / "strategy.txt").write_text(STRATEGY)
     candles, actions, fills, quote, base = expected_trades()
-    worker = start_worker(data_dir, speed=20_000)  # the day's replay takes about four seconds
+    worker = start(data_dir, speed=20_000)  # the day's replay takes about four seconds
     wait_until(lambda: (query(data_dir, "SELECT count(*) FROM decisions") or [(0,)])[0][0] >= 300, worker)
     worker.send_signal(signal.SIGKILL)
     worker.wait(timeout=10)
     done_before = query(data_dir, "SELECT count(*) FROM decisions")[0][0]
     assert 300 <= done_before < len(candles)  # killed in the middle of the day
 
-    worker = start_worker(data_dir, speed=0)
-    wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions") == [(len(candles),)], worker)
-    stop(worker)
+    worker = start(data_dir, speed=0)
+    wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions") == [(len(candles),)], worker,
+               what="every candle decided")
+    stop_worker(worker)
     assert query(data_dir, "SELECT count(DISTINCT candle_open_time_ms), count(*) FROM decisions") == \
         [(len(candles), len(candles))]
     assert query(data_dir, "SELECT count(DISTINCT decision_id), count(*) FROM orders")[0] == (len(fills), len(fills))
@@ -118,11 +83,11 @@ def test_kill_9_mid_replay_then_restart_never_executes_a_decision_twice(data_dir
 
 
 def test_worker_stays_up_after_the_replay_and_keeps_its_beacon(data_dir):
-    worker = start_worker(data_dir, speed=0)
+    worker = start(data_dir, speed=0)
     first = wait_until(lambda: query(data_dir, "SELECT value FROM meta WHERE key = 'worker_beacon_ms'"), worker)
     wait_until(lambda: query(data_dir, "SELECT count(*) FROM candles")[0][0] > 1000, worker)
     assert worker.poll() is None  # the file has ended; the worker has not
     later = wait_until(lambda: (lambda v: v if v != first else None)(
-        query(data_dir, "SELECT value FROM meta WHERE key = 'worker_beacon_ms'")), worker, timeout_s=15)
+        query(data_dir, "SELECT value FROM meta WHERE key = 'worker_beacon_ms'")), worker, timeout_s=15, what="a newer beacon")
     assert int(later[0][0]) > int(first[0][0])
-    stop(worker)
+    stop_worker(worker)

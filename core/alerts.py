@@ -1,0 +1,107 @@
+"""The alert outbox: alerts are rows first, delivered through Apprise apart from trading, with retries.
+
+Queuing an alert is part of the transaction that changed a state, so an alert is never lost and
+never sent for a change that did not happen. Delivery claims due rows one at a time (so two processes
+never send the same alert), and a failing notifier only reschedules the row with a growing delay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlite_utils import Database
+
+log = logging.getLogger("omniwise.alerts")
+
+CLAIM_MS = 60_000  # a claimed alert is left to its claimer this long
+MAX_BACKOFF_S = 3600
+
+Notifier = Callable[[str, str], None]  # (title, body); raises AlertDeliveryError when not delivered
+
+
+class AlertDeliveryError(Exception):
+    """A notifier did not take the alert. Caller: keep the alert and retry it later."""
+
+
+def queue(db: Database, subject: str, state: str, message: str, now_ms: int, is_failure: bool) -> int:
+    """Add an alert to the outbox (call inside the transaction that changed the state) and log it."""
+    log.log(logging.CRITICAL if is_failure else logging.WARNING, message)
+    return db.execute(
+        "INSERT INTO alerts(created_at_ms, subject, state, message, next_attempt_ms) VALUES (?, ?, ?, ?, ?)",
+        [now_ms, subject, state, message, now_ms]).lastrowid
+
+
+def recent(db: Database, limit: int = 20) -> list[dict]:
+    """The newest alerts first, with their delivery state."""
+    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error "
+                        "FROM alerts ORDER BY id DESC LIMIT ?", [limit])
+    names = [c[0] for c in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def backoff_s(attempts: int) -> float:
+    """Delay before the next try after `attempts` failed ones: 30 s, 1 min, 2 min, ... at most an hour."""
+    return min(30 * 2 ** (attempts - 1), MAX_BACKOFF_S)
+
+
+def deliver_due(db: Database, notify: Notifier | None, now_ms: int, limit: int = 20) -> int:
+    """Deliver alerts that are due; returns how many were delivered. With no notifier, the log was it."""
+    due = db.execute("SELECT id FROM alerts WHERE delivered_at_ms IS NULL AND next_attempt_ms <= ? "
+                     "ORDER BY id LIMIT ?", [now_ms, limit]).fetchall()
+    delivered = 0
+    for (alert_id,) in due:
+        with db.conn:
+            claimed = db.execute(
+                "UPDATE alerts SET claimed_until_ms = ? WHERE id = ? AND delivered_at_ms IS NULL "
+                "AND (claimed_until_ms IS NULL OR claimed_until_ms < ?)",
+                [now_ms + CLAIM_MS, alert_id, now_ms]).rowcount
+        if not claimed:
+            continue  # another process is on it
+        state, message, attempts = db.execute("SELECT state, message, attempts FROM alerts WHERE id = ?",
+                                              [alert_id]).fetchone()
+        try:
+            if notify is not None:
+                notify(f"Omniwise: {state}", message)
+        except AlertDeliveryError as exc:
+            attempts += 1
+            with db.conn:
+                db.execute("UPDATE alerts SET attempts = ?, last_error = ?, next_attempt_ms = ?, "
+                           "claimed_until_ms = NULL WHERE id = ?",
+                           [attempts, str(exc)[:500], now_ms + int(backoff_s(attempts) * 1000), alert_id])
+            log.warning("alert %d not delivered (try %d): %s", alert_id, attempts, exc)
+            continue
+        with db.conn:
+            db.execute("UPDATE alerts SET delivered_at_ms = ?, attempts = ?, claimed_until_ms = NULL WHERE id = ?",
+                       [now_ms, attempts + 1, alert_id])
+        delivered += 1
+    return delivered
+
+
+def apprise_notifier(urls: tuple[str, ...]) -> Notifier | None:
+    """A notifier sending to Apprise URLs, or None when there are none (alerts then go to the log only).
+
+    Apprise gives up on a target after its connect and read timeouts (4 s each unless a URL sets
+    `cto=`/`rto=`); delivery runs in its own thread, so even that never holds up trading.
+    """
+    if not urls:
+        return None
+    import apprise
+
+    asset = apprise.AppriseAsset()
+
+    def notify(title: str, body: str) -> None:
+        sender = apprise.Apprise(asset=asset)
+        for url in urls:
+            if not sender.add(url):
+                raise AlertDeliveryError(f"not an Apprise URL: {_redact_url(url)}")
+        result = sender.notify(title=title, body=body)
+        if not result:
+            raise AlertDeliveryError(f"{len(urls)} notifier(s) refused or could not be reached")
+
+    return notify
+
+
+def _redact_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://..." if rest else "..."
