@@ -81,6 +81,12 @@ class PaperBroker:
         order["id"] = cursor.lastrowid
         return order
 
+    def execute(self, order: dict) -> None:
+        """Send a recorded order (after the trader's transaction committed). Paper: it waits for the next price."""
+
+    def recover(self) -> None:
+        """On start, settle orders whose outcome a crash left unknown. Paper: nothing is ever in flight."""
+
     def has_pending(self) -> bool:
         """True when an order waits for the next price."""
         return self.db.execute("SELECT 1 FROM orders WHERE broker = ? AND symbol = ? AND status = 'pending' LIMIT 1",

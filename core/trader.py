@@ -79,7 +79,9 @@ class Trader:
     # -- start ----------------------------------------------------------------------------------
 
     def resume(self) -> int | None:
-        """Load the newest stored candles so indicators are warm; returns the last stored open time."""
+        """Load the newest stored candles so indicators are warm, let the broker settle orders a crash
+        left in flight; returns the last stored open time."""
+        self.broker.recover()
         rows = self.db.execute(
             "SELECT * FROM (SELECT open_time_ms, open, high, low, close, volume, close_time_ms, quote_volume, "
             "trades, taker_buy_base, taker_buy_quote FROM candles WHERE symbol = ? "
@@ -145,6 +147,8 @@ class Trader:
                 ":created_at_ms)", row).lastrowid
             if target is not None and target != position.side:
                 order = self.broker.submit(row["id"], SIDE_FOR_TARGET[target], now_ms)
+        if order is not None:
+            self.broker.execute(order)  # only after the commit: the order's row exists before it is sent
         self.latencies_s.append(time.perf_counter() - started)
         events.emit(events.candle_closed, self, candle=candle)
         for fill in filled:
@@ -172,6 +176,7 @@ class Trader:
             if not cursor.rowcount:
                 return None  # already followed on this candle
             order = self.broker.submit(cursor.lastrowid, SIDE_FOR_TARGET[target], now_ms)
+        self.broker.execute(order)
         log.warning("following the external signal %s: %s", signal, reason)
         events.emit(events.order_placed, self.broker, order=order)
         return order
