@@ -1,0 +1,290 @@
+"""Backtest: the compiled policy over a whole history at once, with the paper broker's fill rule.
+
+Decisions come from `Policy.decide_all` (the worker's own policy); positions follow the same target
+semantics as the worker (BUY while long does nothing) and fills use `core.fills` with the same rule:
+a decision on candle t fills at candle t+1's open (`fill="next-open"`, the default) or at candle t's
+close (`fill="close"`). Long-only, the whole balance in or out, the fee on both sides. Everything is
+vectorised with numpy, so a million candles take a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+
+from core import fills
+from core.dsl import Action, Policy
+from core.feeds import FeedError, read_klines
+
+FILLS = ("next-open", "close")
+_CHUNK_ROWS = 200_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Trade:
+    """One round trip; the last one may still be open (exit None)."""
+
+    entry_time: int  # ms
+    entry_price: float
+    exit_time: int | None
+    exit_price: float | None
+    return_pct: float  # after both fees; an open trade is valued at the last close, exit fee included
+
+
+@dataclasses.dataclass(frozen=True)
+class BacktestResult:
+    """What the strategy would have done over the candles."""
+
+    trades: list[Trade]
+    candles: int
+    return_pct: float
+    buy_hold_return_pct: float
+    win_rate_pct: float | None  # of closed trades; None without any
+    max_drawdown_pct: float
+    exposure_pct: float  # share of candles spent long
+    fee_rate: float
+    fill: str
+    equity: np.ndarray  # per candle, starting at 1.0
+
+    def as_json(self) -> dict:
+        """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
+        return {
+            "candles": self.candles, "return_pct": _round(self.return_pct),
+            "buy_hold_return_pct": _round(self.buy_hold_return_pct),
+            "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
+            "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
+            "fee": self.fee_rate, "fill": self.fill,
+            "trades": [dataclasses.asdict(t) | {"return_pct": _round(t.return_pct)} for t in self.trades],
+        }
+
+
+def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
+                 fill: str = "next-open") -> BacktestResult:
+    """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays)."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
+    n = len(candles["close"])
+    if n == 0:
+        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0))
+    actions = policy.decide_all(candles)
+    # The wanted position after each candle's decision: the last BUY/SELL so far (flat at first).
+    acted = np.where(actions != Action.HOLD, np.arange(n), -1)
+    last_act = np.maximum.accumulate(acted)
+    wants_long = np.where(last_act >= 0, actions[np.maximum(last_act, 0)] == Action.BUY, False)
+    change = np.flatnonzero(np.diff(np.concatenate(([False], wants_long))))  # decision index of each fill
+    if fill == "next-open":
+        change = change[change + 1 < n]  # a decision on the last candle has no next open to fill at
+        fill_index, prices = change + 1, candles["open"][np.minimum(change + 1, n - 1)]
+        times = candles["open_time_ms"][np.minimum(change + 1, n - 1)]
+    else:
+        fill_index, prices = change, candles["close"][change]
+        times = _close_times(candles)[change]
+    entries, exits = fill_index[0::2], fill_index[1::2]
+    entry_prices, exit_prices = prices[0::2], prices[1::2]
+    # Each closed round trip multiplies the balance by exit / entry, less a fee on each side (core.fills).
+    ratios = exit_prices / entry_prices[:len(exit_prices)] * (1 - fee_rate) ** 2
+    equity = _equity(candles, entries, exits, entry_prices, ratios, fee_rate)
+    open_return = candles["close"][-1] / entry_prices[len(ratios):] * (1 - fee_rate) ** 2  # the open trade, if any
+    returns = ((np.concatenate((ratios, open_return)) - 1) * 100).tolist()
+    exit_times = times[1::2].tolist() + [None] * (len(entries) - len(exits))
+    exit_list = exit_prices.tolist() + [None] * (len(entries) - len(exits))
+    trades = list(map(Trade, times[0::2].tolist(), entry_prices.tolist(), exit_times, exit_list, returns))
+    in_market = _holding(n, entries, exits)
+    closed = ratios if len(ratios) else None
+    return BacktestResult(
+        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100,
+        buy_hold_return_pct=float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100,
+        win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
+        max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
+        exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity)
+
+
+def _equity(candles, entries, exits, entry_prices, ratios, fee_rate) -> np.ndarray:
+    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee."""
+    n = len(candles["close"])
+    cash_after = np.concatenate(([1.0], np.cumprod(ratios)))  # balance before trade k is cash_after[k]
+    # Trade k is open at the closes of candles entries[k] .. exits[k] - 1; mark +k+1 in, -(k+1) out.
+    marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(marks, entries, np.arange(1, len(entries) + 1))
+    np.add.at(marks, exits, -np.arange(1, len(exits) + 1))
+    trade_at = np.cumsum(marks[:n]) - 1  # which trade is open at each candle's close, -1 none
+    # Closed trades before each candle: the number of exits at or before it.
+    exit_marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(exit_marks, exits, 1)
+    closed_before = np.cumsum(exit_marks[:n])
+    equity = cash_after[closed_before].copy()
+    holding = trade_at >= 0
+    k = trade_at[holding]
+    units = cash_after[k] * (1 - fee_rate) / entry_prices[k]
+    equity[holding] = units * candles["close"][holding] * (1 - fee_rate)
+    return equity
+
+
+def _holding(n: int, entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
+    """True at the close of every candle where a position is open."""
+    marks = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(marks, entries, 1)
+    np.add.at(marks, exits, -1)
+    return np.cumsum(marks[:n]) > 0
+
+
+def _close_times(candles) -> np.ndarray:
+    return candles["open_time_ms"] + 59_999
+
+
+def _round(value: float) -> float:
+    return round(value, 6)
+
+
+# -- candle files -----------------------------------------------------------------------------------
+
+def load_candles(path: str | Path, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """A klines CSV (Binance's 12 columns, or open_time,open,high,low,close,volume) as arrays.
+
+    Used as given: a minute missing from the file stays missing. Timestamps in s, ms or µs become ms.
+    A file that does not parse raises FeedError naming the file and line. `progress` gets bytes read.
+    """
+    path = Path(path)
+    with open(path, "rb") as file:
+        first = file.readline()
+        has_header = any(chr(c).isalpha() for c in first.split(b",")[0])
+        if not has_header:
+            file.seek(0)
+        columns = len(first.split(b","))
+        if columns < 6:
+            read_klines(path)  # raises the FeedError that says what is wrong, with the line
+        chunks = []
+        try:
+            while True:
+                with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
+                    warnings.simplefilter("ignore", UserWarning)
+                    chunk = np.loadtxt(file, delimiter=",", usecols=range(6), max_rows=_CHUNK_ROWS, ndmin=2,
+                                       dtype=np.float64)
+                if len(chunk) == 0:
+                    break
+                chunks.append(chunk)
+                if progress is not None:
+                    progress(file.tell())
+                if len(chunk) < _CHUNK_ROWS:
+                    break
+        except ValueError:
+            read_klines(path)  # the slow reader names the bad line
+            raise
+    table = np.concatenate(chunks) if chunks else np.zeros((0, 6))
+    open_, high, low, close, volume = table[:, 1:].T
+    if not (np.all(np.isfinite(table)) and np.all(low > 0) and np.all(volume >= 0)
+            and np.all(low <= np.minimum(open_, close)) and np.all(high >= np.maximum(open_, close))):
+        read_klines(path)  # the same checks as the replay, which names the line
+    times = table[:, 0]
+    scale = 1.0 if not len(times) or times[0] < 1e14 else 1e-3  # µs since 2025 on spot files
+    if len(times) and times[0] < 1e11:  # seconds
+        scale = 1e3
+    open_time_ms = np.round(times * scale).astype(np.int64)
+    unsorted = np.flatnonzero(np.diff(open_time_ms) <= 0)
+    if len(unsorted):
+        line = int(unsorted[0]) + 2 + (1 if has_header else 0)
+        raise FeedError(path, line, "candles must be in time order, one per minute: this one is not later "
+                                    "than the one before")
+    arrays = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low", "close", "volume"))}
+    arrays["open_time_ms"] = open_time_ms
+    return arrays
+
+
+# -- reports ----------------------------------------------------------------------------------------
+
+def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.ndarray], last_trades: int = 10) -> str:
+    """The readable table `omniwise.py backtest` prints."""
+    times = candles["open_time_ms"]
+    closed = sum(1 for t in result.trades if t.exit_time is not None)
+    win_rate = "-" if result.win_rate_pct is None else f"{result.win_rate_pct:.1f} %"
+    span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
+    fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
+    lines = [
+        title,
+        f"  candles       {result.candles:,} ({span})",
+        f"  trades        {len(result.trades):,} ({closed:,} closed, {len(result.trades) - closed} open)",
+        f"  win rate      {win_rate}",
+        f"  return        {result.return_pct:+.2f} %",
+        f"  buy and hold  {result.buy_hold_return_pct:+.2f} %",
+        f"  max drawdown  {result.max_drawdown_pct:.2f} %",
+        f"  exposure      {result.exposure_pct:.1f} % of candles long",
+        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only",
+    ]
+    if result.trades:
+        lines += ["", f"  last {min(last_trades, len(result.trades))} trades:",
+                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"]
+        for t in result.trades[-last_trades:]:
+            exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
+            exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
+            lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
+                         f"{t.return_pct:>+8.2f}%")
+    return "\n".join(lines)
+
+
+def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500) -> str:
+    """A self-contained SVG chart: close prices with entries and exits, and the equity curve below."""
+    n = result.candles
+    if n == 0:
+        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>'
+    step = max(1, n // width)  # one point a pixel is plenty
+    index = np.arange(0, n, step)
+    price_h, equity_h = height * 0.62, height * 0.3
+
+    def path(values: np.ndarray, top: float, h: float) -> str:
+        low, high = float(np.min(values)), float(np.max(values))
+        span = (high - low) or 1.0
+        xs = index / max(n - 1, 1) * (width - 20) + 10
+        ys = top + h - (values[index] - low) / span * h
+        return "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+
+    close = candles["close"]
+    low, high = float(np.min(close)), float(np.max(close))
+    times = candles["open_time_ms"]
+
+    def marker(time_ms: int, price: float, colour: str) -> str:
+        i = int(np.searchsorted(times, time_ms))
+        x = i / max(n - 1, 1) * (width - 20) + 10
+        y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
+        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
+
+    marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
+    marks += [marker(t.exit_time, t.exit_price, "#b42318") for t in result.trades if t.exit_time is not None]
+    return "\n".join([
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+        f'font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="10" y="{height - 4}">equity {result.return_pct:+.2f} % · buy and hold '
+        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades</text>',
+        f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
+        *marks,
+        f'<path d="{path(result.equity, price_h + 30, equity_h - 20)}" fill="none" stroke="#2563eb" '
+        f'stroke-width="1.2"/>',
+        "</svg>",
+    ])
+
+
+def _utc(time_ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(time_ms / 1000))
+
+
+def stored_candles(db, symbol: str, limit: int = 10_000) -> dict[str, np.ndarray]:
+    """The newest `limit` candles of `symbol` from the database, oldest first, as arrays."""
+    rows = db.execute("SELECT open_time_ms, open, high, low, close, volume FROM (SELECT * FROM candles "
+                      "WHERE symbol = ? ORDER BY open_time_ms DESC LIMIT ?) ORDER BY open_time_ms",
+                      [symbol, limit]).fetchall()
+    table = np.array(rows, dtype=np.float64).reshape(-1, 6)
+    arrays = {name: np.ascontiguousarray(table[:, i + 1])
+              for i, name in enumerate(("open", "high", "low", "close", "volume"))}
+    arrays["open_time_ms"] = table[:, 0].astype(np.int64)
+    return arrays
+
+
+def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
+            limit: int = 10_000) -> BacktestResult:
+    """What `policy` would have done over the stored candles: the editor's live preview."""
+    return run_backtest(stored_candles(db, symbol, limit), policy, fee_rate=fee_rate)
