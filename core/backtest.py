@@ -19,7 +19,7 @@ import numpy as np
 
 from core import fills
 from core.dsl import Action, Policy
-from core.feeds import FeedError, read_klines
+from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
 FILLS = ("next-open", "close")
 _CHUNK_ROWS = 200_000
@@ -150,15 +150,13 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
     A file that does not parse raises FeedError naming the file and line. `progress` gets bytes read.
     """
     path = Path(path)
+    layout = sniff(path)
+    if layout.kind != KLINES:
+        raise FeedError(path, layout.first_data_line, "this is an aggTrades file, not klines")
+    chunks = []
     with open(path, "rb") as file:
-        first = file.readline()
-        has_header = any(chr(c).isalpha() for c in first.split(b",")[0])
-        if not has_header:
-            file.seek(0)
-        columns = len(first.split(b","))
-        if columns < 6:
-            read_klines(path)  # raises the FeedError that says what is wrong, with the line
-        chunks = []
+        for _ in range(layout.first_data_line - 1):
+            file.readline()
         try:
             while True:
                 with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
@@ -180,14 +178,10 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
     if not (np.all(np.isfinite(table)) and np.all(low > 0) and np.all(volume >= 0)
             and np.all(low <= np.minimum(open_, close)) and np.all(high >= np.maximum(open_, close))):
         read_klines(path)  # the same checks as the replay, which names the line
-    times = table[:, 0]
-    scale = 1.0 if not len(times) or times[0] < 1e14 else 1e-3  # µs since 2025 on spot files
-    if len(times) and times[0] < 1e11:  # seconds
-        scale = 1e3
-    open_time_ms = np.round(times * scale).astype(np.int64)
+    open_time_ms = np.round(table[:, 0] * to_ms_factor(layout.time_unit)).astype(np.int64)
     unsorted = np.flatnonzero(np.diff(open_time_ms) <= 0)
     if len(unsorted):
-        line = int(unsorted[0]) + 2 + (1 if has_header else 0)
+        line = int(unsorted[0]) + 1 + layout.first_data_line
         raise FeedError(path, line, "candles must be in time order, one per minute: this one is not later "
                                     "than the one before")
     arrays = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low", "close", "volume"))}

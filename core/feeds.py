@@ -59,7 +59,9 @@ class FeedError(Exception):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Layout:
+class Layout:
+    """What a Binance CSV holds and how: its kind, column count, first data line and time unit."""
+
     kind: str  # AGG_TRADES or KLINES
     columns: int
     first_data_line: int  # 1-based; lines before it are blank or the header
@@ -68,12 +70,12 @@ class _Layout:
 
 def detect_layout(path: str | Path) -> str:
     """Which Binance layout the CSV file at `path` has: "aggTrades" or "klines"."""
-    return _sniff(path).kind
+    return sniff(path).kind
 
 
 def read_agg_trades(path: str | Path) -> Iterator[Tick]:
     """The ticks of a Binance aggTrades CSV, in file order; FeedError on any row that is not exact."""
-    layout = _sniff(path)
+    layout = sniff(path)
     if layout.kind != AGG_TRADES:
         raise FeedError(path, layout.first_data_line, "this is a klines file, not aggTrades")
     return _read_agg_trades(Path(path), layout)
@@ -84,7 +86,7 @@ def read_klines(path: str | Path) -> list[Candle]:
 
     The 6-column layout has no quote volume, trade count or taker volumes: they are 0.
     """
-    layout = _sniff(path)
+    layout = sniff(path)
     if layout.kind != KLINES:
         raise FeedError(path, layout.first_data_line, "this is an aggTrades file, not klines")
     candles: list[Candle] = []
@@ -166,8 +168,8 @@ def _candle_end_ms(candle: Candle) -> int:
 # -- sniffing -------------------------------------------------------------------------------------
 
 
-def _sniff(path: str | Path) -> _Layout:
-    """Layout, header and time unit of a file, from its first two non-blank lines."""
+def sniff(path: str | Path) -> Layout:
+    """Layout, header and time unit of a file, from its first two non-blank lines; FeedError if unknown."""
     header: list[str] | None = None
     with open(path, encoding="utf-8-sig") as file:
         for line_no, line in enumerate(file, start=1):
@@ -184,10 +186,10 @@ def _sniff(path: str | Path) -> _Layout:
     kind = {"agg_trade_id": AGG_TRADES, "open_time": KLINES}.get(header[0])
     if kind is None:
         raise FeedError(path, 1, f"unknown header {','.join(header)!r}: expected Binance aggTrades or klines")
-    return _Layout(kind, len(header), 2, "ms")
+    return Layout(kind, len(header), 2, "ms")
 
 
-def _layout_of_row(path, line_no: int, fields: list[str]) -> _Layout:
+def _layout_of_row(path, line_no: int, fields: list[str]) -> Layout:
     if len(fields) in (7, 8) and fields[6] in _BOOLS:
         kind, time_field = AGG_TRADES, 5
     elif len(fields) in (6, 12):
@@ -199,12 +201,18 @@ def _layout_of_row(path, line_no: int, fields: list[str]) -> _Layout:
                    path, line_no)
     for unit, (lower, upper) in _UNIT_RANGES.items():
         if lower <= raw < upper:
-            return _Layout(kind, len(fields), line_no, unit)
+            return Layout(kind, len(fields), line_no, unit)
     raise FeedError(path, line_no, f"timestamp {raw} is not in s, ms or µs")
 
 
 def _is_integer(text: str) -> bool:
     return text.lstrip("+-").isdigit()
+
+
+def to_ms_factor(unit: str) -> float:
+    """What a timestamp in `unit` is multiplied by to give ms."""
+    multiplier, divisor = _TO_MS[unit]
+    return multiplier / divisor
 
 
 def _time_ms(raw: int, unit: str, path, line_no: int) -> int:
@@ -219,12 +227,12 @@ def _time_ms(raw: int, unit: str, path, line_no: int) -> int:
 # -- aggTrades ------------------------------------------------------------------------------------
 
 
-def _read_agg_trades(path: Path, layout: _Layout) -> Iterator[Tick]:
+def _read_agg_trades(path: Path, layout: Layout) -> Iterator[Tick]:
     # Chained in C: no Python frame runs per tick, only one per chunk of lines.
     return chain.from_iterable(_agg_trade_chunks(path, layout))
 
 
-def _agg_trade_chunks(path: Path, layout: _Layout) -> Iterator[Iterator[Tick]]:
+def _agg_trade_chunks(path: Path, layout: Layout) -> Iterator[Iterator[Tick]]:
     state = _AggState(path, layout)
     with open(path, encoding="utf-8-sig") as file:
         for _ in range(layout.first_data_line - 1):
@@ -241,7 +249,7 @@ def _agg_trade_chunks(path: Path, layout: _Layout) -> Iterator[Iterator[Tick]]:
 class _AggState:
     """Parses aggTrades chunks, carrying the previous row's time and id across chunks."""
 
-    def __init__(self, path: Path, layout: _Layout):
+    def __init__(self, path: Path, layout: Layout):
         self.path = path
         self.layout = layout
         self.lower, self.upper = _UNIT_RANGES[layout.time_unit]
@@ -326,7 +334,7 @@ def _positive_finite(values: np.ndarray) -> bool:
 # -- klines ---------------------------------------------------------------------------------------
 
 
-def _kline(fields: list[str], layout: _Layout, path: Path, line_no: int) -> Candle:
+def _kline(fields: list[str], layout: Layout, path: Path, line_no: int) -> Candle:
     if len(fields) != layout.columns:
         raise FeedError(path, line_no, f"{len(fields)} columns instead of {layout.columns}: "
                         "the line is cut short or not a klines row")
