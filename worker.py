@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, events, heartbeat, liveness, store
+from core import alerts, events, heartbeat, liveness, logs, maintenance, store
 from core.brokers import PaperBroker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
@@ -49,6 +49,7 @@ class Worker:
         self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(self.beat)
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(self.check_heartbeat)
         self.scheduler.every(60).seconds.do(self.report)
+        self.scheduler.every(1).days.do(self.prune)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
 
@@ -64,6 +65,12 @@ class Worker:
         elif verdict.state == heartbeat.MISMATCH and not verdict.in_grace and self.settings.on_mismatch == "follow":
             signal = heartbeat.current_signal(self.db, self.settings.symbol)
             self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
+
+    def prune(self) -> None:
+        """The daily retention job: drop rows older than the OMNIWISE_KEEP_* limits."""
+        keep = maintenance.Retention(self.settings.keep_candles_days, self.settings.keep_decisions_days,
+                                     self.settings.keep_signals_days, self.settings.keep_alerts_days)
+        maintenance.prune(self.db, self.settings.symbol, int(self.clock() * 1000), keep)
 
     def on_strategy_invalid(self, sender, error) -> None:
         verdict = heartbeat.Verdict(heartbeat.INVALID, f"{self.settings.strategy_path} is invalid, still running "
@@ -163,7 +170,7 @@ def main() -> int:
     except ConfigError as exc:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level)
     worker = Worker(settings)
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop.set())

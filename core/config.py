@@ -42,6 +42,10 @@ class Settings:
     on_mismatch: str = "alert"  # or "follow": move the position to the external signal after the grace
     ping_url: str | None = None  # fetched after each good heartbeat check (a dead-man's switch)
     log_level: str = "INFO"
+    keep_candles_days: float = 90  # retention; 0 keeps rows forever
+    keep_decisions_days: float = 90
+    keep_signals_days: float = 90
+    keep_alerts_days: float = 365
     binance_api_key: str | None = dataclasses.field(default=None, repr=False)
     binance_api_secret: str | None = dataclasses.field(default=None, repr=False)
 
@@ -78,6 +82,10 @@ _FIELDS = {
     "ALERT_REPEAT": ("alert_repeat_s", lambda v: _number(v, "ALERT_REPEAT", minimum=1)),
     "ON_MISMATCH": ("on_mismatch", lambda v: _choice(v, "ON_MISMATCH", ("alert", "follow"))),
     "PING_URL": ("ping_url", str),
+    "KEEP_CANDLES_DAYS": ("keep_candles_days", lambda v: _number(v, "KEEP_CANDLES_DAYS", minimum=0)),
+    "KEEP_DECISIONS_DAYS": ("keep_decisions_days", lambda v: _number(v, "KEEP_DECISIONS_DAYS", minimum=0)),
+    "KEEP_SIGNALS_DAYS": ("keep_signals_days", lambda v: _number(v, "KEEP_SIGNALS_DAYS", minimum=0)),
+    "KEEP_ALERTS_DAYS": ("keep_alerts_days", lambda v: _number(v, "KEEP_ALERTS_DAYS", minimum=0)),
     "LOG_LEVEL": ("log_level", lambda v: _choice(v.upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))),
 }
 

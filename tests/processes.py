@@ -53,6 +53,12 @@ def query(data_dir: Path, sql: str, *args) -> list[tuple]:
         conn.close()
 
 
+def count(data_dir: Path, table: str) -> int:
+    """Rows in a table of the data folder's database; 0 while it does not exist yet."""
+    rows = query(data_dir, f"SELECT count(*) FROM {table}")
+    return rows[0][0] if rows else 0
+
+
 class Server:
     """`omniwise.py serve` in its own process group, on a free port, with its own data folder."""
 
