@@ -18,8 +18,9 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, events, heartbeat, liveness, logs, maintenance, store
-from core.brokers import PaperBroker
+from core import alerts, binance, events, heartbeat, liveness, logs, maintenance, store
+from core.binance_feed import Backfill, StreamTime, open_feed
+from core.brokers import make_broker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
@@ -30,6 +31,7 @@ log = logging.getLogger("omniwise.worker")
 ROOT = Path(__file__).resolve().parent
 BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
+ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
 
 
 class Worker:
@@ -41,7 +43,9 @@ class Worker:
         self.stop = threading.Event()
         self.db = store.connect(settings.db_path)
         self.loader = PolicyLoader(settings.strategy_path)
-        broker = PaperBroker(self.db, settings.symbol, settings.paper_balance, settings.fee_rate)
+        is_binance = settings.feed == "binance" or settings.broker != "paper"
+        self.rest = binance.BinanceRest(settings, binance.market_of(settings)) if is_binance else None
+        broker = make_broker(settings, self.db, self.rest)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)
         self.alert_sender = AlertSender(settings, self.stop, clock)
@@ -50,6 +54,8 @@ class Worker:
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(self.check_heartbeat)
         self.scheduler.every(60).seconds.do(self.report)
         self.scheduler.every(1).days.do(self.prune)
+        if settings.broker != "paper":
+            self.scheduler.every(ORDER_CHECK_S).seconds.do(broker.recover)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
 
@@ -85,7 +91,8 @@ class Worker:
     def report(self) -> None:
         latencies = sorted(self.trader.latencies_s)
         if latencies:
-            log.info("last minute: %d candles, decision p50 %.2f ms, p99 %.2f ms", len(latencies),
+            log.info("last minute: %d candles (newest 10,000 at most), decision p50 %.2f ms, p99 %.2f ms",
+                     len(latencies),
                      latencies[len(latencies) // 2] * 1e3, latencies[int(len(latencies) * 0.99)] * 1e3)
         self.trader.latencies_s.clear()
 
@@ -105,13 +112,18 @@ class Worker:
         self.alert_sender.start()
         self.trader.resume()
         self.check_heartbeat()
-        replay_file = self.settings.replay_file or BUNDLED_REPLAY
-        log.info("worker started: %s, broker %s, replaying %s at %gx", self.settings.symbol,
-                 self.trader.broker.name, replay_file, self.settings.replay_speed)
-        try:
-            self.trade(ReplayFeed(replay_file, speed=self.settings.replay_speed, sleep=self.wait))
-        except FeedError as exc:
-            log.critical("replay stopped: %s", exc)
+        if self.settings.feed == "binance":
+            log.info("worker started: %s, broker %s (%s), Binance's trade stream", self.settings.symbol,
+                     self.trader.broker.name, self.settings.mode)
+            self.trade_live()
+        else:
+            replay_file = self.settings.replay_file or BUNDLED_REPLAY
+            log.info("worker started: %s, broker %s (%s), replaying %s at %gx", self.settings.symbol,
+                     self.trader.broker.name, self.settings.mode, replay_file, self.settings.replay_speed)
+            try:
+                self.trade(ReplayFeed(replay_file, speed=self.settings.replay_speed, sleep=self.wait))
+            except FeedError as exc:
+                log.critical("replay stopped: %s", exc)
         while not self.stop.is_set():
             self.wait(1.0)
         self.alert_sender.join(timeout=15)
@@ -126,15 +138,45 @@ class Worker:
                 return
             if isinstance(item, Tick):
                 trader.on_tick(item)
+            elif isinstance(item, StreamTime):  # the live feed's clock, about twice a second
+                if item.now_ms is not None:
+                    trader.close_due(item.now_ms)
+                self.scheduler.run_pending()
+            elif isinstance(item, Backfill):
+                trader.backfill(item.candles, item.decide_from_ms)
             else:
                 trader.on_candle(item)
             if count % JOBS_EVERY_N_ITEMS == 0:
                 self.scheduler.run_pending()
+        if not isinstance(feed, ReplayFeed):
+            return
         # The file is complete: its last minute is over too.
         open_ms = trader.buffer.open_time_ms
         if open_ms is not None:
             trader.close_due(open_ms + 60_000 + trader.buffer.lateness_ms)
         log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
+
+    def trade_live(self) -> None:
+        """Trade Binance's stream until stopped. Should the loop fail, the feed starts again after a pause:
+        the process never exits on a fault (a supervisor restarting it would only loop)."""
+        failures = 0
+        while not self.stop.is_set():
+            feed = open_feed(self.settings, self.rest, self.trader.window.last_open_time_ms, self.stop,
+                             self.on_stream_state)
+            try:
+                self.trade(feed)
+            except Exception as exc:  # noqa: BLE001 - an unforeseen fault must not end trading for good
+                failures += 1
+                log.exception("live trading failed (%d in a row); the feed starts again", failures)
+                with self.db.conn:
+                    alerts.queue(self.db, "worker", "error", f"WORKER FAILURE: live trading failed and starts "
+                                 f"again: {type(exc).__name__}: {exc}", int(self.clock() * 1000), is_failure=True)
+                self.wait(min(60.0, 2.0 ** failures))
+
+    def on_stream_state(self, is_up: bool, reason: str) -> None:
+        """Record the live feed's state; a change is alerted (the stream down, and back)."""
+        verdict = heartbeat.Verdict(heartbeat.ALIVE if is_up else heartbeat.DOWN, reason)
+        heartbeat.record(self.db, "stream", verdict, int(self.clock() * 1000))
 
 
 class AlertSender(threading.Thread):
@@ -171,7 +213,11 @@ def main() -> int:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
-    worker = Worker(settings)
+    try:
+        worker = Worker(settings)
+    except ConfigError as exc:
+        print(f"omniwise worker: {exc}", file=sys.stderr)
+        return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop.set())
     return worker.run()

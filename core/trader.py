@@ -7,6 +7,7 @@ then skips candles already stored and never decides (or orders) twice.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -72,7 +73,8 @@ class Trader:
         self.window = CandleWindow()
         self.resume_before_ms = 0  # ticks before this time belong to candles already stored
         self.skipped_ticks = 0
-        self.latencies_s: list[float] = []  # per closed candle; the worker trims it
+        # Seconds each closed candle took, the newest 10,000: bounded however fast a replay runs.
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
         self._policy_version: str | None = None
         self._error_seen: object = None
 
@@ -133,11 +135,15 @@ class Trader:
                             [self.symbol, *candle])
             self.window.append(candle)
             decision = policy.decide(self.window.arrays())
-            position = self.broker.position()
+            try:
+                position_side = self.broker.position().side
+            except brokers.BrokerError as exc:  # the account cannot be read: decide, but order nothing
+                position_side = "unknown"
+                log.warning("no order on candle %s: %s", _iso(candle.open_time_ms), exc)
             target = TARGETS[decision.action]
             rule = policy.rules[decision.rule_index] if decision.rule_index is not None else None
             row = {"symbol": self.symbol, "candle_open_time_ms": candle.open_time_ms,
-                   "action": decision.action.name, "target": target, "position_before": position.side,
+                   "action": decision.action.name, "target": target, "position_before": position_side,
                    "rule_index": decision.rule_index, "rule_text": rule.text if rule else None,
                    "strategy_version": policy.version, "reason": "strategy", "created_at_ms": now_ms}
             row["id"] = self.db.execute(
@@ -145,7 +151,7 @@ class Trader:
                 "rule_text, strategy_version, reason, created_at_ms) VALUES (:symbol, :candle_open_time_ms, "
                 ":action, :target, :position_before, :rule_index, :rule_text, :strategy_version, :reason, "
                 ":created_at_ms)", row).lastrowid
-            if target is not None and target != position.side:
+            if target is not None and position_side not in (target, "unknown"):
                 order = self.broker.submit(row["id"], SIDE_FOR_TARGET[target], now_ms)
         if order is not None:
             self.broker.execute(order)  # only after the commit: the order's row exists before it is sent
@@ -156,6 +162,28 @@ class Trader:
         events.emit(events.decision_made, self, decision=row)
         if order is not None:
             events.emit(events.order_placed, self.broker, order=order)
+
+    def backfill(self, candles: list[Candle], decide_from_ms: int) -> None:
+        """Take closed candles from the exchange's klines where ticks are missing (the start, a gap in the
+        stream): those opened before `decide_from_ms` only warm the indicators (no order is sent for the
+        past), later ones are traded. Ticks then continue with the minute after the last candle."""
+        if not candles:
+            return
+        history = [c for c in candles if c.open_time_ms < decide_from_ms
+                   and (self.window.last_open_time_ms is None or c.open_time_ms > self.window.last_open_time_ms)]
+        if history:
+            with self.db.conn:
+                self.db.conn.executemany("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                         [[self.symbol, *candle] for candle in history])
+            for candle in history:
+                self.window.append(candle)
+        for candle in candles:
+            if candle.open_time_ms >= decide_from_ms:
+                self.on_candle(candle)
+        last = candles[-1]
+        self.buffer = TickBuffer(lateness_ms=self.buffer.lateness_ms)
+        self.buffer.resume_after(last)
+        self.resume_before_ms = max(self.resume_before_ms, last.open_time_ms + 60_000)
 
     def follow(self, signal: str, reason: str) -> dict | None:
         """Move the position to an external signal (BUY -> long, SELL -> flat): a decision of its own, with
