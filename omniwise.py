@@ -16,7 +16,7 @@ from flask import Flask, current_app, g
 from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import alerts, heartbeat, liveness, signals, store
+from core import alerts, auth, heartbeat, liveness, logs, signals, store
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
@@ -26,15 +26,21 @@ def create_app(settings: Settings | None = None) -> Flask:
     app = Flask(__name__)
     settings = settings or load_settings()
     app.config["SETTINGS"] = settings
+    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
+                      PERMANENT_SESSION_LIFETIME=14 * 86_400)  # OMNIWISE_SESSION_COOKIE_SECURE=true behind HTTPS
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
-        app.config.setdefault("SECRET_KEY", store.ensure_secret(db, "flask_secret_key"))
+        if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do
+            app.config["SECRET_KEY"] = store.ensure_secret(db, "flask_secret_key")
+        if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
+            auth.ensure_password(db, settings.admin_password, _now_ms())
     app.teardown_appcontext(close_db)
     if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
-    from blueprints import status
+    from blueprints import admin, status
 
+    app.register_blueprint(admin.bp)
     app.register_blueprint(status.bp)
     from blueprints import signals as signals_bp
 
@@ -150,15 +156,31 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
         click.echo(backtest.format_report(result, title, candles))
 
 
+@click.command("backup")
+@click.argument("dest", type=click.Path(dir_okay=False, path_type=Path))
+def backup_command(dest: Path) -> None:
+    """Copy the database to DEST while both processes run (SQLite online backup), and check the copy."""
+    from core.maintenance import BackupError, backup
+
+    settings = _settings_or_exit()
+    try:
+        pages = backup(settings.db_path, dest)
+    except BackupError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"backed up {settings.db_path} to {dest}: {pages} pages, integrity ok")
+
+
 @click.command("init")
 def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
         token = signals.webhook_token(db, settings.webhook_token)
+        password = auth.ensure_password(db, settings.admin_password, _now_ms())
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
     click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
+    _show_new_password(password)
     click.echo(f"Signal webhook: https://YOUR-HOST/api/v1/external-signal/{token}")
     click.echo("  (the token is the last segment; TradingView calls ports 80 and 443 only, so serve it behind "
                "a reverse proxy with HTTPS)")
@@ -173,8 +195,8 @@ def serve_command(host: str, port: int, workers: int) -> None:
     from gunicorn.app.base import BaseApplication
 
     settings = _settings_or_exit()
-    with store.connect(settings.db_path):  # create the schema before any worker starts
-        pass
+    with store.connect(settings.db_path) as db:  # create the schema before any worker starts
+        _show_new_password(auth.ensure_password(db, settings.admin_password, _now_ms()))
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -184,8 +206,10 @@ def serve_command(host: str, port: int, workers: int) -> None:
             self.cfg.set("threads", 4)
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("accesslog", None)
+            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(settings.log_level))
 
         def load(self) -> Flask:
+            logs.configure(settings.log_level)
             app = create_app(settings)
             Watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
             return app
@@ -221,6 +245,33 @@ class Watchdog(threading.Thread):
                     return
 
 
+@click.command("set-password")
+def set_password_command() -> None:
+    """Set the operator's password: asked for twice, or read as one line from standard input.
+
+    OMNIWISE_ADMIN_PASSWORD, when set, replaces it again on the next start.
+    """
+    settings = _settings_or_exit()
+    if sys.stdin.isatty():
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.ClickException("the password must not be empty")
+    with store.connect(settings.db_path) as db:
+        auth.set_password(db, password, _now_ms())
+    click.echo("Password set.")
+
+
+def _show_new_password(password: str | None) -> None:
+    if password:  # shown this once: only its hash is kept
+        click.echo(f"Operator password (shown once; change it with `python omniwise.py set-password`): {password}")
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def _settings_or_exit() -> Settings:
     try:
         return load_settings()
@@ -228,7 +279,8 @@ def _settings_or_exit() -> Settings:
         raise click.ClickException(str(exc)) from None
 
 
-COMMANDS = (check_command, init_command, serve_command, candles_command, backtest_command)
+COMMANDS = (check_command, init_command, serve_command, candles_command, backtest_command, backup_command,
+            set_password_command)
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
 for _command in COMMANDS:

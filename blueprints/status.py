@@ -1,4 +1,4 @@
-"""The operator's status page."""
+"""The operator's status dashboard and its fragments, the uptime check and the status API."""
 
 from __future__ import annotations
 
@@ -6,28 +6,73 @@ import time
 
 from flask import Blueprint, current_app, render_template, request, session
 
-from core import liveness, signals
+from core import dashboard, signals, strategies
+from core.policy_loader import PolicyLoader
 from core.status import is_healthy, status_report
-from core.dsl import StrategyError, compile_strategy
 
 bp = Blueprint("status", __name__)
 
 
+@bp.record_once
+def _set_up(state) -> None:
+    # The chart draws the averages of the strategy the file holds, compiled once per change of the file.
+    state.app.extensions["omniwise.policy"] = PolicyLoader(state.app.config["SETTINGS"].strategy_path)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@bp.app_template_filter("utc")
+def utc(time_ms: int | None, short: bool = False) -> str:
+    """A time in ms as 'YYYY-MM-DD HH:MM:SS' UTC ('MM-DD HH:MM:SS' when short)."""
+    layout = "%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S"
+    return "" if time_ms is None else time.strftime(layout, time.gmtime(time_ms / 1000))
+
+
+@bp.app_template_filter("ago")
+def ago(iso_time: str | None, now_ms: int) -> str:
+    """How long ago an ISO time of the status report was, in words."""
+    return dashboard.age(iso_time, now_ms)
+
+
 @bp.get("/")
 def index():
+    """The dashboard: status, chart, recent activity; its fragments refresh themselves."""
     from omniwise import get_db
 
-    settings = current_app.config["SETTINGS"]
-    errors, rules = [], []
-    try:
-        rules = compile_strategy(settings.strategy_path.read_text(encoding="utf-8")).rules
-    except FileNotFoundError:
-        pass
-    except StrategyError as exc:
-        errors = exc.errors
-    worker = liveness.worker_status(get_db(), int(time.time() * 1000))
-    return render_template("status/index.html", settings=settings, rules=rules, errors=errors, worker=worker,
-                           now_ms=int(time.time() * 1000))
+    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
+    loader = current_app.extensions["omniwise.policy"]
+    return render_template("status/index.html", report=dashboard.overview(db, settings, now_ms),
+                           activity=dashboard.recent_activity(db), now_ms=now_ms, policy=loader.current(),
+                           strategy_error=loader.error, worker=strategies.worker_view(db, now_ms))
+
+
+@bp.get("/dashboard/summary")
+def summary():
+    """The #summary fragment: worker, market, position, signal, heartbeat."""
+    from omniwise import get_db
+
+    now_ms = _now_ms()
+    return render_template("status/_summary.html", now_ms=now_ms,
+                           report=dashboard.overview(get_db(), current_app.config["SETTINGS"], now_ms))
+
+
+@bp.get("/dashboard/activity")
+def activity():
+    """The #activity fragment: recent decisions, orders, signals and alerts."""
+    from omniwise import get_db
+
+    return render_template("status/_activity.html", activity=dashboard.recent_activity(get_db()))
+
+
+@bp.get("/api/v1/chart")
+def chart():
+    """Candles, the strategy's moving averages and trade/signal markers, for the dashboard's chart."""
+    from omniwise import get_db
+
+    policy = current_app.extensions["omniwise.policy"].current()
+    return dashboard.chart(get_db(), current_app.config["SETTINGS"].symbol, policy)
 
 
 @bp.get("/healthz")

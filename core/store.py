@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
@@ -90,6 +92,19 @@ def m004_heartbeat(db: Database) -> None:
     db.execute("CREATE INDEX alerts_due ON alerts(next_attempt_ms) WHERE delivered_at_ms IS NULL")
 
 
+@migrations()
+def m005_operator_ui(db: Database) -> None:
+    # Every strategy text the editor saved (or found in the file and was about to overwrite).
+    db.execute("""CREATE TABLE strategy_versions (
+        id INTEGER PRIMARY KEY, version TEXT NOT NULL, text TEXT NOT NULL, saved_at_ms INTEGER NOT NULL)""")
+    db.execute("CREATE INDEX strategy_versions_by_version ON strategy_versions(version)")
+    # Failed logins by address, shared by every web process, for the login rate limit.
+    db.execute("CREATE TABLE login_failures (address TEXT NOT NULL, at_ms INTEGER NOT NULL)")
+    db.execute("CREATE INDEX login_failures_by_address ON login_failures(address, at_ms)")
+    # The chart's trade markers: filled orders of a time range.
+    db.execute("CREATE INDEX orders_filled ON orders(symbol, filled_at_ms) WHERE filled_at_ms IS NOT NULL")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)
@@ -136,6 +151,19 @@ def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
         [key, value, now_ms],
     )
+
+
+@contextlib.contextmanager
+def transaction(db: Database) -> Iterator[Database]:
+    """Group statements into one transaction: all of them commit, or none. `with db.conn:` alone does not:
+    sqlite-utils 4 commits every write of `db.execute` at once unless a transaction is already open."""
+    db.conn.execute("BEGIN")
+    try:
+        yield db
+    except BaseException:
+        db.conn.execute("ROLLBACK")
+        raise
+    db.conn.execute("COMMIT")
 
 
 def ensure_secret(db: Database, key: str, now_ms: int | None = None) -> str:

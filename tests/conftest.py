@@ -1,7 +1,8 @@
-"""Shared fixtures: a temporary data folder, settings pointing at it, the app, a client, the db."""
+"""Shared fixtures: a temporary data folder, settings pointing at it, the app, a client, the db, the operator."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -49,3 +50,28 @@ def app(settings: Settings):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+OPERATOR_PASSWORD = "correct horse battery staple"
+
+
+def csrf_token_of(page: bytes | str) -> str:
+    """The CSRF token a rendered page carries in its forms."""
+    text = page.decode() if isinstance(page, bytes) else page
+    return re.search(r'name="csrf_token" value="([^"]+)"', text).group(1)
+
+
+@pytest.fixture
+def operator(app, db):
+    """A test client logged in as the operator through the login form."""
+    import time
+
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, int(time.time() * 1000))
+    browser = app.test_client()
+    token = csrf_token_of(browser.get("/login").data)
+    answer = browser.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token})
+    assert answer.status_code == 302, answer.data
+    browser.csrf_token = csrf_token_of(browser.get("/admin/algo").data)
+    return browser

@@ -98,7 +98,7 @@ def test_flask_cli_runs_the_same_check(tmp_path):
     assert result.returncode == 1 and "bad.txt:1:19: error: unknown action 'BUYY'" in result.stdout
 
 
-def test_status_page_answers_and_shows_the_rules(client):
-    page = client.get("/")
+def test_status_page_answers_and_shows_the_rules(operator):
+    page = operator.get("/")
     assert page.status_code == 200
     assert b"IF MA4 &gt; MA9 THEN BUY" in page.data

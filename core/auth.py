@@ -1,0 +1,95 @@
+"""The single operator's login: the password hash in the meta table, a login rate limit, CSRF tokens.
+
+The hash is werkzeug's (scrypt, salted). Failed logins are rows of `login_failures`, so every web
+process counts the same attempts.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+
+from sqlite_utils import Database
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from core import store
+
+log = logging.getLogger("omniwise.auth")
+PASSWORD_KEY = "admin_password_hash"
+MAX_FAILURES = 5  # failed logins allowed from one address within FAILURE_WINDOW_S
+FAILURE_WINDOW_S = 300
+
+
+class TooManyAttempts(Exception):
+    """An address failed to log in too often. Caller: refuse (HTTP 429) without checking the password."""
+
+    def __init__(self, retry_after_s: int):
+        super().__init__(f"too many failed logins: try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
+def has_password(db: Database) -> bool:
+    """Whether an operator password has been set."""
+    return store.get_meta(db, PASSWORD_KEY) is not None
+
+
+def set_password(db: Database, password: str, now_ms: int) -> None:
+    """Store the hash of a new operator password (and commit)."""
+    if not password:
+        raise ValueError("the password must not be empty")
+    with db.conn:
+        store.set_meta(db, PASSWORD_KEY, generate_password_hash(password), now_ms)
+
+
+def is_password_right(db: Database, password: str) -> bool:
+    """Whether `password` is the operator's; always False while none is set."""
+    stored = store.get_meta(db, PASSWORD_KEY)
+    return stored is not None and check_password_hash(stored, password)
+
+
+def ensure_password(db: Database, configured: str | None, now_ms: int) -> str | None:
+    """Make OMNIWISE_ADMIN_PASSWORD the password; with none configured and none set, generate one.
+
+    Returns the generated password (to be shown once), else None.
+    """
+    if configured:
+        if not is_password_right(db, configured):
+            set_password(db, configured, now_ms)
+        return None
+    if has_password(db):
+        return None
+    password = secrets.token_urlsafe(12)
+    set_password(db, password, now_ms)
+    return password
+
+
+def log_in(db: Database, password: str, address: str, now_ms: int) -> bool:
+    """Check a login attempt from `address`; raises TooManyAttempts once it failed too often lately."""
+    since_ms = now_ms - FAILURE_WINDOW_S * 1000
+    failures = db.execute("SELECT count(*), min(at_ms) FROM login_failures WHERE address = ? AND at_ms > ?",
+                          [address, since_ms]).fetchone()
+    if failures[0] >= MAX_FAILURES:
+        log.warning("login from %s refused: %d failed attempts in %d s", address, failures[0], FAILURE_WINDOW_S)
+        raise TooManyAttempts(max(1, (failures[1] - since_ms) // 1000))
+    if is_password_right(db, password):
+        with db.conn:
+            db.execute("DELETE FROM login_failures WHERE address = ? OR at_ms <= ?", [address, since_ms])
+        return True
+    with db.conn:  # failures older than the window no longer count: forget them
+        db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])
+        db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
+    log.warning("wrong password from %s", address)
+    return False
+
+
+def new_csrf_token() -> str:
+    """A fresh token to bind a session's forms to it."""
+    return secrets.token_urlsafe(32)
+
+
+def is_csrf_token_valid(expected: str | None, given: str | None) -> bool:
+    """Whether a form carried its session's token (compared in constant time)."""
+    if not expected or not given:
+        return False
+    return hmac.compare_digest(expected.encode(), given.encode("utf-8", "surrogatepass"))

@@ -1,0 +1,171 @@
+"""What the operator's dashboard shows: the status report with the market and P&L, recent activity, the chart.
+
+Every query here reads a handful of rows through an index (newest rows by id, candles by their
+primary key), so the dashboard costs the same with a million candles as with a hundred.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+import numpy as np
+from sqlite_utils import Database
+
+from core import alerts, indicators
+from core.dsl import Policy
+from core.dsl.nodes import Indicator, Series
+from core.status import status_report
+
+CHART_CANDLES = 240  # four hours of minutes
+MAX_WARMUP = 5_000  # candles read before the chart so that its averages are settled
+MAX_MARKERS = 200
+RECENT_ROWS = 10
+OVERLAYS = ("SMA", "EMA", "WMA", "BB_UPPER", "BB_MIDDLE", "BB_LOWER")  # drawn on the price scale
+PRICE_SERIES = ("open", "high", "low", "close")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candle:
+    """The newest stored candle."""
+
+    open_time_ms: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+
+
+def overview(db: Database, settings, now_ms: int) -> dict:
+    """The status report plus the last candle and the position's unrealised P&L at its close."""
+    report = status_report(db, settings, now_ms, alert_limit=0)
+    candle = last_candle(db, settings.symbol)
+    report["candle"] = candle
+    report["position"]["unrealised_pnl"] = unrealised_pnl(report["position"], candle.close if candle else None)
+    return report
+
+
+def last_candle(db: Database, symbol: str) -> Candle | None:
+    """The newest candle of `symbol`, or None before the first one closed."""
+    row = db.execute("SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? "
+                     "ORDER BY open_time_ms DESC LIMIT 1", [symbol]).fetchone()
+    return Candle(*row) if row else None
+
+
+def unrealised_pnl(position: dict, price: float | None) -> dict | None:
+    """P&L of an open position at `price`, in the quote asset and in percent of its entry; None when flat."""
+    side, qty, entry = position.get("side"), position.get("qty"), position.get("entry_price")
+    if side not in ("long", "short") or not qty or not entry or price is None:
+        return None
+    direction = 1 if side == "long" else -1
+    return {"quote": direction * (price - entry) * qty, "percent": direction * (price / entry - 1) * 100}
+
+
+def recent_activity(db: Database, limit: int = RECENT_ROWS) -> dict[str, list[dict]]:
+    """The newest decisions, orders, external signals and alerts, newest first."""
+    return {
+        "decisions": _rows(db, "SELECT id, candle_open_time_ms, action, target, position_before, rule_text, "
+                               "strategy_version, reason, created_at_ms FROM decisions ORDER BY id DESC LIMIT ?",
+                           limit),
+        "orders": _rows(db, "SELECT id, side, status, qty, price, fee_quote, broker, error, created_at_ms, "
+                            "filled_at_ms FROM orders ORDER BY id DESC LIMIT ?", limit),
+        "signals": _rows(db, "SELECT id, received_at_ms, source, signal, signal_time_ms, symbol, outcome "
+                             "FROM external_signals ORDER BY id DESC LIMIT ?", limit),
+        "alerts": alerts.recent(db, limit),
+    }
+
+
+def chart(db: Database, symbol: str, policy: Policy, count: int = CHART_CANDLES) -> dict:
+    """Recent candles, the strategy's moving averages over them, and markers for fills and signals.
+
+    Times are UTC seconds, as lightweight-charts wants them.
+    """
+    warmup = min(policy.warmup, MAX_WARMUP)
+    rows = db.execute("SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? "
+                      "ORDER BY open_time_ms DESC LIMIT ?", [symbol, count + warmup]).fetchall()[::-1]
+    if not rows:
+        return {"symbol": symbol, "candles": [], "lines": [], "markers": []}
+    table = np.array(rows, dtype=np.float64)
+    series = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low",
+                                                                                     "close", "volume"))}
+    times = [int(ms) // 1000 for ms in table[:, 0]]
+    shown = slice(max(0, len(rows) - count), len(rows))
+    candles = [{"time": t, "open": o, "high": h, "low": lo, "close": c}
+               for t, o, h, lo, c in zip(times[shown], *(series[n][shown].tolist() for n in PRICE_SERIES))]
+    lines = []
+    for name, node in moving_averages(policy).items():
+        source = series[node.source.name] if node.source is not None else None
+        values = indicators.compute(node.name, series, node.args, source)[shown]
+        points = [{"time": t, "value": v} for t, v in zip(times[shown], values.tolist()) if v == v]  # NaN != NaN
+        lines.append({"name": name, "points": points})
+    first_ms, last_ms = int(table[shown.start, 0]), int(table[-1, 0]) + 59_999
+    return {"symbol": symbol, "candles": candles, "lines": lines,
+            "markers": _markers(db, symbol, first_ms, last_ms)}
+
+
+def moving_averages(policy: Policy) -> dict[str, Indicator]:
+    """The strategy's indicators that live on the price scale (SMA, EMA, WMA, Bollinger bands), by label."""
+    found: dict[str, Indicator] = {}
+    for rule in policy.rules:
+        for node in _walk(rule.condition):
+            if isinstance(node, Indicator) and node.name in OVERLAYS and _reads_price(node):
+                found.setdefault(label(node), node)
+    return found
+
+
+def label(node: Indicator) -> str:
+    """How the operator writes an indicator, e.g. SMA(9) or EMA(HIGH, 21)."""
+    args = [f"{a:g}" for a in node.args]
+    if node.source is not None:
+        args.insert(0, node.source.name.upper())
+    return f"{node.name}({', '.join(args)})"
+
+
+def age(iso_time: str | None, now_ms: int) -> str:
+    """How long ago an ISO 8601 UTC time was, in words: '12 s', '5 min', '3 h', '2 d'."""
+    if not iso_time:
+        return "never"
+    then = datetime.datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
+    seconds = max(0.0, now_ms / 1000 - then.timestamp())
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds // size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
+def _reads_price(node: Indicator) -> bool:
+    return node.source is None or (isinstance(node.source, Series) and node.source.name in PRICE_SERIES)
+
+
+def _walk(node):
+    """A condition tree's nodes, depth first (every node is a dataclass; positions are tuples)."""
+    yield node
+    for field in dataclasses.fields(node):
+        value = getattr(node, field.name)
+        for child in value if isinstance(value, tuple) else (value,):
+            if dataclasses.is_dataclass(child):
+                yield from _walk(child)
+
+
+def _markers(db: Database, symbol: str, first_ms: int, last_ms: int) -> list[dict]:
+    fills = db.execute("SELECT filled_at_ms, side, price FROM orders WHERE symbol = ? AND filled_at_ms "
+                       "BETWEEN ? AND ? ORDER BY filled_at_ms DESC LIMIT ?",
+                       [symbol, first_ms, last_ms, MAX_MARKERS]).fetchall()
+    signals = db.execute("SELECT signal_time_ms, signal, source FROM external_signals WHERE outcome = 'accepted' "
+                         "AND signal_time_ms BETWEEN ? AND ? AND symbol = ? ORDER BY signal_time_ms DESC LIMIT ?",
+                         [first_ms, last_ms, symbol, MAX_MARKERS]).fetchall()
+    markers = [{"time": _minute_s(ms), "kind": "fill", "side": side, "price": price} for ms, side, price in fills]
+    markers += [{"time": _minute_s(ms), "kind": "signal", "side": signal, "text": f"{source}: {signal}"}
+                for ms, signal, source in signals]
+    return sorted(markers, key=lambda marker: marker["time"])
+
+
+def _minute_s(time_ms: int) -> int:
+    return time_ms // 60_000 * 60
+
+
+def _rows(db: Database, sql: str, limit: int) -> list[dict]:
+    cursor = db.execute(sql, [limit])
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row)) for row in cursor.fetchall()]

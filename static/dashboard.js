@@ -1,0 +1,88 @@
+// The dashboard's chart: recent candles, the strategy's moving averages, fills and external signals.
+(function () {
+  "use strict";
+  const box = document.getElementById("chart");
+  const LWC = window.LightweightCharts;
+  if (!box || !LWC) return;
+  const REFRESH_MS = 10000;
+  const LINE_COLORS = ["#2962ff", "#d81b60", "#ef6c00", "#00897b", "#8e24aa", "#6d4c41"];
+  const GOOD = "#17803d", BAD = "#b42318", SIGNAL = "#1565c0";
+
+  const chart = LWC.createChart(box, {
+    autoSize: true,
+    layout: { background: { color: "transparent" }, textColor: "#1d232a", fontSize: 12 },
+    grid: { vertLines: { color: "#eef0f3" }, horzLines: { color: "#eef0f3" } },
+    rightPriceScale: { borderVisible: false },
+    timeScale: { borderVisible: false, timeVisible: true, secondsVisible: false },
+  });
+  const candles = chart.addSeries(LWC.CandlestickSeries, {
+    upColor: GOOD, downColor: BAD, wickUpColor: GOOD, wickDownColor: BAD, borderVisible: false,
+  });
+  const markers = LWC.createSeriesMarkers(candles, []);
+  const lines = new Map();
+  let isFitted = false;
+
+  // Enough decimals for five significant digits of the price (0.00141 needs 7, 43000 needs 2).
+  function priceFormat(price) {
+    const precision = Math.min(10, Math.max(2, 4 - Math.floor(Math.log10(Math.abs(price) || 1))));
+    return { type: "price", precision: precision, minMove: Math.pow(10, -precision) };
+  }
+
+  function toMarker(marker) {
+    if (marker.kind === "signal") {
+      return { time: marker.time, position: marker.side === "BUY" ? "belowBar" : "aboveBar", shape: "circle",
+               color: SIGNAL, text: marker.text };
+    }
+    const isBuy = marker.side === "BUY";
+    return { time: marker.time, position: isBuy ? "belowBar" : "aboveBar", shape: isBuy ? "arrowUp" : "arrowDown",
+             color: isBuy ? GOOD : BAD };  // fills are many: arrows alone keep the candles readable
+  }
+
+  function showLegend(names) {
+    const legend = document.getElementById("chart-legend");
+    if (!legend) return;
+    legend.replaceChildren(...names.map((name, i) => {
+      const item = document.createElement("span");
+      item.style.color = LINE_COLORS[i % LINE_COLORS.length];
+      item.textContent = name;
+      return item;
+    }));
+  }
+
+  function draw(data) {
+    if (data.candles.length) {
+      const format = priceFormat(data.candles[data.candles.length - 1].close);
+      candles.applyOptions({ priceFormat: format });
+      lines.forEach((series) => series.applyOptions({ priceFormat: format }));
+    }
+    candles.setData(data.candles);
+    const names = data.lines.map((line) => line.name);
+    if (names.join("|") !== Array.from(lines.keys()).join("|")) {  // the strategy changed: new lines
+      lines.forEach((series) => chart.removeSeries(series));
+      lines.clear();
+      names.forEach((name, i) => lines.set(name, chart.addSeries(LWC.LineSeries, {
+        color: LINE_COLORS[i % LINE_COLORS.length], lineWidth: 2, priceLineVisible: false,
+        lastValueVisible: false, crosshairMarkerVisible: false, title: name,
+        priceFormat: candles.options().priceFormat,
+      })));
+    }
+    data.lines.forEach((line) => lines.get(line.name).setData(line.points));
+    markers.setMarkers(data.markers.map(toMarker));
+    showLegend(names);
+    box.dataset.candles = String(data.candles.length);
+    if (!isFitted && data.candles.length) { chart.timeScale().fitContent(); isFitted = true; }
+  }
+
+  async function refresh() {
+    try {
+      const response = await fetch(box.dataset.src, { headers: { Accept: "application/json" } });
+      if (response.status === 401) { window.location.reload(); return; }
+      if (response.ok) draw(await response.json());
+    } catch (error) {
+      console.warn("chart refresh failed", error);
+    }
+  }
+
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+})();

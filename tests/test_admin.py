@@ -1,0 +1,254 @@
+"""The operator's pages through the test client: login, the guard, CSRF, the editor, history, escaping."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from core import brokers, store, strategies
+from tests.conftest import OPERATOR_PASSWORD, csrf_token_of
+from tests.processes import TOKEN
+
+PUBLIC_PATHS = {"/login", "/healthz", "/api/v1/external-signal", "/api/v1/external-signal/<token>", "/api/v1/status"}
+BAD_LINE = "IF MA4 > MA9 THEN BUY\nIF RSI(14) < 30 BUY\n"
+
+
+@pytest.fixture
+def settings(data_dir):
+    from core.config import Settings
+
+    return Settings(data_dir=data_dir, webhook_token=TOKEN)
+
+
+def every_route(app):
+    """(method, path) of every route of the app, with sample values for its arguments."""
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint == "static" or rule.rule in PUBLIC_PATHS:
+            continue
+        path = re.sub(r"<[^>]+>", "0123456789ab", rule.rule)
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            yield method, path
+
+
+def test_every_page_but_the_webhook_and_healthz_needs_a_login(app, client):
+    routes = list(every_route(app))
+    assert ("GET", "/") in routes and ("POST", "/admin/algo") in routes and ("GET", "/admin/webhook") in routes
+    for method, path in routes:
+        answer = client.open(path, method=method)
+        if path.startswith("/api/"):
+            assert (answer.status_code, answer.json) == (401, {"error": "log in first"}), path
+        else:
+            assert answer.status_code == 302, (method, path)
+            assert answer.headers["Location"].startswith("/login"), (method, path)
+
+
+def test_the_login_page_and_the_open_routes_answer_without_a_session(client):
+    assert client.get("/login").status_code == 200
+    assert client.get("/healthz").status_code == 503  # open, and honest: no worker here
+    assert client.get("/api/v1/status").status_code == 401
+    assert client.get(f"/api/v1/status?token={TOKEN}").status_code == 200
+    assert client.post(f"/api/v1/external-signal/{TOKEN}", data='{"signal": "BUY"}').status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+
+
+def test_an_expired_session_sends_htmx_fragments_to_the_login_page(client):
+    answer = client.get("/dashboard/summary", headers={"HX-Request": "true"})
+    assert (answer.status_code, answer.headers["HX-Redirect"]) == (401, "/login")
+
+
+def test_login_opens_a_session_with_an_httponly_samesite_cookie(app, client, db):
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    token = csrf_token_of(client.get("/login?next=/admin/algo").data)
+    answer = client.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token, "next": "/admin/algo"})
+    assert (answer.status_code, answer.headers["Location"]) == (302, "/admin/algo")
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    with client.session_transaction() as session:
+        assert session["operator"] is True and "csrf_token" not in session  # nothing of before the login is kept
+    assert client.get("/").status_code == 200
+
+
+@pytest.mark.parametrize("target, expected", [("/admin/webhook", "/admin/webhook"), ("//evil.example/x", "/"),
+                                              ("https://evil.example/", "/"), ("/\\evil.example", "/")])
+def test_login_returns_only_to_pages_of_this_site(client, db, target, expected):
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    token = csrf_token_of(client.get("/login").data)
+    answer = client.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token, "next": target})
+    assert answer.headers["Location"] == expected
+
+
+def test_wrong_passwords_are_refused_then_rate_limited(client, db):
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    token = csrf_token_of(client.get("/login").data)
+    for _ in range(auth.MAX_FAILURES):
+        answer = client.post("/login", data={"password": "guess", "csrf_token": token})
+        assert answer.status_code == 401 and b"not the password" in answer.data
+    answer = client.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token})
+    assert answer.status_code == 429 and int(answer.headers["Retry-After"]) > 0
+    assert b"too many failed logins" in answer.data
+    assert client.get("/").status_code == 302
+
+
+def test_login_page_says_how_to_set_a_password_when_none_is(client):
+    assert b"set-password" in client.get("/login").data
+
+
+def test_logout_ends_the_session(operator):
+    answer = operator.post("/logout", data={"csrf_token": operator.csrf_token})
+    assert answer.headers["Location"] == "/login"
+    assert operator.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("path, data", [
+    ("/admin/algo", {"strategy": "IF CLOSE > 1 THEN BUY"}),
+    ("/admin/algo/validate", {"strategy": "IF CLOSE > 1 THEN BUY"}),
+    ("/logout", {}),
+    ("/login", {"password": OPERATOR_PASSWORD}),
+])
+def test_a_form_post_without_the_csrf_token_is_refused(operator, settings, path, data):
+    before = settings.strategy_path.read_text()
+    answer = operator.post(path, data=data)
+    assert answer.status_code == 400 and b"reload the page" in answer.data
+    wrong = operator.post(path, data={**data, "csrf_token": "x" * 43})
+    assert wrong.status_code == 400
+    assert settings.strategy_path.read_text() == before
+    assert operator.get("/").status_code == 200  # still logged in
+
+
+def test_the_csrf_token_may_come_in_htmx_header(operator):
+    answer = operator.post("/admin/algo/validate", data={"strategy": BAD_LINE},
+                           headers={"X-CSRF-Token": operator.csrf_token})
+    assert answer.status_code == 200
+
+
+def validate(operator, text):
+    answer = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def test_validation_lists_every_error_with_line_and_column(operator):
+    fragment = validate(operator, BAD_LINE + "IF EMAA(9) > 1 THEN SELL\n")
+    assert fragment.lstrip().startswith('<div id="validation"')
+    assert 'data-error-lines="2 3"' in fragment
+    assert "line 2, column 17</a>: missing THEN before BUY" in fragment
+    assert "line 3, column 4</a>: unknown name &#39;EMAA&#39;: did you mean EMA?" in fragment
+
+
+def test_validation_of_a_valid_text_clears_the_errors(operator):
+    fragment = validate(operator, "IF MA4 > MA9 THEN BUY\r\n")
+    assert 'data-error-lines=""' in fragment and "Valid: 1 rule" in fragment and "line " not in fragment
+
+
+def test_saving_an_invalid_text_is_refused_with_its_errors(operator, settings, db):
+    before = settings.strategy_path.read_text()
+    answer = operator.post("/admin/algo", data={"strategy": BAD_LINE, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 422
+    page = answer.get_data(as_text=True)
+    assert "Not saved" in page and "line 2, column 17" in page and "IF RSI(14) &lt; 30 BUY" in page
+    assert '<span class="bad">2</span>' in page  # the gutter marks the line
+    assert settings.strategy_path.read_text() == before and strategies.versions(db) == []
+
+
+def test_saving_a_valid_text_writes_the_file_and_records_a_version(operator, settings, db):
+    text = "IF EMA(9) > EMA(21) THEN BUY\nIF EMA(9) < EMA(21) THEN SELL\n"
+    answer = operator.post("/admin/algo", data={"strategy": text.replace("\n", "\r\n"),
+                                                "csrf_token": operator.csrf_token})
+    assert (answer.status_code, answer.headers["Location"]) == (302, "/admin/algo")
+    assert settings.strategy_path.read_text() == text
+    version = strategies.version_of(text)
+    assert strategies.versions(db)[0].version == version
+    page = operator.get("/admin/algo").get_data(as_text=True)
+    assert f"Saved version {version}: 2 rules." in page
+    assert "The worker is not running" in page and 'hx-trigger="every 2s"' in page
+
+
+def test_the_editor_says_when_the_worker_runs_the_saved_version(operator, settings, db):
+    version = strategies.version_of(settings.strategy_path.read_text())
+    with db.conn:
+        store.set_meta(db, strategies.LOADED_KEY, version, 0)
+        store.set_meta(db, strategies.ERROR_KEY, "", 0)
+    fragment = operator.get("/admin/algo/loaded").get_data(as_text=True)
+    assert f"The worker runs the saved version <code>{version}</code>" in fragment
+    assert "hx-trigger" not in fragment  # done: it stops polling
+
+
+def test_history_diffs_against_the_current_text_and_restores(operator, settings, db):
+    shipped = settings.strategy_path.read_text()
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    old = strategies.version_of(shipped)
+    assert page.count('class="version"') == 2 and f"/admin/algo/history/{old}/restore" in page
+    assert '<span class="del">-IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert '<span class="add">+IF MA4 &gt; MA9 THEN BUY</span>' in page
+    answer = operator.post(f"/admin/algo/history/{old}/restore", data={"csrf_token": operator.csrf_token})
+    assert answer.status_code == 302 and settings.strategy_path.read_text() == shipped
+    assert f"Restored version {old}" in operator.get("/admin/algo").get_data(as_text=True)
+    missing = operator.post("/admin/algo/history/ffffffffffff/restore", data={"csrf_token": operator.csrf_token})
+    assert missing.status_code == 404
+
+
+def test_templates_escape_what_signals_and_strategies_carry(operator, client, settings, db):
+    evil = "<script>alert(1)</script>"
+    body = json.dumps({"signal": "BUY", "source": evil})
+    assert client.post(f"/api/v1/external-signal/{TOKEN}", data=body).status_code == 200
+    client.post(f"/api/v1/external-signal/{TOKEN}", data='{"signal": "<img src=x onerror=alert(2)>"}')
+    operator.post("/admin/algo", data={"strategy": f"# {evil}\nIF MA4 > MA9 THEN BUY\n",
+                                       "csrf_token": operator.csrf_token})
+    pages = [operator.get(path).get_data(as_text=True)
+             for path in ("/", "/dashboard/summary", "/dashboard/activity", "/admin/algo", "/admin/algo/history")]
+    pages.append(validate(operator, f"IF {evil} THEN BUY"))
+    for page in pages:
+        assert "<script>alert" not in page and "<img src=x" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in pages[0] and "&lt;script&gt;" in pages[3]
+    assert "&lt;img src=x onerror=alert(2)&gt;" in pages[2]  # the refused body's reason, escaped
+
+
+def test_dashboard_shows_market_position_signal_heartbeat_and_activity(operator, db):
+    from tests.test_dashboard import NOW_MS, SYMBOL, add_candles, add_fill, add_signal
+
+    add_candles(db, [100.0, 102.5], symbol=SYMBOL)
+    add_fill(db, "BUY", 100.25, NOW_MS - 60_000, decision_id=7)
+    add_signal(db, "BUY", NOW_MS, source="TradingView")
+    with db.conn:
+        brokers.save_position(db, brokers.Position("long", 2.0, 100.0), NOW_MS)
+    page = operator.get("/").get_data(as_text=True)
+    for text in ("Worker", "down", "paper", "102.5", "long 2", "entry 100", "+5 (+2.50 %)", "BUY", "from TradingView",
+                 "not checked", "Recent activity", "100.25", 'hx-trigger="every 3s"', 'hx-trigger="every 5s"',
+                 'id="chart"', "IF MA4 &gt; MA9 THEN BUY"):
+        assert text in page, text
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    assert summary.lstrip().startswith('<section id="summary"') and "+5 (+2.50 %)" in summary
+    activity = operator.get("/dashboard/activity").get_data(as_text=True)
+    assert activity.lstrip().startswith('<section id="activity"') and "100.25" in activity
+
+
+def test_chart_api_gives_candles_and_the_strategys_averages(operator, db):
+    from tests.test_dashboard import SYMBOL, add_candles
+
+    add_candles(db, [100.0 + i for i in range(20)], symbol=SYMBOL)
+    data = operator.get("/api/v1/chart").json
+    assert len(data["candles"]) == 20 and [line["name"] for line in data["lines"]] == ["SMA(4)", "SMA(9)"]
+    assert data["lines"][0]["points"][-1]["value"] == pytest.approx(117.5)
+
+
+def test_webhook_panel_shows_the_url_the_secret_and_messages_to_paste(operator):
+    page = operator.get("/admin/webhook").get_data(as_text=True)
+    assert f'value="http://localhost/api/v1/external-signal/{TOKEN}"' in page and f'value="{TOKEN}"' in page
+    assert "{{strategy.market_position}}" in page and "{{timenow}}" in page and "{{ticker}}" in page
+    assert page.count('class="copy"') == 6
+
+
+def test_pages_carry_security_headers(operator):
+    answer = operator.get("/admin/webhook")
+    assert "script-src 'self'" in answer.headers["Content-Security-Policy"]
+    assert answer.headers["X-Frame-Options"] == "DENY" and answer.headers["Cache-Control"] == "no-store"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"

@@ -1,0 +1,104 @@
+"""The operator's password, the login rate limit, CSRF tokens, and the password commands."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from core import auth, store
+from tests.conftest import ROOT
+
+NOW_MS = 1_800_000_000_000
+
+
+def test_password_is_stored_hashed_and_checked(db):
+    auth.set_password(db, "s3cret pass", NOW_MS)
+    stored = store.get_meta(db, auth.PASSWORD_KEY)
+    assert "s3cret" not in stored and stored.startswith("scrypt:")
+    assert auth.is_password_right(db, "s3cret pass")
+    assert not auth.is_password_right(db, "s3cret pas")
+
+
+def test_no_password_set_lets_nobody_in(db):
+    assert not auth.has_password(db)
+    assert not auth.is_password_right(db, "")
+
+
+def test_first_start_generates_a_password_once(db):
+    generated = auth.ensure_password(db, None, NOW_MS)
+    assert generated and len(generated) >= 16
+    assert auth.is_password_right(db, generated)
+    assert auth.ensure_password(db, None, NOW_MS) is None  # shown once, never again
+
+
+def test_configured_password_replaces_the_stored_one(db):
+    auth.set_password(db, "old", NOW_MS)
+    assert auth.ensure_password(db, "from the environment", NOW_MS) is None
+    assert auth.is_password_right(db, "from the environment") and not auth.is_password_right(db, "old")
+
+
+def test_failed_logins_from_one_address_are_limited_for_a_while(db):
+    auth.set_password(db, "right", NOW_MS)
+    for attempt in range(auth.MAX_FAILURES):
+        assert not auth.log_in(db, "wrong", "10.0.0.1", NOW_MS + attempt)
+    with pytest.raises(auth.TooManyAttempts) as refused:
+        auth.log_in(db, "right", "10.0.0.1", NOW_MS + 10)  # even the right password waits
+    assert 0 < refused.value.retry_after_s <= auth.FAILURE_WINDOW_S
+    assert auth.log_in(db, "right", "10.0.0.2", NOW_MS + 10)  # another address is not held up
+    assert auth.log_in(db, "right", "10.0.0.1", NOW_MS + auth.FAILURE_WINDOW_S * 1000 + 1)
+
+
+def test_a_good_login_forgets_the_addresses_failures(db):
+    auth.set_password(db, "right", NOW_MS)
+    for _ in range(auth.MAX_FAILURES - 1):
+        auth.log_in(db, "wrong", "10.0.0.1", NOW_MS)
+    assert auth.log_in(db, "right", "10.0.0.1", NOW_MS)
+    assert not auth.log_in(db, "wrong", "10.0.0.1", NOW_MS)  # counting starts again, not refused
+
+
+@pytest.mark.parametrize("expected, given, is_valid", [
+    ("abc", "abc", True),
+    ("abc", "abd", False),
+    ("abc", None, False),
+    ("abc", "", False),
+    (None, "abc", False),
+    (None, None, False),
+    ("abc", "\udcff", False),
+])
+def test_csrf_tokens_must_match_the_sessions(expected, given, is_valid):
+    assert auth.is_csrf_token_valid(expected, given) is is_valid
+
+
+def run_cli(data_dir, *args, stdin: str | None = None, **env):
+    environment = {"PATH": "/usr/bin:/bin", "OMNIWISE_DATA_DIR": str(data_dir), **env}
+    return subprocess.run([sys.executable, str(ROOT / "omniwise.py"), *args], cwd=ROOT, input=stdin,
+                          capture_output=True, text=True, env=environment)
+
+
+def test_init_prints_a_generated_password_once(tmp_path):
+    first = run_cli(tmp_path / "data", "init")
+    assert first.returncode == 0, first.stderr
+    line = next(line for line in first.stdout.splitlines() if line.startswith("Operator password"))
+    password = line.rsplit(": ", 1)[1]
+    second = run_cli(tmp_path / "data", "init")
+    assert "Operator password" not in second.stdout
+    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+        assert auth.is_password_right(db, password)
+
+
+def test_init_with_a_configured_password_prints_none(tmp_path):
+    result = run_cli(tmp_path / "data", "init", OMNIWISE_ADMIN_PASSWORD="given")
+    assert result.returncode == 0 and "Operator password" not in result.stdout
+    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+        assert auth.is_password_right(db, "given")
+
+
+def test_set_password_reads_standard_input(tmp_path):
+    result = run_cli(tmp_path / "data", "set-password", stdin="new one\n")
+    assert (result.returncode, result.stdout.strip()) == (0, "Password set."), result.stderr
+    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+        assert auth.is_password_right(db, "new one")
+    empty = run_cli(tmp_path / "data", "set-password", stdin="\n")
+    assert empty.returncode == 1 and "must not be empty" in empty.stderr

@@ -1,0 +1,136 @@
+"""Saving the strategy file: the worker's compiler first, an atomic write, versions to restore."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from core import liveness, store, strategies
+from core.dsl import StrategyError, compile_strategy
+
+NOW_MS = 1_800_000_000_000
+GOOD = "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n"
+OTHER = "IF EMA(9) CROSSES ABOVE EMA(21) THEN BUY\n"
+
+
+@pytest.fixture
+def path(data_dir):
+    return data_dir / "strategy.txt"
+
+
+@pytest.mark.parametrize("text", [GOOD, OTHER, "", "# only a comment\n", "if close > open then buy\r\n"])
+def test_version_is_the_workers_policy_version(text):
+    assert strategies.version_of(text) == compile_strategy(text).version
+
+
+@pytest.mark.parametrize("text", ["IF MA4 > MA9 BUY\n",
+                                  "IF MA4 > MA9 THEN BUY\nIF EMAA(9) > 1 THEN SELL\nIF RSI(0) < 3 THEN BUY"])
+def test_check_gives_exactly_the_compilers_errors(text):
+    with pytest.raises(StrategyError) as compiled:
+        compile_strategy(text)
+    policy, errors = strategies.check(text)
+    assert policy is None and errors == compiled.value.errors
+
+
+def test_check_of_a_valid_text_gives_its_policy():
+    policy, errors = strategies.check(GOOD)
+    assert errors == [] and policy.version == compile_strategy(GOOD).version and len(policy.rules) == 2
+
+
+def test_crlf_from_a_browser_is_saved_as_lf(path, db):
+    policy = strategies.save_strategy(path, GOOD.replace("\n", "\r\n"), db, NOW_MS)
+    assert path.read_bytes() == GOOD.encode() and policy.version == compile_strategy(GOOD).version
+
+
+def test_an_overlong_text_is_refused_with_a_position():
+    _, errors = strategies.check("#" * (strategies.MAX_CHARS + 1))
+    assert (errors[0].line, errors[0].column) == (1, 1) and "at most" in errors[0].message
+
+
+def test_invalid_text_is_refused_and_nothing_changes(path, db):
+    before = path.read_text()
+    with pytest.raises(StrategyError) as refused:
+        strategies.save_strategy(path, "IF MA4 > MA9 BUY\n", db, NOW_MS)
+    assert refused.value.errors[0].message == "missing THEN before BUY"
+    assert path.read_text() == before and strategies.versions(db) == []
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_save_writes_atomically_and_keeps_the_files_mode(path, db):
+    os.chmod(path, 0o640)
+    inode = path.stat().st_ino
+    strategies.save_strategy(path, OTHER, db, NOW_MS)
+    assert path.read_text() == OTHER
+    assert path.stat().st_ino != inode  # a new file renamed over the old one, not a rewrite in place
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_version(path, db, monkeypatch):
+    before = path.read_text()
+
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(strategies.os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        strategies.save_strategy(path, OTHER, db, NOW_MS)
+    assert path.read_text() == before and strategies.versions(db) == []
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_saving_over_an_unrecorded_text_records_it_first(path, db):
+    shipped = path.read_text()
+    strategies.save_strategy(path, OTHER, db, NOW_MS)
+    assert [(v.version, v.text) for v in strategies.versions(db)] == [
+        (strategies.version_of(OTHER), OTHER), (strategies.version_of(shipped), shipped)]
+
+
+def test_saving_the_same_text_twice_records_one_version(path, db):
+    strategies.save_strategy(path, OTHER, db, NOW_MS)
+    strategies.save_strategy(path, OTHER, db, NOW_MS + 1)
+    assert [v.text for v in strategies.versions(db)].count(OTHER) == 1
+
+
+def test_a_missing_file_is_created(data_dir, db):
+    path = data_dir / "new.txt"
+    strategies.save_strategy(path, GOOD, db, NOW_MS)
+    assert path.read_text() == GOOD and [v.text for v in strategies.versions(db)] == [GOOD]
+
+
+def test_restore_makes_an_old_version_current_and_records_it_again(path, db):
+    shipped = path.read_text()
+    strategies.save_strategy(path, OTHER, db, NOW_MS)
+    policy = strategies.restore_version(path, strategies.version_of(shipped), db, NOW_MS + 1)
+    assert path.read_text() == shipped and policy.version == strategies.version_of(shipped)
+    assert [v.text for v in strategies.versions(db)] == [shipped, OTHER, shipped]
+
+
+def test_restoring_an_unknown_version_raises(path, db):
+    with pytest.raises(strategies.UnknownVersion):
+        strategies.restore_version(path, "0123456789ab", db, NOW_MS)
+
+
+def test_diff_shows_what_restoring_would_change():
+    assert strategies.diff(GOOD, OTHER) == ["@@ -1,2 +1 @@", "-IF MA4 > MA9 THEN BUY", "-IF MA4 < MA9 THEN SELL",
+                                            "+IF EMA(9) CROSSES ABOVE EMA(21) THEN BUY"]
+    assert strategies.diff(GOOD, GOOD) == []
+
+
+@pytest.mark.parametrize("loaded, error, alive, is_loaded", [
+    ("abc", "", True, True),
+    ("abc", "line 1, column 3: ...", True, False),
+    ("old", "", True, False),
+    (None, None, False, False),
+])
+def test_worker_view_tells_whether_the_saved_version_runs(db, loaded, error, alive, is_loaded):
+    with db.conn:
+        if loaded is not None:
+            store.set_meta(db, strategies.LOADED_KEY, loaded, NOW_MS)
+        if error is not None:
+            store.set_meta(db, strategies.ERROR_KEY, error, NOW_MS)
+        if alive:
+            store.set_meta(db, liveness.BEACON_KEY, str(NOW_MS), NOW_MS)
+    view = strategies.worker_view(db, NOW_MS + 1000)
+    assert view.has_loaded("abc") is is_loaded and view.is_alive is alive
