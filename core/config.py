@@ -46,6 +46,16 @@ class Settings:
     keep_decisions_days: float = 90
     keep_signals_days: float = 90
     keep_alerts_days: float = 365
+    testnet: bool = True  # Binance's testnet; off trades real money and needs live_trading
+    live_trading: str | None = None  # LIVE_TRADING_OPT_IN confirms trading real money
+    order_quote: float | None = None  # at most this much quote (margin) asset per BUY on Binance; None: all free
+    warmup_hours: float = 24.0  # 1-minute klines loaded from Binance on start, for warm indicators
+    binance_timeout_s: float = 10.0  # per REST request
+    binance_recv_window_ms: int = 5000  # how long after signing Binance may still execute a request
+    binance_api_url: str | None = None  # the *_url settings replace Binance's hosts (tests, proxies)
+    binance_futures_url: str | None = None
+    binance_stream_url: str | None = None
+    binance_futures_stream_url: str | None = None
     binance_api_key: str | None = dataclasses.field(default=None, repr=False)
     binance_api_secret: str | None = dataclasses.field(default=None, repr=False)
 
@@ -58,6 +68,13 @@ class Settings:
     def db_path(self) -> Path:
         """The SQLite database shared by the web app and the worker."""
         return self.data_dir / "omniwise.db"
+
+    @property
+    def mode(self) -> str:
+        """What trading means: "paper" (simulated), "testnet" (Binance's test exchange) or "live" (real money)."""
+        if self.broker == "paper":
+            return "paper"
+        return "testnet" if self.testnet else "live"
 
 
 # variable suffix -> (field name, parser)
@@ -86,8 +103,29 @@ _FIELDS = {
     "KEEP_DECISIONS_DAYS": ("keep_decisions_days", lambda v: _number(v, "KEEP_DECISIONS_DAYS", minimum=0)),
     "KEEP_SIGNALS_DAYS": ("keep_signals_days", lambda v: _number(v, "KEEP_SIGNALS_DAYS", minimum=0)),
     "KEEP_ALERTS_DAYS": ("keep_alerts_days", lambda v: _number(v, "KEEP_ALERTS_DAYS", minimum=0)),
+    "TESTNET": ("testnet", lambda v: _flag(v, "TESTNET")),
+    "LIVE_TRADING": ("live_trading", str.strip),
+    "ORDER_QUOTE": ("order_quote", lambda v: _number(v, "ORDER_QUOTE", minimum=0)),
+    "WARMUP_HOURS": ("warmup_hours", lambda v: _number(v, "WARMUP_HOURS", minimum=0)),
+    "BINANCE_TIMEOUT": ("binance_timeout_s", lambda v: _number(v, "BINANCE_TIMEOUT", minimum=0.1)),
+    "BINANCE_RECV_WINDOW": ("binance_recv_window_ms", lambda v: int(_number(v, "BINANCE_RECV_WINDOW", minimum=1))),
+    "BINANCE_API_URL": ("binance_api_url", str.strip),
+    "BINANCE_FUTURES_URL": ("binance_futures_url", str.strip),
+    "BINANCE_STREAM_URL": ("binance_stream_url", str.strip),
+    "BINANCE_FUTURES_STREAM_URL": ("binance_futures_stream_url", str.strip),
     "LOG_LEVEL": ("log_level", lambda v: _choice(v.upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))),
 }
+
+
+_FLAGS = {"1": True, "yes": True, "true": True, "on": True, "0": False, "no": False, "false": False, "off": False}
+LIVE_TRADING_OPT_IN = "yes-real-money"
+
+
+def _flag(value: str, name: str) -> bool:
+    try:
+        return _FLAGS[value.strip().lower()]
+    except KeyError:
+        raise ConfigError(f"{PREFIX}{name}={value!r} is not yes or no") from None
 
 
 def _choice(value: str, name: str, allowed: tuple[str, ...]) -> str:
@@ -134,4 +172,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     for name, field in (("BINANCE_API_KEY", "binance_api_key"), ("BINANCE_API_SECRET", "binance_api_secret")):
         if values.get(name):
             kwargs[field] = values[name]
-    return Settings(**kwargs)
+    settings = Settings(**kwargs)
+    if settings.mode == "live" and settings.live_trading != LIVE_TRADING_OPT_IN:
+        raise ConfigError(f"{PREFIX}TESTNET=no with {PREFIX}BROKER={settings.broker} trades real money: confirm it "
+                          f"with {PREFIX}LIVE_TRADING={LIVE_TRADING_OPT_IN}, or keep the testnet")
+    return settings

@@ -26,6 +26,7 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
     return {
         "symbol": settings.symbol,
         "broker": settings.broker,
+        "mode": settings.mode,  # paper, testnet or live (real money)
         "worker": {"alive": worker.alive, "last_seen": iso(worker.last_seen_ms)},
         "position": {"side": position["side"] if position else None, "qty": position["qty"] if position else None,
                      "entry_price": position["entry_price"] if position else None,

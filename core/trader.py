@@ -127,7 +127,7 @@ class Trader:
         policy = self._policy()
         now_ms = int(self.clock() * 1000)
         filled, order = [], None
-        with self.db.conn:
+        with store.transaction(self.db):
             if self.broker.has_pending():
                 filled = self.broker.fill_pending(candle.open, candle.open_time_ms)
                 brokers.save_position(self.db, self.broker.position(), now_ms)
@@ -193,7 +193,7 @@ class Trader:
             return None  # no price yet to trade at
         target = "long" if signal == "BUY" else "flat"
         now_ms = int(self.clock() * 1000)
-        with self.db.conn:
+        with store.transaction(self.db):
             position = self.broker.position()
             if self.broker.has_pending() or position.side == target or (target == "flat" and position.side != "long"):
                 return None
@@ -212,7 +212,7 @@ class Trader:
     def _fill_pending(self, price: float, time_ms: int) -> None:
         if not self.broker.has_pending():
             return
-        with self.db.conn:
+        with store.transaction(self.db):
             filled = self.broker.fill_pending(price, time_ms)
             brokers.save_position(self.db, self.broker.position(), int(self.clock() * 1000))
         for fill in filled:

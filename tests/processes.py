@@ -83,6 +83,11 @@ class Server:
                 time.sleep(0.02)
         raise AssertionError(f"server did not answer within {START_TIMEOUT_S} s")
 
+    @property
+    def url(self) -> str:
+        """The server's base URL, e.g. for a browser."""
+        return f"http://127.0.0.1:{self.port}"
+
     def request(self, method: str, path: str, body: bytes | str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)

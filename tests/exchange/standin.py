@@ -1,0 +1,564 @@
+"""A local stand-in for Binance, for the tests: spot and USDⓈ-M futures REST, the aggTrade stream, faults.
+
+REST (a ThreadingHTTPServer on 127.0.0.1) answers the endpoints Omniwise uses with Binance's JSON
+shapes and error codes, and checks signed requests as Binance does: the X-MBX-APIKEY header, the
+HMAC-SHA256 signature over the query string and body, and the timestamp against its own clock and
+the recvWindow. Every answer carries X-MBX-USED-WEIGHT-1M.
+
+The market replays one real day of XRPETH: from `start_ms` on, trades are published at `speed` times
+real time and pushed to every open stream (a `websockets` server): a client that is disconnected
+misses trades, as on Binance. Klines of finished minutes are Binance's own (the day's 1m file); the
+current minute's kline is built from the trades published so far. Market orders fill at the last
+published price, 0.1% commission.
+
+Faults on demand (`fail`): "timeout" (the request waits `hold_s` before it is handled, and counts as
+late then), "500", "429" and "418" with Retry-After (not handled), "lost" (handled, then the connection
+closes without an answer); `skew_clock` makes timestamps fall outside the recvWindow (-1021);
+`drop_streams` cuts every stream connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import csv
+import dataclasses
+import hashlib
+import hmac
+import http.server
+import json
+import threading
+import time
+import urllib.parse
+from decimal import ROUND_DOWN, Decimal
+from pathlib import Path
+
+from websockets.asyncio.server import broadcast, serve
+
+E8 = Decimal("0.00000001")
+COMMISSION = Decimal("0.001")
+MINUTE_MS = 60_000
+WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "account": 20, "order": 4, "positionRisk": 5,
+           "balance": 5}
+
+
+def e8(value: Decimal) -> str:
+    """Binance's 8-decimal text."""
+    return format(Decimal(value).quantize(E8, rounding=ROUND_DOWN), "f")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: int, message: str, headers: dict | None = None):
+        self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+
+
+@dataclasses.dataclass
+class Fault:
+    kind: str
+    method: str
+    path: str
+    hold_s: float = 0.0
+    retry_after_s: int = 1
+
+
+class StandIn:
+    """Binance on 127.0.0.1: `api_url`, `futures_url`, `stream_url`, `futures_stream_url` for the client."""
+
+    def __init__(self, trades_csv: Path, klines_csv: Path, *, api_key: str, api_secret: str, start_ms: int,
+                 speed: float = 600.0, symbol: str = "XRPETH", base: str = "XRP", quote: str = "ETH",
+                 balances: dict[str, str] | None = None, futures_balance: str = "10"):
+        self.api_key, self.api_secret = api_key, api_secret
+        self.symbol, self.base, self.quote = symbol, base, quote
+        self.start_ms, self.speed = start_ms, speed
+        with open(trades_csv, newline="") as file:
+            self.trades = [row for row in csv.reader(file) if row and row[0].isdigit()]
+        self.trade_times = [int(row[5]) for row in self.trades]
+        with open(klines_csv, newline="") as file:
+            self.klines = {int(row[0]): row for row in csv.reader(file) if row and row[0].isdigit()}
+        self.step, self.min_qty, self.min_notional = Decimal(1), Decimal(1), Decimal("0.01")
+        self.balances = {asset: Decimal(amount) for asset, amount in (balances or {quote: "1"}).items()}
+        self.futures_wallet = Decimal(futures_balance)
+        self.futures_amount = self.futures_entry = Decimal(0)
+        self.orders: list[dict] = []  # every order executed, both markets, in order
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every REST request
+        self.error_codes: list[int] = []  # Binance error codes answered, in order
+        self.faults: list[Fault] = []
+        self.skew_ms = 0
+        self.extra_weight = 0  # added to the used weight this stand-in reports
+        self._weight_minute, self._weight = 0, 0
+        self._lock = threading.RLock()
+        self._closing = threading.Event()
+        self._t0 = 0.0
+        self._subscribers: dict = {}  # stream connection -> True for the combined-stream form
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    def start(self) -> "StandIn":
+        self._t0 = time.monotonic()
+        handler = type("Handler", (_Handler,), {"standin": self})
+        self._http = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._http.daemon_threads = True
+        self._http.block_on_close = False
+        threading.Thread(target=self._http.serve_forever, args=(0.05,), name="standin-rest", daemon=True).start()
+        ready = threading.Event()
+        self._ws_thread = threading.Thread(target=lambda: asyncio.run(self._serve_streams(ready)),
+                                           name="standin-stream", daemon=True)
+        self._ws_thread.start()
+        ready.wait(10)
+        rest = f"http://127.0.0.1:{self._http.server_address[1]}"
+        self.api_url, self.futures_url = f"{rest}/api", f"{rest}/fapi"
+        self.stream_url = self.futures_stream_url = f"ws://127.0.0.1:{self._ws_port}/"
+        return self
+
+    def close(self) -> None:
+        self._closing.set()
+        self._http.shutdown()
+        self._http.server_close()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stop_streams.set)
+        self._ws_thread.join(10)
+
+    # -- controls for tests ---------------------------------------------------------------------------
+
+    def fail(self, kind: str, path: str = "/api/v3/order", method: str = "POST", hold_s: float = 0.0,
+             retry_after_s: int = 1, times: int = 1) -> None:
+        """Make the next `times` requests to `method path` meet a fault (see the module docstring)."""
+        with self._lock:
+            self.faults.extend(Fault(kind, method, path, hold_s, retry_after_s) for _ in range(times))
+
+    def skew_clock(self, ms: int) -> None:
+        """Move the exchange's clock: requests signed by the old one fall outside the recvWindow."""
+        self.skew_ms += ms
+
+    def drop_streams(self) -> int:
+        """Cut every stream connection without a close frame; returns how many there were."""
+        future = asyncio.run_coroutine_threadsafe(self._drop(), self._loop)
+        return future.result(10)
+
+    def server_time_ms(self) -> int:
+        return int(time.time() * 1000) + self.skew_ms
+
+    def market_now_ms(self) -> int:
+        """The replayed market's time: `start_ms` plus `speed` times the real time since start()."""
+        return self.start_ms + int((time.monotonic() - self._t0) * 1000 * self.speed)
+
+    def orders_for(self, client_order_id: str) -> list[dict]:
+        with self._lock:
+            return [o for o in self.orders if o["clientOrderId"] == client_order_id]
+
+    def kline_row(self, open_ms: int) -> list[str]:
+        """Binance's kline of a finished minute, as the 1m file has it."""
+        return self.klines[open_ms]
+
+    # -- market ---------------------------------------------------------------------------------------
+
+    def last_price(self) -> Decimal:
+        index = bisect.bisect_right(self.trade_times, self.market_now_ms())
+        return Decimal(self.trades[index - 1][1])
+
+    def _kline_json(self, open_ms: int, now_ms: int) -> list:
+        if open_ms + MINUTE_MS <= now_ms:
+            row = self.klines[open_ms]
+            return [int(row[0]), *row[1:6], int(row[6]), row[7], int(row[8]), row[9], row[10], "0"]
+        # The minute in progress, from the trades published so far.
+        first = bisect.bisect_left(self.trade_times, open_ms)
+        last = bisect.bisect_right(self.trade_times, now_ms)
+        trades = self.trades[first:last]
+        previous_close = Decimal(self.klines[open_ms - MINUTE_MS][4]) if open_ms - MINUTE_MS in self.klines else 0
+        prices = [Decimal(t[1]) for t in trades] or [previous_close]
+        volume = sum((Decimal(t[2]) for t in trades), Decimal(0))
+        quote = sum((Decimal(t[1]) * Decimal(t[2]) for t in trades), Decimal(0))
+        buys = [t for t in trades if t[6] == "False"]
+        return [open_ms, e8(prices[0]), e8(max(prices)), e8(min(prices)), e8(prices[-1]), e8(volume),
+                open_ms + MINUTE_MS - 1, e8(quote), sum(int(t[4]) - int(t[3]) + 1 for t in trades),
+                e8(sum((Decimal(t[2]) for t in buys), Decimal(0))),
+                e8(sum((Decimal(t[1]) * Decimal(t[2]) for t in buys), Decimal(0))), "0"]
+
+    def _trade_message(self, row: list[str], is_combined: bool, is_spot: bool = True) -> str:
+        data = {"e": "aggTrade", "E": int(row[5]) + 3, "s": self.symbol, "a": int(row[0]), "p": row[1], "q": row[2],
+                "f": int(row[3]), "l": int(row[4]), "T": int(row[5]), "m": row[6] == "True"}
+        if is_spot:
+            data["M"] = True
+        if is_combined:
+            return json.dumps({"stream": f"{self.symbol.lower()}@aggTrade", "data": data})
+        return json.dumps(data)
+
+    async def _serve_streams(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop_streams = asyncio.Event()
+        async with serve(self._stream, "127.0.0.1", 0) as server:
+            self._ws_port = server.sockets[0].getsockname()[1]
+            ready.set()
+            market = asyncio.create_task(self._publish())
+            await self._stop_streams.wait()
+            market.cancel()
+
+    async def _stream(self, connection) -> None:
+        path = connection.request.path
+        if f"{self.symbol.lower()}@aggTrade" not in path:
+            await connection.close(1008, "unknown stream")
+            return
+        self._subscribers[connection] = "streams=" in path
+        try:
+            await connection.wait_closed()
+        finally:
+            self._subscribers.pop(connection, None)
+
+    async def _publish(self) -> None:
+        index = bisect.bisect_left(self.trade_times, self.start_ms)
+        while index < len(self.trades):
+            due_s = self._t0 + (self.trade_times[index] - self.start_ms) / 1000 / self.speed
+            delay = due_s - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            row = self.trades[index]
+            for is_combined in (False, True):
+                connections = [c for c, combined in self._subscribers.items() if combined == is_combined]
+                if connections:
+                    broadcast(connections, self._trade_message(row, is_combined, is_spot=not is_combined))
+            index += 1
+
+    async def _drop(self) -> int:
+        connections = list(self._subscribers)
+        for connection in connections:
+            connection.transport.abort()
+        return len(connections)
+
+    # -- REST -----------------------------------------------------------------------------------------
+
+    def handle(self, handler: "_Handler", method: str) -> None:
+        url = urllib.parse.urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length).decode() if length else ""
+        fault = self._take_fault(method, url.path)
+        if fault is not None and fault.kind in ("500", "429", "418"):
+            status = int(fault.kind)
+            if status == 500:
+                self._answer(handler, method, url.path, 500, {"code": -1000, "msg": "An unknown error occurred "
+                                                                                    "while processing the request."})
+            else:
+                self._answer(handler, method, url.path, status, {"code": -1003, "msg": "Too much request weight "
+                             "used; current limit is 6000 request weight per 1 MINUTE."},
+                             {"Retry-After": str(fault.retry_after_s)})
+            return
+        if fault is not None and fault.kind == "timeout":
+            self._closing.wait(fault.hold_s)
+        try:
+            status, payload = 200, self._route(handler, method, url.path, url.query, body)
+        except ApiError as exc:
+            status, payload = exc.status, {"code": exc.code, "msg": exc.message}
+            with self._lock:
+                self.error_codes.append(exc.code)
+        if fault is not None and fault.kind == "lost":
+            self._closing.wait(fault.hold_s)
+            with self._lock:
+                self.requests.append((method, url.path, 0))
+            handler.close_connection = True  # handled, but the answer never leaves
+            return
+        try:
+            self._answer(handler, method, url.path, status, payload)
+        except OSError:
+            pass  # the client gave up waiting
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.method == method and fault.path == path:
+                    self.faults.remove(fault)
+                    return fault
+        return None
+
+    def _answer(self, handler, method: str, path: str, status: int, payload, headers: dict | None = None) -> None:
+        data = json.dumps(payload).encode()
+        with self._lock:
+            self.requests.append((method, path, status))
+            minute = int(time.time() // 60)
+            if minute != self._weight_minute:
+                self._weight_minute, self._weight = minute, 0
+            self._weight += WEIGHTS.get(path.rsplit("/", 1)[-1], 1)
+            weight = self._weight + self.extra_weight
+        handler.send_response(status)
+        handler.send_header("Content-Type", "application/json;charset=UTF-8")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.send_header("X-MBX-USED-WEIGHT-1M", str(weight))
+        for name, value in (headers or {}).items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(data)
+
+    def _route(self, handler, method: str, path: str, query: str, body: str):
+        params = dict(urllib.parse.parse_qsl(query + ("&" if query and body else "") + body))
+        public = {
+            ("GET", "/api/v3/ping"): lambda: {}, ("GET", "/fapi/v1/ping"): lambda: {},
+            ("GET", "/api/v3/time"): lambda: {"serverTime": self.server_time_ms()},
+            ("GET", "/fapi/v1/time"): lambda: {"serverTime": self.server_time_ms()},
+            ("GET", "/api/v3/exchangeInfo"): self._spot_exchange_info,
+            ("GET", "/fapi/v1/exchangeInfo"): self._futures_exchange_info,
+            ("GET", "/api/v3/klines"): lambda: self._klines(params),
+            ("GET", "/fapi/v1/klines"): lambda: self._klines(params),
+        }
+        signed = {
+            ("GET", "/api/v3/account"): lambda: self._spot_account(),
+            ("POST", "/api/v3/order"): lambda: self._spot_order(params),
+            ("GET", "/api/v3/order"): lambda: self._query_order(params, "spot"),
+            ("POST", "/fapi/v1/order"): lambda: self._futures_order(params),
+            ("GET", "/fapi/v1/order"): lambda: self._query_order(params, "futures"),
+            ("GET", "/fapi/v3/positionRisk"): lambda: self._position_risk(),
+            ("GET", "/fapi/v3/balance"): lambda: self._futures_balance(),
+        }
+        if (method, path) in public:
+            return public[(method, path)]()
+        if (method, path) in signed:
+            self._authenticate(handler, query, body, params)
+            with self._lock:
+                return signed[(method, path)]()
+        raise ApiError(404, -1000, f"no endpoint {method} {path} in this stand-in")
+
+    def _authenticate(self, handler, query: str, body: str, params: dict) -> None:
+        """Binance's checks of a SIGNED request: key, timestamp within recvWindow, HMAC-SHA256 signature."""
+        key = handler.headers.get("X-MBX-APIKEY")
+        if not key:
+            raise ApiError(401, -2014, "API-key format invalid.")
+        if not hmac.compare_digest(key, self.api_key):
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        if "timestamp" not in params or "signature" not in params:
+            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' or 'signature' was not sent, was "
+                                       "empty/null, or malformed.")
+        recv_window = int(params.get("recvWindow", 5000))
+        if recv_window > 60_000:
+            raise ApiError(400, -1131, "recvWindow must be less than 60000")
+        server_ms, timestamp = self.server_time_ms(), int(params["timestamp"])
+        if not (timestamp < server_ms + 1000 and server_ms - timestamp <= recv_window):
+            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+        unsigned = "".join("&".join(p for p in part.split("&") if not p.startswith("signature="))
+                           for part in (query, body))
+        expected = hmac.new(self.api_secret.encode(), unsigned.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, params["signature"]):
+            raise ApiError(400, -1022, "Signature for this request is not valid.")
+
+    # -- market data ----------------------------------------------------------------------------------
+
+    def _spot_exchange_info(self) -> dict:
+        return {"timezone": "UTC", "serverTime": self.server_time_ms(),
+                "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                                "limit": 6000},
+                               {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
+                               {"rateLimitType": "RAW_REQUESTS", "interval": "MINUTE", "intervalNum": 5,
+                                "limit": 61000}],
+                "exchangeFilters": [],
+                "symbols": [{"symbol": self.symbol, "status": "TRADING", "baseAsset": self.base,
+                             "baseAssetPrecision": 8,
+                             "quoteAsset": self.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+                             "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+                             "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                             "icebergAllowed": True, "ocoAllowed": True, "quoteOrderQtyMarketAllowed": True,
+                             "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
+                             "filters": [
+                                 {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "1000.00000000",
+                                  "tickSize": "0.00000001"},
+                                 {"filterType": "LOT_SIZE", "minQty": e8(self.min_qty), "maxQty": "90000000.00000000",
+                                  "stepSize": e8(self.step)},
+                                 {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "2000000.00000000",
+                                  "stepSize": "0.00000000"},
+                                 {"filterType": "NOTIONAL", "minNotional": e8(self.min_notional),
+                                  "applyMinToMarket": True, "maxNotional": "9000000.00000000",
+                                  "applyMaxToMarket": False, "avgPriceMins": 5}],
+                             "permissions": [], "permissionSets": [["SPOT"]],
+                             "defaultSelfTradePreventionMode": "EXPIRE_MAKER"}]}
+
+    def _futures_exchange_info(self) -> dict:
+        return {"timezone": "UTC", "serverTime": self.server_time_ms(), "futuresType": "U_MARGINED",
+                "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                                "limit": 2400},
+                               {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200}],
+                "assets": [{"asset": self.quote, "marginAvailable": True}],
+                "symbols": [{"symbol": self.symbol, "pair": self.symbol, "contractType": "PERPETUAL",
+                             "status": "TRADING",
+                             "baseAsset": self.base, "quoteAsset": self.quote, "marginAsset": self.quote,
+                             "pricePrecision": 8, "quantityPrecision": 0, "baseAssetPrecision": 8, "quotePrecision": 8,
+                             "filters": [
+                                 {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "1000",
+                                  "tickSize": "0.00000001"},
+                                 {"filterType": "LOT_SIZE", "stepSize": "1", "maxQty": "10000000", "minQty": "1"},
+                                 {"filterType": "MARKET_LOT_SIZE", "stepSize": "1", "maxQty": "1000000", "minQty": "1"},
+                                 {"filterType": "MIN_NOTIONAL", "notional": "0.01"}],
+                             "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET"],
+                             "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}]}
+
+    def _klines(self, params: dict) -> list:
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if params.get("interval") != "1m":
+            raise ApiError(400, -1120, "Invalid interval.")
+        limit = min(int(params.get("limit", 500)), 1000)
+        now_ms = self.market_now_ms()
+        current_ms = now_ms - now_ms % MINUTE_MS
+        end_ms = min(int(params.get("endTime", current_ms)), current_ms)
+        if "startTime" in params:
+            first_ms = -(-int(params["startTime"]) // MINUTE_MS) * MINUTE_MS
+        else:
+            first_ms = end_ms - end_ms % MINUTE_MS - (limit - 1) * MINUTE_MS
+        opens = [t for t in range(first_ms, end_ms + 1, MINUTE_MS) if t in self.klines][:limit]
+        return [self._kline_json(t, now_ms) for t in opens]
+
+    # -- spot account ---------------------------------------------------------------------------------
+
+    def _spot_account(self) -> dict:
+        return {"makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
+                "commissionRates": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000",
+                                    "seller": "0.00000000"},
+                "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
+                "requireSelfTradePrevention": False, "preventSor": False, "updateTime": self.server_time_ms(),
+                "accountType": "SPOT",
+                "balances": [{"asset": asset, "free": e8(amount), "locked": "0.00000000"}
+                             for asset, amount in self.balances.items()],
+                "permissions": ["SPOT"], "uid": 354937868}
+
+    def _spot_order(self, params: dict) -> dict:
+        self._check_order_params(params)
+        price = self.last_price()
+        side = params["side"]
+        if "quoteOrderQty" in params:
+            qty = (Decimal(params["quoteOrderQty"]) / price / self.step).to_integral_value(ROUND_DOWN) * self.step
+        else:
+            qty = Decimal(params["quantity"])
+            if qty % self.step:
+                raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+        if qty < self.min_qty:
+            raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+        if qty * price < self.min_notional:
+            raise ApiError(400, -1013, "Filter failure: NOTIONAL")
+        cost = (qty * price).quantize(E8, rounding=ROUND_DOWN)
+        if side == "BUY":
+            if cost > self.balances.get(self.quote, 0):
+                raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
+            commission, commission_asset = (qty * COMMISSION).quantize(E8), self.base
+            self.balances[self.quote] -= cost
+            self.balances[self.base] = self.balances.get(self.base, Decimal(0)) + qty - commission
+        else:
+            if qty > self.balances.get(self.base, 0):
+                raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
+            commission, commission_asset = (cost * COMMISSION).quantize(E8), self.quote
+            self.balances[self.base] -= qty
+            self.balances[self.quote] = self.balances.get(self.quote, Decimal(0)) + cost - commission
+        now_ms = self.server_time_ms()
+        order = {"symbol": self.symbol, "orderId": len(self.orders) + 1, "orderListId": -1,
+                 "clientOrderId": params["newClientOrderId"], "transactTime": now_ms, "price": "0.00000000",
+                 "origQty": e8(qty), "executedQty": e8(qty), "origQuoteOrderQty": params.get("quoteOrderQty", "0"),
+                 "cummulativeQuoteQty": e8(cost), "status": "FILLED", "timeInForce": "GTC", "type": "MARKET",
+                 "side": side, "workingTime": now_ms, "selfTradePreventionMode": "EXPIRE_MAKER",
+                 "fills": [{"price": e8(price), "qty": e8(qty), "commission": e8(commission),
+                            "commissionAsset": commission_asset, "tradeId": 56000 + len(self.orders)}],
+                 "market": "spot", "params": params}
+        self.orders.append(order)
+        return {k: v for k, v in order.items() if k not in ("market", "params")}
+
+    def _check_order_params(self, params: dict) -> None:
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if params.get("type") != "MARKET":
+            raise ApiError(400, -1116, "Invalid orderType.")
+        if params.get("side") not in ("BUY", "SELL"):
+            raise ApiError(400, -1117, "Invalid side.")
+
+    def _query_order(self, params: dict, market: str) -> dict:
+        wanted = params.get("origClientOrderId")
+        for order in reversed(self.orders):
+            if order["market"] == market and (order["clientOrderId"] == wanted or
+                                              str(order["orderId"]) == params.get("orderId")):
+                found = {k: v for k, v in order.items() if k not in ("market", "params", "fills", "transactTime")}
+                return {**found, "time": order.get("transactTime", order.get("updateTime")),
+                        "updateTime": order.get("transactTime", order.get("updateTime")), "isWorking": False}
+        raise ApiError(400, -2013, "Order does not exist.")
+
+    # -- futures account ------------------------------------------------------------------------------
+
+    def _futures_order(self, params: dict) -> dict:
+        self._check_order_params(params)
+        qty = Decimal(params.get("quantity", "0"))
+        if qty <= 0 or qty % self.step or qty < self.min_qty:
+            raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+        price = self.last_price()
+        signed = qty if params["side"] == "BUY" else -qty
+        amount, entry = self.futures_amount, self.futures_entry
+        new_amount = amount + signed
+        if params.get("reduceOnly") == "true" and (amount == 0 or abs(new_amount) > abs(amount)
+                                                   or new_amount * amount < 0):
+            raise ApiError(400, -2022, "ReduceOnly Order is rejected.")
+        is_opening = abs(new_amount) > abs(amount) or new_amount * amount < 0
+        if is_opening and params.get("reduceOnly") != "true":
+            if qty * price < self.min_notional:
+                raise ApiError(400, -4164, "Order's notional must be no smaller than 0.01 (unless you choose "
+                                           "reduce only).")
+            if abs(new_amount) * price > self.futures_wallet:
+                raise ApiError(400, -2019, "Margin is insufficient.")
+        closed = min(abs(amount), qty) if amount * signed < 0 else Decimal(0)
+        if closed:
+            self.futures_wallet += (price - entry) * closed * (1 if amount > 0 else -1)
+        if new_amount == 0:
+            entry = Decimal(0)
+        elif amount * new_amount <= 0:
+            entry = price
+        elif abs(new_amount) > abs(amount):
+            entry = (entry * abs(amount) + price * qty) / abs(new_amount)
+        self.futures_amount, self.futures_entry = new_amount, entry
+        now_ms = self.server_time_ms()
+        order = {"orderId": 8_000_000 + len(self.orders), "symbol": self.symbol, "status": "FILLED",
+                 "clientOrderId": params["newClientOrderId"], "price": "0", "avgPrice": e8(price),
+                 "origQty": str(qty), "executedQty": str(qty), "cumQty": str(qty), "cumQuote": e8(qty * price),
+                 "timeInForce": "GTC", "type": "MARKET", "reduceOnly": params.get("reduceOnly") == "true",
+                 "closePosition": False, "side": params["side"], "positionSide": "BOTH", "stopPrice": "0",
+                 "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": "MARKET",
+                 "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
+                 "updateTime": now_ms, "market": "futures", "params": params}
+        self.orders.append(order)
+        return {k: v for k, v in order.items() if k not in ("market", "params")}
+
+    def _position_risk(self) -> list:
+        if self.futures_amount == 0:
+            return []  # v3 lists only symbols with a position or open orders
+        price = self.last_price()
+        return [{"symbol": self.symbol, "positionSide": "BOTH", "positionAmt": str(self.futures_amount),
+                 "entryPrice": e8(self.futures_entry), "breakEvenPrice": e8(self.futures_entry),
+                 "markPrice": e8(price), "unRealizedProfit": e8((price - self.futures_entry) * self.futures_amount),
+                 "liquidationPrice": "0", "isolatedMargin": "0", "notional": e8(self.futures_amount * price),
+                 "marginAsset": self.quote, "isolatedWallet": "0", "initialMargin": "0", "maintMargin": "0",
+                 "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 1, "bidNotional": "0",
+                 "askNotional": "0", "updateTime": self.server_time_ms()}]
+
+    def _futures_balance(self) -> list:
+        used = abs(self.futures_amount) * self.futures_entry
+        return [{"accountAlias": "SgsR", "asset": self.quote, "balance": e8(self.futures_wallet),
+                 "crossWalletBalance": e8(self.futures_wallet), "crossUnPnl": "0.00000000",
+                 "availableBalance": e8(self.futures_wallet - used),
+                 "maxWithdrawAmount": e8(self.futures_wallet - used),
+                 "marginAvailable": True, "updateTime": self.server_time_ms()}]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    standin: StandIn
+
+    def do_GET(self):
+        self.standin.handle(self, "GET")
+
+    def do_POST(self):
+        self.standin.handle(self, "POST")
+
+    def log_message(self, *args):
+        pass
+
+
+
+API_KEY = "standin-api-key-0123456789abcdef0123456789abcdef0123456789abcdef"
+API_SECRET = "standin-api-secret-0123456789abcdef0123456789abcdef0123456789ab"
+DAY_START_MS = 1570752000000  # 2019-10-11 00:00 UTC, the day of the shared XRPETH files
+
+
+def start_standin(start_ms: int = DAY_START_MS + 3 * 3_600_000, speed: float = 600.0, **kwargs) -> StandIn:
+    """A started stand-in replaying the shared XRPETH day from `start_ms`, with the test keys."""
+    from tests.conftest import SHARED_DATA
+
+    folder = SHARED_DATA / "binance"
+    return StandIn(folder / "XRPETH-aggTrades-2019-10-11.csv", folder / "XRPETH-1m-2019-10-11.csv",
+                   api_key=API_KEY, api_secret=API_SECRET, start_ms=start_ms, speed=speed, **kwargs).start()
