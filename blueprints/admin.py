@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
-from core import auth, strategies, tradingview
+from core import auth, backtest, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
@@ -122,6 +122,7 @@ def save():
 def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
+                           preview=_preview(policy),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), _now_ms()))
 
 
@@ -129,7 +130,15 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
 def validate():
     """The live check of the editor's text: the #validation fragment with every error (none: valid)."""
     policy, errors = strategies.check(request.form.get("strategy", ""))
-    return render_template("admin/_validation.html", policy=policy, errors=errors)
+    return render_template("admin/_validation.html", policy=policy, errors=errors, preview=_preview(policy))
+
+
+def _preview(policy):
+    """What a valid strategy would have done over the stored candles (the same engine as the backtest)."""
+    if policy is None:
+        return None
+    settings = current_app.config["SETTINGS"]
+    return backtest.preview(_db(), settings.symbol, policy, settings.fee_rate)
 
 
 @bp.get("/admin/algo/loaded")

@@ -252,3 +252,23 @@ def test_pages_carry_security_headers(operator):
     assert "script-src 'self'" in answer.headers["Content-Security-Policy"]
     assert answer.headers["X-Frame-Options"] == "DENY" and answer.headers["Cache-Control"] == "no-store"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_validation_previews_what_the_text_would_have_done_over_the_stored_candles(operator, settings, db):
+    from core.backtest import load_candles, preview
+    from core.dsl import compile_strategy
+    from tests.conftest import SHARED_DATA
+
+    candles = load_candles(SHARED_DATA / "candles" / "ETHBTC-1m.csv")
+    columns = [candles[k].tolist() for k in ("open_time_ms", "open", "high", "low", "close", "volume")]
+    with db.conn:
+        db.conn.executemany("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
+                            [(settings.symbol, t, o, h, lo, c, v, t + 59_999) for t, o, h, lo, c, v in zip(*columns)])
+    text = "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n"
+    expected = preview(db, settings.symbol, compile_strategy(text), settings.fee_rate)
+    fragment = validate(operator, text)
+    assert expected.candles == 10_000 and len(expected.trades) > 100
+    assert f"Over the last 10,000 stored candles this text would have made\n        <strong>{len(expected.trades)} trades" \
+        in fragment
+    assert f"{expected.return_pct:+.2f} %" in fragment
+    assert 'id="preview"' not in validate(operator, "IF MA4 > MA9 THEN BUYY\n")

@@ -189,3 +189,27 @@ def test_a_stream_down_longer_than_the_grace_is_reported_once_and_then_its_recov
 def test_agg_trade_messages_of_spot_and_futures_streams_become_ticks(message):
     assert parse_agg_trade(message) == Trade(Tick(0.00141342, 23.0, 1570762800000, 5, 7, 8, True), 1570762800003)
     assert parse_agg_trade({"e": "error", "type": "ConnectionClosedError", "m": "x"}) is None
+
+
+@pytest.mark.parametrize("market", [SPOT, "futures"])
+def test_the_reader_streams_trades_through_python_binance_and_reconnects_after_a_drop(market):
+    from core.binance_feed import StreamReader
+
+    exchange = start_standin(speed=600)
+    reader = StreamReader(exchange.stream_url, "XRPETH", market)
+    reader.start()
+    try:
+        events = [reader.events.get(timeout=10) for _ in range(3)]
+        assert all(isinstance(event, Trade) for event in events)
+        assert [e.tick.agg_id for e in events] == sorted(e.tick.agg_id for e in events)
+        assert exchange.drop_streams() == 1
+        event = reader.events.get(timeout=10)
+        while isinstance(event, Trade):  # trades already on their way
+            event = reader.events.get(timeout=10)
+        assert isinstance(event, Disconnected)
+        while not isinstance(event, Trade):  # python-binance connects again by itself
+            event = reader.events.get(timeout=10)
+        assert event.tick.agg_id > events[-1].tick.agg_id
+    finally:
+        reader.close()
+        exchange.close()
