@@ -13,6 +13,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from core import alerts, indicators
+from core.candles import Candle
 from core.dsl import Policy
 from core.dsl.nodes import Indicator, Series
 from core.status import status_report
@@ -23,18 +24,6 @@ MAX_MARKERS = 200
 RECENT_ROWS = 10
 OVERLAYS = ("SMA", "EMA", "WMA", "BB_UPPER", "BB_MIDDLE", "BB_LOWER")  # drawn on the price scale
 PRICE_SERIES = ("open", "high", "low", "close")
-
-
-@dataclasses.dataclass(frozen=True)
-class Candle:
-    """The newest stored candle."""
-
-    open_time_ms: int
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: float
 
 
 def overview(db: Database, settings, now_ms: int) -> dict:
@@ -48,7 +37,8 @@ def overview(db: Database, settings, now_ms: int) -> dict:
 
 def last_candle(db: Database, symbol: str) -> Candle | None:
     """The newest candle of `symbol`, or None before the first one closed."""
-    row = db.execute("SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? "
+    row = db.execute("SELECT open_time_ms, open, high, low, close, volume, close_time_ms, quote_volume, trades, "
+                     "taker_buy_base, taker_buy_quote FROM candles WHERE symbol = ? "
                      "ORDER BY open_time_ms DESC LIMIT 1", [symbol]).fetchone()
     return Candle(*row) if row else None
 
