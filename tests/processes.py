@@ -142,6 +142,7 @@ class AlertSink:
     def __init__(self, failures: int = 0):
         self.received: list[dict] = []
         self.refused = 0
+        self.pings = 0
         sink = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -155,11 +156,17 @@ class AlertSink:
                     self.send_response(200)
                 self.end_headers()
 
+            def do_GET(self):  # the dead-man's switch ping (OMNIWISE_PING_URL)
+                sink.pings += 1
+                self.send_response(200)
+                self.end_headers()
+
             def log_message(self, *args):
                 pass
 
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"json://127.0.0.1:{self.server.server_address[1]}/alerts"
+        self.ping_url = f"http://127.0.0.1:{self.server.server_address[1]}/ping"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     def messages(self) -> list[str]:

@@ -75,12 +75,14 @@ def test_follow_mode_moves_the_position_to_the_signal(data_dir, sink):
     write_strategy(data_dir, NEVER)
     server = Server(data_dir, OMNIWISE_SYMBOL="XRPETH").start()
     worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=600, symbol="XRPETH", on_mismatch="follow",
-                          heartbeat_interval=1, heartbeat_grace=0, alert_urls=sink.url, webhook_token=TOKEN)
+                          heartbeat_interval=1, heartbeat_grace=0, alert_urls=sink.url, webhook_token=TOKEN,
+                          ping_url=sink.ping_url)
     try:
         wait_until(lambda: query(data_dir, "SELECT count(*) FROM candles")[0][0] > 5, worker, what="candles")
         server.post_signal("BUY", int(time.time() * 1000))
         wait_until(lambda: any("RECOVERED: signal is BUY and position is long" in m for m in sink.messages()),
                    worker, timeout_s=30, what="the position to follow the signal")
+        wait_until(lambda: sink.pings >= 1, worker, timeout_s=10, what="the dead-man's switch ping after a good check")
     finally:
         stop_worker(worker)
         server.kill()
