@@ -67,7 +67,7 @@ FAILED = pytest.StashKey[bool]()
 @pytest.fixture
 def operator_page(page, live, request, pytestconfig):
     """A page logged in as the operator through the login form; screenshotted when its test fails."""
-    page.set_default_timeout(10_000)
+    page.set_default_timeout(20_000)  # generous for a loaded 2-core machine; the tests set tight timeouts where time is the point
     page.goto(live.url + "/")
     page.get_by_label("Password").fill(PASSWORD)
     page.get_by_role("button", name="Log in").click()
