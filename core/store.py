@@ -156,8 +156,10 @@ def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
 @contextlib.contextmanager
 def transaction(db: Database) -> Iterator[Database]:
     """Group statements into one transaction: all of them commit, or none. `with db.conn:` alone does not:
-    sqlite-utils 4 commits every write of `db.execute` at once unless a transaction is already open."""
-    db.conn.execute("BEGIN")
+    sqlite-utils 4 commits every write of `db.execute` at once unless a transaction is already open.
+    IMMEDIATE takes the write lock first (waiting up to the busy timeout): a deferred transaction that read
+    before writing would fail at once with "database is locked" if the other process wrote meanwhile."""
+    db.conn.execute("BEGIN IMMEDIATE")
     try:
         yield db
     except BaseException:
