@@ -102,3 +102,15 @@ def test_status_page_answers_and_shows_the_rules(operator):
     page = operator.get("/")
     assert page.status_code == 200
     assert b"IF MA4 &gt; MA9 THEN BUY" in page.data
+
+
+def test_every_setting_is_explained_in_env_example_and_the_readme():
+    from core.config import _FIELDS, PREFIX
+
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for suffix in _FIELDS:
+        name = PREFIX + suffix
+        assert name in example, f"{name} is missing from .env.example"
+        grouped = f"`_{suffix.split('_', 1)[-1]}`"  # e.g. `_DECISIONS_DAYS` beside OMNIWISE_KEEP_CANDLES_DAYS
+        assert name in readme or grouped in readme, f"{name} is missing from the README"
