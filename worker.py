@@ -34,6 +34,15 @@ JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as 
 ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
 
 
+def guarded(job: Callable[[], object]) -> None:
+    """Run a scheduled job; a failure is logged and the job runs again at its next time (a failing
+    side job, such as a locked database during a backup, must never stop trading)."""
+    try:
+        job()
+    except Exception:  # noqa: BLE001
+        log.exception("scheduled job %s failed; it runs again at its next time", getattr(job, "__name__", job))
+
+
 class Worker:
     """One worker: its trader, its scheduled jobs, and a stop flag."""
 
@@ -50,12 +59,12 @@ class Worker:
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)
         self.alert_sender = AlertSender(settings, self.stop, clock)
         self.scheduler = schedule.Scheduler()
-        self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(self.beat)
-        self.scheduler.every(settings.heartbeat_interval_s).seconds.do(self.check_heartbeat)
-        self.scheduler.every(60).seconds.do(self.report)
-        self.scheduler.every(1).days.do(self.prune)
+        self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(guarded, self.beat)
+        self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
+        self.scheduler.every(60).seconds.do(guarded, self.report)
+        self.scheduler.every(1).days.do(guarded, self.prune)
         if settings.broker != "paper":
-            self.scheduler.every(ORDER_CHECK_S).seconds.do(broker.recover)
+            self.scheduler.every(ORDER_CHECK_S).seconds.do(guarded, broker.recover)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
 
