@@ -249,8 +249,8 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
     marks += [marker(t.exit_time, t.exit_price, "#b42318") for t in result.trades if t.exit_time is not None]
     return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-        f'font-size="12">',
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
+        f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="{height - 4}">equity {result.return_pct:+.2f} % · buy and hold '
         f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades</text>',
@@ -278,7 +278,17 @@ def stored_candles(db, symbol: str, limit: int = 10_000) -> dict[str, np.ndarray
     return arrays
 
 
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """The editor's preview: the backtest over the stored candles and its chart (SVG, numbers only)."""
+
+    result: BacktestResult
+    chart_svg: str
+
+
 def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
-            limit: int = 10_000) -> BacktestResult:
+            limit: int = 10_000) -> Preview:
     """What `policy` would have done over the stored candles: the editor's live preview."""
-    return run_backtest(stored_candles(db, symbol, limit), policy, fee_rate=fee_rate)
+    candles = stored_candles(db, symbol, limit)
+    result = run_backtest(candles, policy, fee_rate=fee_rate)
+    return Preview(result, render_svg(result, candles, width=1100, height=260))

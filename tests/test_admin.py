@@ -265,10 +265,11 @@ def test_validation_previews_what_the_text_would_have_done_over_the_stored_candl
         db.conn.executemany("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
                             [(settings.symbol, t, o, h, lo, c, v, t + 59_999) for t, o, h, lo, c, v in zip(*columns)])
     text = "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n"
-    expected = preview(db, settings.symbol, compile_strategy(text), settings.fee_rate)
+    expected = preview(db, settings.symbol, compile_strategy(text), settings.fee_rate).result
     fragment = validate(operator, text)
     assert expected.candles == 10_000 and len(expected.trades) > 100
     assert f"Over the last 10,000 stored candles this text would have made\n        <strong>{len(expected.trades)} trades" \
         in fragment
     assert f"{expected.return_pct:+.2f} %" in fragment
+    assert fragment.count("<circle") == 2 * len(expected.trades) - (expected.trades[-1].exit_time is None)
     assert 'id="preview"' not in validate(operator, "IF MA4 > MA9 THEN BUYY\n")
