@@ -76,7 +76,7 @@ def log_in(db: Database, password: str, address: str, now_ms: int) -> bool:
         with db.conn:
             db.execute("DELETE FROM login_failures WHERE address = ? OR at_ms <= ?", [address, since_ms])
         return True
-    with db.conn:  # failures older than the window no longer count: forget them
+    with store.transaction(db):  # failures older than the window no longer count: forget them
         db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])
         db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
     log.warning("wrong password from %s", address)

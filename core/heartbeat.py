@@ -12,7 +12,7 @@ import dataclasses
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, liveness, signals
+from core import alerts, brokers, liveness, signals, store
 from core.brokers import BrokerError, Position
 
 OK, MISMATCH, STALE, UNKNOWN = "ok", "mismatch", "stale", "unknown"
@@ -135,8 +135,7 @@ class Change:
 
 def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: float = 1800.0) -> Change | None:
     """Store a verdict; on a change of state write the change and queue its alert, all in one transaction."""
-    db.conn.execute("BEGIN IMMEDIATE")  # two processes checking at once: one of them sees the change
-    try:
+    with store.transaction(db):  # two processes checking at once: one of them sees the change
         row = db.execute("SELECT state, since_ms, last_alert_ms FROM heartbeat WHERE subject = ?",
                          [subject]).fetchone()
         old_state, since_ms, last_alert_ms = row if row else (None, now_ms, None)
@@ -164,10 +163,6 @@ def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: 
                    "reason = excluded.reason, since_ms = excluded.since_ms, checked_at_ms = excluded.checked_at_ms, "
                    "last_alert_ms = excluded.last_alert_ms",
                    [subject, new_state, reason, since_ms, now_ms, last_alert_ms])
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
     return change
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
+from core import store
 from core.dsl.policy import MAX_WINDOW
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def prune(db: Database, symbol: str, now_ms: int, keep: Retention) -> dict[str, 
     that produced an order, the newest accepted signal, or the current heartbeat states.
     """
     removed: dict[str, int] = {}
-    with db.conn:
+    with store.transaction(db):
         if keep.candles_days:
             removed["candles"] = db.execute(
                 "DELETE FROM candles WHERE symbol = ? AND open_time_ms < ? AND open_time_ms < coalesce(("

@@ -120,14 +120,9 @@ def open_db(path: str | Path) -> Database:
 
 def migrate(db: Database) -> list[str]:
     """Apply pending migrations under a write lock, so two processes starting together cannot race."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         pending = [m.name for m in migrations.pending(db)]
         migrations.apply(db)
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
     return pending
 
 
@@ -170,15 +165,10 @@ def transaction(db: Database) -> Iterator[Database]:
 
 def ensure_secret(db: Database, key: str, now_ms: int | None = None) -> str:
     """A random secret kept in the meta table, generated the first time it is asked for."""
-    db.conn.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         value = get_meta(db, key)
         if value is None:
             value = secrets.token_urlsafe(32)
             db.execute("INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?)",
                        [key, value, now_ms if now_ms is not None else int(time.time() * 1000)])
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
     return value
