@@ -75,3 +75,12 @@ def operator(app, db):
     assert answer.status_code == 302, answer.data
     browser.csrf_token = csrf_token_of(browser.get("/admin/algo").data)
     return browser
+
+
+@pytest.fixture(autouse=True, scope="module")
+def reap_processes():
+    """No server or worker outlives the test module that started it, even when a test failed midway."""
+    yield
+    from tests.processes import reap
+
+    reap()

@@ -20,6 +20,19 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "server-test-token-0123456789"
 START_TIMEOUT_S = 30
+STARTED: list[subprocess.Popen] = []  # every process a test started; conftest reaps those left running
+
+
+def reap() -> None:
+    """Kill whatever a test started and left running (a failed assertion skips its own clean-up)."""
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                process.kill()
+            process.wait(timeout=10)
 
 
 def free_port() -> int:
@@ -72,6 +85,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, str(ROOT / "omniwise.py"), "serve", "--port", str(self.port)], cwd=self.data_dir,
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        STARTED.append(self.process)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:  # poll until it answers, no fixed sleep
             if self.process.poll() is not None:
@@ -124,8 +138,10 @@ def start_worker(data_dir: Path, **env: str) -> subprocess.Popen:
     """`python worker.py` on `data_dir` with OMNIWISE_* settings given as keyword arguments."""
     environment = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMNIWISE_DATA_DIR": str(data_dir),
                    "OMNIWISE_LOG_LEVEL": "WARNING", **{f"OMNIWISE_{k.upper()}": str(v) for k, v in env.items()}}
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=environment,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    STARTED.append(worker)
+    return worker
 
 
 def stop_worker(worker: subprocess.Popen) -> str:

@@ -58,8 +58,8 @@ def test_mismatch_alerts_once_then_recovers_when_the_strategy_follows(data_dir, 
         assert report["worker"]["alive"] and report["signal"]["signal"] == "SELL"
         assert server.request("GET", "/healthz")[0] == 200
     finally:
+        server.kill()  # first: stop_worker raises when the worker had died, and the server must not leak
         stop_worker(worker)
-        server.kill()
     assert [m.split(" (")[0] for m in sink.messages()] == [  # one alert per episode, one recovery each
         "HEARTBEAT FAILURE: no external signal has been received yet",
         "HEARTBEAT FAILURE: signal is BUY but no long position",
@@ -84,8 +84,8 @@ def test_follow_mode_moves_the_position_to_the_signal(data_dir, sink):
                    worker, timeout_s=30, what="the position to follow the signal")
         wait_until(lambda: sink.pings >= 1, worker, timeout_s=10, what="the dead-man's switch ping after a good check")
     finally:
+        server.kill()  # first: stop_worker raises when the worker had died, and the server must not leak
         stop_worker(worker)
-        server.kill()
     follows = query(data_dir, "SELECT d.action, d.reason, o.status FROM decisions d JOIN orders o ON o.decision_id = d.id")
     assert follows == [("BUY", "follow", "filled")]
 

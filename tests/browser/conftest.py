@@ -46,11 +46,15 @@ def live(tmp_path_factory):
     data_dir.mkdir()
     shutil.copy(ROOT / "data" / "strategy.txt", data_dir / "strategy.txt")
     server = Server(data_dir, OMNIWISE_ADMIN_PASSWORD=PASSWORD, OMNIWISE_SYMBOL="XRPETH").start()
-    worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=600, symbol="XRPETH", paper_balance=10,
-                          webhook_token=TOKEN)
-    yield server
-    stop_worker(worker)
-    server.kill(signal.SIGTERM)
+    try:
+        worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=600, symbol="XRPETH",
+                              paper_balance=10, webhook_token=TOKEN)
+        try:
+            yield server
+        finally:
+            stop_worker(worker)
+    finally:
+        server.kill(signal.SIGTERM)  # whatever happened to the worker, no server is left behind
 
 
 @pytest.hookimpl(wrapper=True)
