@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.backtest import load_candles, run_backtest  # noqa: E402
 from core.dsl import compile_strategy  # noqa: E402
+from timing import best_of  # noqa: E402
 
 ETHBTC = ROOT / "data" / "replay" / "ETHBTC-1m.csv"
 SEED = (ROOT / "data" / "strategy.txt").read_text()
@@ -52,27 +53,18 @@ def backtrader_seconds(candles, csv_path: Path) -> float:
     return time.perf_counter() - start
 
 
-def best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     policy = compile_strategy(SEED)
     with tempfile.TemporaryDirectory() as folder:
         candles = load_candles(ETHBTC)
         n = len(candles["close"])
-        ours_s = best(lambda: run_backtest(load_candles(ETHBTC), policy), 5)
+        ours_s = best_of(lambda: run_backtest(load_candles(ETHBTC), policy), 5)
         theirs_s = backtrader_seconds(candles, Path(folder) / "ethbtc.csv")
         print(f"seed strategy on ETHBTC ({n:,} candles), CSV load included on both sides:")
         print(f"  omniwise    {ours_s * 1e3:8.1f} ms  {n / ours_s:12,.0f} candles/s")
         print(f"  backtrader  {theirs_s * 1e3:8.1f} ms  {n / theirs_s:12,.0f} candles/s")
         print(f"  ratio       {theirs_s / ours_s:8.0f} x (goal >= 100 x)")
-        run_s = best(lambda: run_backtest(candles, policy), 20)
+        run_s = best_of(lambda: run_backtest(candles, policy), 20)
         print(f"  omniwise without the CSV load: {run_s * 1e3:.2f} ms, {n / run_s:,.0f} candles/s")
 
         big = Path(folder) / "big.csv"
@@ -87,8 +79,8 @@ def main() -> None:
                            for t, o, c, v in zip(times.tolist(), opens.tolist(), close.tolist(),
                                                  rng.uniform(1, 100, count).tolist()))
         size_mib = big.stat().st_size / 2**20
-        load_s = best(lambda: load_candles(big), 3)
-        total_s = best(lambda: run_backtest(load_candles(big), policy), 3)
+        load_s = best_of(lambda: load_candles(big), 3)
+        total_s = best_of(lambda: run_backtest(load_candles(big), policy), 3)
         trades = len(run_backtest(load_candles(big), policy).trades)
         print(f"1,000,000-candle seed backtest ({size_mib:.0f} MiB CSV): {total_s:.2f} s in all, "
               f"{load_s:.2f} s of it the CSV load, {trades:,} trades (goal <= 2 s)")

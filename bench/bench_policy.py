@@ -8,7 +8,6 @@ Goals (issue 2): unchanged-file check <= 5 us per call; one decision of a 20-rul
 from __future__ import annotations
 
 import csv
-import statistics
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 from core.dsl import compile_strategy  # noqa: E402
 from core.policy_loader import PolicyLoader  # noqa: E402
+from timing import best_of, p50_p99_ms, sample_seconds  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SEED = (ROOT / "data" / "strategy.txt").read_text()
@@ -62,15 +62,6 @@ def load_ethbtc() -> dict[str, np.ndarray]:
     return {k: np.array([float(r[k]) for r in rows]) for k in ("open", "high", "low", "close", "volume")}
 
 
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "strategy.txt"
@@ -86,23 +77,11 @@ def main() -> None:
 
     policy = compile_strategy(TWENTY_RULES)
     window = {k: v[-1000:] for k, v in synthetic(5000).items()}
-    samples = []
-    for _ in range(2000):
-        start = time.perf_counter()
-        policy.fired_rules(window)
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    print(f"20-rule decision on a 1,000-candle window: p50 {statistics.median(samples) * 1e3:.3f} ms, "
-          f"p99 {samples[int(len(samples) * 0.99)] * 1e3:.3f} ms (goal <= 1 ms)")
+    p50, p99 = p50_p99_ms(sample_seconds(lambda: policy.fired_rules(window), 2000))
+    print(f"20-rule decision on a 1,000-candle window: p50 {p50:.3f} ms, p99 {p99:.3f} ms (goal <= 1 ms)")
     live = synthetic(5000)
-    samples = []
-    for _ in range(2000):
-        start = time.perf_counter()
-        policy.decide(live)
-        samples.append(time.perf_counter() - start)
-    samples.sort()
-    print(f"20-rule live decide() (window {policy.window} candles): p50 {statistics.median(samples) * 1e3:.3f} ms, "
-          f"p99 {samples[int(len(samples) * 0.99)] * 1e3:.3f} ms")
+    p50, p99 = p50_p99_ms(sample_seconds(lambda: policy.decide(live), 2000))
+    print(f"20-rule live decide() (window {policy.window} candles): p50 {p50:.3f} ms, p99 {p99:.3f} ms")
 
     seed = compile_strategy(SEED)
     ethbtc = load_ethbtc()
