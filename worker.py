@@ -18,9 +18,11 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, binance, events, heartbeat, liveness, logs, maintenance, store
-from core.binance_feed import Backfill, StreamTime, open_feed
-from core.brokers import make_broker
+from core import alerts, events, heartbeat, liveness, logs, maintenance, store
+from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
+from core.binance.feed import Backfill, StreamTime, open_feed
+from core.binance.rest import BinanceRest, market_of
+from core.brokers import PaperBroker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
@@ -32,6 +34,18 @@ ROOT = Path(__file__).resolve().parent
 BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
 ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
+
+
+def make_broker(settings: Settings, db, rest: BinanceRest | None = None):
+    """The broker OMNIWISE_BROKER names: paper, or a Binance broker calling the exchange through `rest`.
+    Makes no network call; ConfigError when the Binance keys are missing."""
+    if settings.broker == "paper":
+        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
+    if not (settings.binance_api_key and settings.binance_api_secret):
+        raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
+                          "in the environment")
+    broker_class = {"binance-spot": BinanceSpotBroker, "binance-futures": BinanceFuturesBroker}[settings.broker]
+    return broker_class(db, settings.symbol, rest, settings.order_quote)
 
 
 def guarded(job: Callable[[], object]) -> None:
@@ -53,7 +67,7 @@ class Worker:
         self.db = store.connect(settings.db_path)
         self.loader = PolicyLoader(settings.strategy_path)
         is_binance = settings.feed == "binance" or settings.broker != "paper"
-        self.rest = binance.BinanceRest(settings, binance.market_of(settings)) if is_binance else None
+        self.rest = BinanceRest(settings, market_of(settings)) if is_binance else None
         broker = make_broker(settings, self.db, self.rest)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)

@@ -1,4 +1,5 @@
-"""Brokers: where target positions become orders. Paper trading here; Binance in core/binance_brokers.py.
+"""Brokers: where target positions become orders. Paper trading here; Binance in core/binance/brokers.py
+(worker.py chooses the broker).
 
 A broker is asked for the `position()` and given orders that were already recorded (with a client
 order id derived from the decision) inside the trader's transaction. Everything the paper broker
@@ -119,20 +120,6 @@ class PaperBroker:
                            "price": fill.price, "quote": fill.quote, "fee_quote": fill.fee_quote,
                            "filled_at_ms": time_ms})
         return filled
-
-
-def make_broker(settings, db: Database, rest=None):
-    """The broker OMNIWISE_BROKER names: paper, or a Binance broker calling the exchange through `rest`
-    (a core.binance.BinanceRest). Makes no network call; ConfigError when the Binance keys are missing."""
-    if settings.broker == "paper":
-        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
-    from core.binance_brokers import BROKERS
-    from core.config import ConfigError
-
-    if not (settings.binance_api_key and settings.binance_api_secret):
-        raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
-                          "in the environment")
-    return BROKERS[settings.broker](db, settings.symbol, rest, settings.order_quote)
 
 
 def save_position(db: Database, position: Position, now_ms: int) -> None:

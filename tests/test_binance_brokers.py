@@ -1,18 +1,21 @@
-"""core/binance_brokers.py against the exchange stand-in: one order per decision whatever the fault."""
+"""core/binance/brokers.py against the exchange stand-in: one order per decision whatever the fault."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from decimal import Decimal
 
 import pytest
 
 from core import brokers, store
-from core.binance import FUTURES, SPOT, BinanceRest
-from core.binance_brokers import BinanceFuturesBroker, BinanceSpotBroker, SymbolRules, floor_to
-from core.brokers import make_broker
+from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker, SymbolRules, floor_to
+from core.binance.rest import FUTURES, SPOT, BinanceRest
 from core.config import ConfigError, Settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin
+from tests.processes import ROOT
+from worker import make_broker
 
 SYMBOL = "XRPETH"
 
@@ -254,3 +257,10 @@ def test_the_trader_records_the_decision_but_orders_nothing_when_the_account_can
     trader.on_candle(Candle(0, 1.0, 1.0, 1.0, 1.0, 1.0, 59_999, 1.0, 1, 0.0, 0.0))
     assert db.execute("SELECT action, position_before FROM decisions").fetchall() == [("BUY", "unknown")]
     assert db.execute("SELECT count(*) FROM orders").fetchone() == (0,)
+
+
+def test_the_brokers_module_never_imports_binance_back():
+    code = "import sys, core.brokers\nprint(sorted(m for m in sys.modules if m.startswith('core.binance')))\n"
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

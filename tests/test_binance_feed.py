@@ -1,4 +1,4 @@
-"""core/binance_feed.py: the start and every hole in the trade ids are filled from the stand-in's klines."""
+"""core/binance/feed.py: the start and every hole in the trade ids are filled from the stand-in's klines."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from core.binance import SPOT, BinanceRest
-from core.binance_feed import (LATE_DECISION_MS, Backfill, BinanceFeed, Disconnected, StreamTime, Trade,
+from core.binance.rest import SPOT, BinanceRest
+from core.binance.feed import (LATE_DECISION_MS, Backfill, BinanceFeed, Disconnected, StreamTime, Trade,
                                parse_agg_trade)
 from core.brokers import PaperBroker
 from core.candles import Candle, Tick
@@ -193,7 +193,7 @@ def test_agg_trade_messages_of_spot_and_futures_streams_become_ticks(message):
 
 @pytest.mark.parametrize("market", [SPOT, "futures"])
 def test_the_reader_streams_trades_through_python_binance_and_reconnects_after_a_drop(market):
-    from core.binance_feed import StreamReader
+    from core.binance.feed import StreamReader
 
     exchange = start_standin(speed=600)
     reader = StreamReader(exchange.stream_url, "XRPETH", market)

@@ -1,4 +1,4 @@
-"""core/binance.py: the real python-binance client against the exchange stand-in, faults included."""
+"""core/binance/rest.py: the real python-binance client against the exchange stand-in, faults included."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from binance.client import Client
 from binance.exceptions import BinanceAPIException
 
-from core.binance import FUTURES, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable, backoff_s
+from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable, backoff_s
 from core.config import Settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin
 

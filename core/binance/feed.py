@@ -29,7 +29,7 @@ from typing import NamedTuple
 from binance.async_client import AsyncClient
 from binance.ws.streams import BinanceSocketManager
 
-from core.binance import SPOT, BinanceRest, backoff_s, endpoints
+from core.binance.rest import SPOT, BinanceRest, backoff_s, endpoints
 from core.brokers import BrokerError
 from core.candles import MINUTE_MS, Candle, Tick
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from sqlite_utils import Database
 
 from core import alerts, brokers, store
-from core.binance import FUTURES, ORDER_DOES_NOT_EXIST, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
+from core.binance.rest import FUTURES, ORDER_DOES_NOT_EXIST, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
 from core.brokers import BrokerError, Position
 
 log = logging.getLogger(__name__)
