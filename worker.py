@@ -44,8 +44,10 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None):
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
                           "in the environment")
-    broker_class = {"binance-spot": BinanceSpotBroker, "binance-futures": BinanceFuturesBroker}[settings.broker]
-    return broker_class(db, settings.symbol, rest, settings.order_quote)
+    if settings.broker == "binance-futures":
+        return BinanceFuturesBroker(db, settings.symbol, rest, settings.order_quote, leverage=settings.futures_leverage,
+                                    margin=settings.futures_margin)
+    return BinanceSpotBroker(db, settings.symbol, rest, settings.order_quote)
 
 
 def guarded(job: Callable[[], object]) -> None:

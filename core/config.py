@@ -48,6 +48,8 @@ class Settings:
     keep_alerts_days: float = 365
     testnet: bool = True  # Binance's testnet; off trades real money and needs live_trading
     live_trading: str | None = None  # LIVE_TRADING_OPT_IN confirms trading real money
+    futures_leverage: int = 1  # set on the futures symbol at start, and verified
+    futures_margin: str = "cross"  # or "isolated": the futures symbol's margin type, set at start
     order_quote: float | None = None  # at most this much quote (margin) asset per BUY on Binance; None: all free
     warmup_hours: float = 24.0  # 1-minute klines loaded from Binance on start, for warm indicators
     binance_timeout_s: float = 10.0  # per REST request
@@ -105,10 +107,12 @@ _FIELDS = {
     "KEEP_ALERTS_DAYS": ("keep_alerts_days", lambda v: _number(v, "KEEP_ALERTS_DAYS", minimum=0)),
     "TESTNET": ("testnet", lambda v: _flag(v, "TESTNET")),
     "LIVE_TRADING": ("live_trading", str.strip),
+    "FUTURES_LEVERAGE": ("futures_leverage", lambda v: _whole(v, "FUTURES_LEVERAGE", 1, 125)),
+    "FUTURES_MARGIN": ("futures_margin", lambda v: _choice(v.lower(), "FUTURES_MARGIN", ("cross", "isolated"))),
     "ORDER_QUOTE": ("order_quote", lambda v: _number(v, "ORDER_QUOTE", minimum=0)),
     "WARMUP_HOURS": ("warmup_hours", lambda v: _number(v, "WARMUP_HOURS", minimum=0)),
     "BINANCE_TIMEOUT": ("binance_timeout_s", lambda v: _number(v, "BINANCE_TIMEOUT", minimum=0.1)),
-    "BINANCE_RECV_WINDOW": ("binance_recv_window_ms", lambda v: int(_number(v, "BINANCE_RECV_WINDOW", minimum=1))),
+    "BINANCE_RECV_WINDOW": ("binance_recv_window_ms", lambda v: _whole(v, "BINANCE_RECV_WINDOW", 1, 60_000)),
     "BINANCE_API_URL": ("binance_api_url", str.strip),
     "BINANCE_FUTURES_URL": ("binance_futures_url", str.strip),
     "BINANCE_STREAM_URL": ("binance_stream_url", str.strip),
@@ -148,6 +152,13 @@ def _networks(value: str, name: str) -> tuple[ipaddress.IPv4Network | ipaddress.
                           "or the word tradingview)") from None
 
 
+def _whole(value: str, name: str, minimum: int, maximum: int) -> int:
+    number = _number(value, name, minimum)
+    if number != int(number) or number > maximum:
+        raise ConfigError(f"{PREFIX}{name}={value!r} must be a whole number from {minimum} to {maximum:,}")
+    return int(number)
+
+
 def _number(value: str, name: str, minimum: float) -> float:
     try:
         number = float(value)
@@ -173,6 +184,9 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         if values.get(name):
             kwargs[field] = values[name]
     settings = Settings(**kwargs)
+    if settings.broker != "paper" and settings.feed != "binance":
+        raise ConfigError(f"{PREFIX}BROKER={settings.broker} places real orders: it needs {PREFIX}FEED=binance "
+                          f"(a replay would trade old prices, faster than real time)")
     if settings.mode == "live" and settings.live_trading != LIVE_TRADING_OPT_IN:
         raise ConfigError(f"{PREFIX}TESTNET=no with {PREFIX}BROKER={settings.broker} trades real money: confirm it "
                           f"with {PREFIX}LIVE_TRADING={LIVE_TRADING_OPT_IN}, or keep the testnet")

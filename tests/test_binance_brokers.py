@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -11,10 +12,10 @@ import pytest
 
 from core import brokers, store
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker, SymbolRules, floor_to
-from core.binance.rest import FUTURES, SPOT, BinanceRest
+from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected
 from core.config import ConfigError, Settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin
-from tests.processes import ROOT
+from tests.processes import ROOT, wait_until
 from worker import make_broker
 
 SYMBOL = "XRPETH"
@@ -34,11 +35,11 @@ def settings_for(standin, **overrides) -> Settings:
     return Settings(**{**values, **overrides})
 
 
-def broker_for(standin, db, cls=BinanceSpotBroker, market=SPOT, order_quote=None, retry_sleeps=None):
-    # Retries and Retry-After are recorded, not slept; waiting out a recvWindow is real.
+def broker_for(standin, db, cls=BinanceSpotBroker, market=SPOT, order_quote=None, retry_sleeps=None, **kwargs):
+    # Retries and Retry-After are recorded, not slept.
     sleeps = retry_sleeps if retry_sleeps is not None else []
     rest = BinanceRest(settings_for(standin), market, sleep=sleeps.append, random=lambda: 0.5)
-    broker = cls(db, SYMBOL, rest, order_quote, void_margin_ms=200)  # localhost: transit is instant
+    broker = cls(db, SYMBOL, rest, order_quote, **kwargs)
     with db.conn:  # the newest candle's close sizes orders and tells dust from a position
         db.execute("INSERT OR REPLACE INTO candles VALUES (?, 0, ?, ?, ?, ?, 0, 59999, 0, 0, 0, 0)",
                    [SYMBOL, *[float(standin.last_price())] * 4])
@@ -52,7 +53,8 @@ def place(broker, db, side: str) -> dict:
         decision_id = db.execute(
             "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
             "created_at_ms) VALUES (?, ?, ?, ?, 'flat', 'strategy', ?)",
-            [SYMBOL, now_ms, side, "long" if side == "BUY" else "flat", now_ms]).lastrowid
+            [SYMBOL, now_ms + len(db.execute("SELECT id FROM decisions").fetchall()), side,
+             "long" if side == "BUY" else "flat", now_ms]).lastrowid
         order = broker.submit(decision_id, side, now_ms)
     broker.execute(order)
     return order
@@ -67,16 +69,19 @@ def order_alerts(db) -> list[str]:
     return [m for (m,) in db.execute("SELECT message FROM alerts WHERE subject = 'orders' ORDER BY id")]
 
 
+def order_posts(standin, path="/api/v3/order") -> int:
+    return [r[:2] for r in standin.requests].count(("POST", path))
+
+
 @pytest.mark.parametrize("faults, status, sends, orders_at_exchange, is_alerted", [
     ([], "filled", 1, 1, False),
-    ([("lost", "POST", {})], "filled", 1, 1, False),  # placed, answer lost: found by its client id
-    ([("500", "POST", {})], "filled", 2, 1, False),  # not placed: confirmed absent, then sent again
-    ([("timeout", "POST", {"hold_s": 0.8})], "filled", 2, 1, False),  # arrives after its recvWindow: void
-    ([("timeout", "POST", {"hold_s": 0.4})], "filled", 1, 1, False),  # arrives late but in its window: found
-    ([("429", "POST", {"retry_after_s": 2})], "filled", 2, 1, False),
+    ([("lost", "POST", {})], "filled", 1, 1, False),  # placed, answer lost: found by its client id at once
+    ([("503", "POST", {})], "filled", 1, 1, False),  # executed, "execution status unknown": found at once
+    ([("500", "POST", {})], "unknown", 1, 0, True),  # a 5xx may have executed: never sent again, alerted
+    ([("429", "POST", {"retry_after_s": 2})], "filled", 2, 1, False),  # refused before execution: sent again
     ([("lost", "POST", {}), ("500", "GET", {"times": 5})], "unknown", 1, 1, True),  # cannot even ask: alert
     ([("418", "POST", {"retry_after_s": 3600})], "rejected", 1, 0, True),
-], ids=["clean", "answer-lost", "500", "timeout-void", "timeout-late", "429", "exchange-down", "ip-banned"])
+], ids=["clean", "answer-lost", "503-executed", "500", "429", "exchange-down", "ip-banned"])
 def test_each_fault_ends_with_at_most_one_order_per_decision(standin, db, faults, status, sends, orders_at_exchange,
                                                              is_alerted):
     broker = broker_for(standin, db)
@@ -88,24 +93,101 @@ def test_each_fault_ends_with_at_most_one_order_per_decision(standin, db, faults
     assert row["status"] == status, row["error"]
     assert len(standin.orders_for(order["client_order_id"])) == orders_at_exchange
     assert bool(order_alerts(db)) == is_alerted
-    assert [r[:2] for r in standin.requests].count(("POST", "/api/v3/order")) == sends
+    assert order_posts(standin) == sends
     if status == "filled":
         (exchange_order,) = standin.orders_for(order["client_order_id"])
         assert row["exchange_order_id"] == str(exchange_order["orderId"])
         assert row["qty"] == float(exchange_order["executedQty"])
 
 
-def test_an_order_whose_outcome_stayed_unknown_is_settled_later_by_its_client_id(standin, db):
+def test_an_order_executed_seconds_after_its_timeout_is_never_sent_twice_and_is_settled_later(standin, db):
     broker = broker_for(standin, db)
-    standin.fail("lost")
-    standin.fail("500", path="/api/v3/order", method="GET", times=5)
+    broker.position()
+    standin.fail("timeout", hold_s=1.0)  # passes the recvWindow check, then waits in the engine: the client gives up
     order = place(broker, db, "BUY")
     assert order_row(db, order)["status"] == "unknown"
-    broker.recover()  # the worker's periodic check, once Binance answers again
+    assert "unknown" in order_alerts(db)[0] and len(order_alerts(db)) == 1
+    # The next decision while the outcome is unknown sends nothing.
+    second = place(broker, db, "BUY")
+    assert order_row(db, second)["status"] == "skipped" and "still unknown" in order_row(db, second)["error"]
+    wait_until(lambda: standin.orders_for(order["client_order_id"]), what="the late execution at the exchange")
+    broker.recover()  # the worker's periodic check
     row = order_row(db, order)
-    assert row["status"] == "filled" and len(standin.orders_for(order["client_order_id"])) == 1
-    assert len(order_alerts(db)) == 1
+    assert row["status"] == "filled" and order_posts(standin) == 1
+    assert len(standin.orders) == 1 and "ORDER SETTLED" in order_alerts(db)[-1]
     assert brokers.load_position(db)["side"] == "long"
+
+
+def test_order_queries_lagging_a_fill_settle_nothing_and_nothing_is_sent_again(standin, db):
+    broker = broker_for(standin, db)
+    broker.position()
+    standin.order_query_lag_ms = 3_600_000  # Binance answers -2013 for the order although it is FILLED
+    standin.fail("lost")
+    order = place(broker, db, "BUY")
+    broker.recover()
+    broker.recover()
+    assert order_row(db, order)["status"] == "unknown" and standin.error_codes.count(-2013) >= 3
+    assert len(order_alerts(db)) == 1 and order_posts(standin) == 1
+    # The account itself already shows the purchase: the position is Binance's, not the order table's.
+    assert broker.position().side == "long"
+    standin.order_query_lag_ms = 0  # the order database caught up
+    broker.recover()
+    assert order_row(db, order)["status"] == "filled" and len(standin.orders) == 1
+
+
+def test_an_unknown_order_without_any_trace_is_given_up_after_the_settle_time(standin, db):
+    now = [time.time()]
+    broker = broker_for(standin, db, clock=lambda: now[0])
+    broker.position()
+    standin.fail("500")  # not executed, but the client cannot know
+    order = place(broker, db, "BUY")
+    now[0] += 14 * 60
+    broker.recover()
+    assert order_row(db, order)["status"] == "unknown"
+    now[0] += 2 * 60
+    broker.recover()
+    row = order_row(db, order)
+    assert row["status"] == "not_found" and "no trace" in row["error"]
+    assert order_posts(standin) == 1 and standin.orders == []
+    again = place(broker, db, "BUY")  # the next decision decides again, against the account
+    assert order_row(db, again)["status"] == "filled" and order_posts(standin) == 2
+
+
+def refuse_orders(broker, standin, times: int) -> None:
+    """The next `times` order sends meet a refused connection (nothing listens on port 9): they provably
+    never left. Everything else still reaches the stand-in."""
+    client, create = broker.rest.client, broker.rest.client.create_order
+    left = [times]
+
+    def create_order(**params):
+        client.API_URL = "http://127.0.0.1:9/api" if left[0] > 0 else standin.api_url
+        left[0] -= 1
+        try:
+            return create(**params)
+        finally:
+            client.API_URL = standin.api_url
+
+    client.create_order = create_order
+
+
+def test_an_order_whose_connection_was_refused_is_sent_once_the_connection_opens(standin, db):
+    broker = broker_for(standin, db)
+    broker.position()
+    refuse_orders(broker, standin, times=2)
+    order = place(broker, db, "BUY")
+    assert order_row(db, order)["status"] == "filled"
+    assert order_posts(standin) == 1 and len(standin.orders_for(order["client_order_id"])) == 1
+    assert order_alerts(db) == []
+
+
+def test_an_order_that_never_reached_binance_is_not_sent_and_alerted(standin, db):
+    broker = broker_for(standin, db)
+    broker.position()
+    refuse_orders(broker, standin, times=5)
+    order = place(broker, db, "BUY")
+    row = order_row(db, order)
+    assert row["status"] == "not_sent" and "could not be reached" in row["error"]
+    assert order_posts(standin) == 0 and len(order_alerts(db)) == 1
 
 
 def test_a_stale_timestamp_resyncs_the_clock_and_the_order_goes_through_once(standin, db):
@@ -117,11 +199,17 @@ def test_a_stale_timestamp_resyncs_the_clock_and_the_order_goes_through_once(sta
     assert broker.rest.clock_syncs == 1 and len(standin.orders_for(order["client_order_id"])) == 1
 
 
-def test_restart_after_the_send_recovers_the_order_by_client_id(standin, db):
-    broker = broker_for(standin, db)
+def decision(db, decision_id: int) -> None:
     with db.conn:
         db.execute("INSERT INTO decisions(id, symbol, candle_open_time_ms, action, target, position_before, reason, "
-                   "created_at_ms) VALUES (7, ?, 0, 'BUY', 'long', 'flat', 'strategy', 0)", [SYMBOL])
+                   "created_at_ms) VALUES (?, ?, ?, 'BUY', 'long', 'flat', 'strategy', 0)",
+                   [decision_id, SYMBOL, decision_id])
+
+
+def test_restart_after_the_send_recovers_the_order_by_client_id(standin, db):
+    broker = broker_for(standin, db)
+    decision(db, 7)
+    with db.conn:
         order = broker.submit(7, "BUY", 0)
     # The crashed process had sent it; then the new process starts.
     broker.rest.call("create_order", is_order=True, symbol=SYMBOL, side="BUY", type="MARKET", quoteOrderQty="0.5",
@@ -129,24 +217,56 @@ def test_restart_after_the_send_recovers_the_order_by_client_id(standin, db):
     restarted = broker_for(standin, db)
     restarted.recover()
     row = order_row(db, order)
-    assert (row["status"], row["client_order_id"]) == ("filled", "omniwise-7")
-    assert row["exchange_order_id"] == str(standin.orders_for("omniwise-7")[0]["orderId"])
-    assert len(standin.orders_for("omniwise-7")) == 1 and order_alerts(db) == []
+    assert (row["status"], row["client_order_id"]) == ("filled", f"{broker.prefix}-7")
+    assert row["exchange_order_id"] == str(standin.orders_for(row["client_order_id"])[0]["orderId"])
+    assert len(standin.orders_for(row["client_order_id"])) == 1
 
 
 def test_restart_before_the_send_finds_no_order_and_sends_none(standin, db):
     broker = broker_for(standin, db)
+    decision(db, 8)
     with db.conn:
-        db.execute("INSERT INTO decisions(id, symbol, candle_open_time_ms, action, target, position_before, reason, "
-                   "created_at_ms) VALUES (8, ?, 0, 'BUY', 'long', 'flat', 'strategy', 0)", [SYMBOL])
-        order = broker.submit(8, "BUY", 0)
+        order = broker.submit(8, "BUY", 0)  # recorded long ago (0 ms): past the settle time
     restarted = broker_for(standin, db)
-    started = time.monotonic()
     restarted.recover()
-    # It waited until a request the old process might have sent could no longer execute.
-    assert time.monotonic() - started >= 0.5
-    assert order_row(db, order)["status"] == "not_sent"
-    assert standin.orders_for("omniwise-8") == [] and len(order_alerts(db)) == 1
+    assert order_row(db, order)["status"] == "not_found"
+    assert standin.orders_for(order["client_order_id"]) == [] and order_posts(standin) == 0
+    assert len(order_alerts(db)) == 1 and "no trace" in order_alerts(db)[0]
+
+
+def test_client_ids_carry_a_random_prefix_kept_in_the_database(standin, db, tmp_path):
+    broker = broker_for(standin, db)
+    assert re.fullmatch(r"ow[A-Za-z0-9]{8}", broker.prefix)
+    assert broker_for(standin, db).prefix == broker.prefix  # the same installation, restarted
+    other_db = store.connect(tmp_path / "other.db")
+    other = broker_for(standin, other_db)
+    assert other.prefix != broker.prefix  # a reset database or a second instance: other ids
+    decision(db, 123456789012)
+    with db.conn:
+        order = broker.submit(123456789012, "BUY", 0)
+    assert order["client_order_id"] == f"{broker.prefix}-123456789012"
+    assert re.fullmatch(r"[A-Za-z0-9._-]{1,36}", order["client_order_id"])
+    # A restarted second instance never adopts the first one's order: its id differs.
+    decision(other_db, 7)
+    decision(db, 7)
+    with db.conn:
+        mine = broker.submit(7, "BUY", int(time.time() * 1000))
+    broker.execute(mine)
+    assert order_row(db, mine)["status"] == "filled", order_row(db, mine)["error"]
+    with other_db.conn:
+        theirs = other.submit(7, "BUY", 0)
+    other.recover()
+    assert order_row(other_db, theirs)["status"] == "not_found" and len(standin.orders) == 1
+    other_db.close()
+
+
+@pytest.mark.parametrize("client_id", ["ow~1", "x" * 37, ""])
+def test_the_standin_refuses_client_ids_outside_binances_pattern(standin, db, client_id):
+    rest = BinanceRest(settings_for(standin), SPOT)
+    with pytest.raises(ExchangeRejected) as refused:
+        rest.call("create_order", is_order=True, symbol=SYMBOL, side="BUY", type="MARKET", quoteOrderQty="0.5",
+                  newClientOrderId=client_id)
+    assert refused.value.code == -1100 and standin.orders == []
 
 
 def test_buy_spends_the_free_quote_and_sell_sells_the_base_in_whole_steps(standin, db):
@@ -264,3 +384,139 @@ def test_the_brokers_module_never_imports_binance_back():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def futures_broker(standin, db, **kwargs):
+    return broker_for(standin, db, BinanceFuturesBroker, FUTURES, **kwargs)
+
+
+def futures_requests(standin, path: str) -> list:
+    return [r for r in standin.requests if r[1] == f"/fapi/v1/{path}"]
+
+
+def test_futures_account_is_set_to_cross_margin_and_1x_before_the_first_order_and_sized_from_them(standin, db):
+    assert (standin.futures_margin_type, standin.futures_leverage) == ("ISOLATED", 20)  # a fresh account's risk
+    broker = futures_broker(standin, db)
+    buy = place(broker, db, "BUY")
+    assert (standin.futures_margin_type, standin.futures_leverage) == ("CROSSED", 1)
+    assert futures_requests(standin, "positionSide/dual") and futures_requests(standin, "symbolConfig")
+    (sent,) = standin.orders_for(buy["client_order_id"])
+    assert sent["params"]["quantity"] == str(int(Decimal(10) * Decimal("0.98") / standin.last_price()))
+    place(broker, db, "SELL")
+    assert len(futures_requests(standin, "leverage")) == 1  # set once, not before every order
+
+
+def test_futures_leverage_and_isolated_margin_from_the_settings_size_the_order(standin, db):
+    broker = futures_broker(standin, db, leverage=3, margin="isolated")
+    buy = place(broker, db, "BUY")
+    assert (standin.futures_margin_type, standin.futures_leverage) == ("ISOLATED", 3)
+    assert -4046 in standin.error_codes  # "No need to change margin type": already isolated, accepted
+    (sent,) = standin.orders_for(buy["client_order_id"])
+    assert sent["params"]["quantity"] == str(int(Decimal(10) * Decimal("0.98") * 3 / standin.last_price()))
+
+
+def test_futures_hedge_mode_is_refused_with_a_clear_message_and_no_order(standin, db):
+    standin.futures_dual_side = True
+    broker = futures_broker(standin, db)
+    order = place(broker, db, "BUY")
+    row = order_row(db, order)
+    assert row["status"] == "not_sent" and "hedge mode" in row["error"] and "One-way" in row["error"]
+    assert order_posts(standin, "/fapi/v1/order") == 0 and "hedge mode" in order_alerts(db)[0]
+    standin.futures_amount, standin.futures_entry = Decimal(50), standin.last_price()
+    sell = place(broker, db, "SELL")  # not "already flat": refused, and alerted
+    assert order_row(db, sell)["status"] == "not_sent" and order_posts(standin, "/fapi/v1/order") == 0
+    assert len(order_alerts(db)) == 2
+
+
+def test_futures_margin_type_that_cannot_be_set_refuses_opening_but_still_closes(standin, db):
+    standin.futures_amount, standin.futures_entry = Decimal(50), standin.last_price()  # isolated, with a position
+    broker = futures_broker(standin, db)
+    with db.conn:
+        db.execute("UPDATE candles SET close = close")  # keep the price row
+    buy = place(broker, db, "BUY")
+    assert order_row(db, buy)["status"] == "not_sent" and "-4048" in order_row(db, buy)["error"]
+    sell = place(broker, db, "SELL")
+    assert order_row(db, sell)["status"] == "filled" and standin.futures_amount == 0
+
+
+def test_futures_leverage_refused_by_binance_sends_no_order(standin, db):
+    standin.futures_max_leverage = 2
+    broker = futures_broker(standin, db, leverage=3)
+    order = place(broker, db, "BUY")
+    assert order_row(db, order)["status"] == "not_sent" and "-4028" in order_row(db, order)["error"]
+    assert order_posts(standin, "/fapi/v1/order") == 0
+
+
+def test_futures_buy_while_short_closes_the_short_reduce_only_then_opens_the_long(standin, db):
+    price = standin.last_price()
+    short = int(Decimal(10) * Decimal("0.95") / price)  # nearly all the margin is in the short
+    standin.futures_amount, standin.futures_entry = Decimal(-short), price
+    broker = futures_broker(standin, db)
+    assert broker.position().side == "short"
+    buy = place(broker, db, "BUY")
+    close, open_ = standin.orders
+    assert (close["side"], close["params"]["quantity"], close["params"]["reduceOnly"]) == ("BUY", str(short), "true")
+    assert open_["side"] == "BUY" and "reduceOnly" not in open_["params"]
+    assert open_["clientOrderId"] == buy["client_order_id"] and order_row(db, buy)["status"] == "filled"
+    assert int(open_["params"]["quantity"]) == int(standin.futures_wallet * Decimal("0.98") / price)
+    reasons = [r for (r,) in db.execute("SELECT reason FROM decisions ORDER BY id")]
+    assert reasons[-1] == f"close-short-{buy['decision_id']}"
+    assert db.execute("SELECT count(*) FROM orders WHERE status = 'filled'").fetchone() == (2,)
+    assert broker.position().side == "long" and order_alerts(db) == []
+
+
+def test_a_close_larger_than_binances_largest_market_order_is_refused_with_an_alert(standin, db):
+    standin.market_max_qty = Decimal(100)  # as BTCUSDT futures allows 120 per market order
+    standin.futures_amount, standin.futures_entry = Decimal(150), standin.last_price()
+    broker = futures_broker(standin, db)
+    order = place(broker, db, "SELL")
+    row = order_row(db, order)
+    assert row["status"] == "skipped" and "largest market order of 100" in row["error"]
+    assert order_posts(standin, "/fapi/v1/order") == 0 and len(order_alerts(db)) == 1
+
+
+def test_a_futures_buy_is_capped_at_the_largest_market_order(standin, db):
+    standin.market_max_qty = Decimal(10)
+    buy = place(futures_broker(standin, db), db, "BUY")
+    assert standin.orders_for(buy["client_order_id"])[0]["params"]["quantity"] == "10"
+
+
+def test_a_spot_buy_is_capped_by_max_notional_and_checked_at_the_average_price(standin, db):
+    standin.max_notional = Decimal("0.3")
+    buy = place(broker_for(standin, db), db, "BUY")
+    assert standin.orders_for(buy["client_order_id"])[0]["params"]["quoteOrderQty"] == "0.3"
+    assert ("GET", "/api/v3/avgPrice", 200) in standin.requests
+
+
+def test_exchange_info_is_read_again_after_a_filter_failure_and_daily(standin, db):
+    now = [time.time()]
+    broker = broker_for(standin, db, clock=lambda: now[0])
+    broker.position()
+    standin.min_notional = Decimal(5)  # Binance raised the minimum after we read the filters
+    first = place(broker, db, "BUY")
+    assert order_row(db, first)["status"] == "rejected" and -1013 in standin.error_codes
+    second = place(broker, db, "BUY")  # the new minimum is known: not sent at all
+    assert order_row(db, second)["status"] == "skipped" and "minimum order of 5" in order_row(db, second)["error"]
+    reads = [r[:2] for r in standin.requests].count(("GET", "/api/v3/exchangeInfo"))
+    assert reads == 2
+    now[0] += 24 * 3600
+    broker.position()
+    assert [r[:2] for r in standin.requests].count(("GET", "/api/v3/exchangeInfo")) == 3
+
+
+def test_symbol_rules_combine_lot_size_market_lot_size_and_notional():
+    info = {"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT", "marginAsset": "USDT",
+            "filters": [{"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000", "stepSize": "0.001"},
+                        {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "120", "stepSize": "0.001"},
+                        {"filterType": "MIN_NOTIONAL", "notional": "100"}]}
+    rules = SymbolRules.from_symbol(info, FUTURES)
+    assert (rules.min_qty, rules.max_qty, rules.step, rules.min_notional) == (
+        Decimal("0.001"), Decimal(120), Decimal("0.001"), Decimal(100))
+    assert rules.problem(Decimal("120.001"), None) == ("120.001 BTC is above Binance's largest market order of 120")
+    assert rules.problem(Decimal("0.001"), Decimal(50_000)) == "50 USDT is below Binance's minimum order of 100"
+    assert rules.problem(Decimal(1), Decimal(50_000)) is None
+    spot = {"symbol": "BTCUSDT", "baseAsset": "BTC", "quoteAsset": "USDT",
+            "filters": [{"filterType": "NOTIONAL", "minNotional": "5", "applyMinToMarket": True,
+                         "maxNotional": "9000000", "applyMaxToMarket": True, "avgPriceMins": 5}]}
+    spot_rules = SymbolRules.from_symbol(spot, SPOT)
+    assert (spot_rules.max_notional, spot_rules.avg_price_mins, spot_rules.max_qty) == (Decimal(9000000), 5, None)

@@ -7,7 +7,7 @@ from binance.client import Client
 from binance.exceptions import BinanceAPIException
 
 from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable, backoff_s
-from core.config import Settings
+from core.config import ConfigError, Settings, load_settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin
 
 
@@ -195,3 +195,34 @@ def test_error_messages_never_carry_keys_or_signatures(standin):
     text = str(failed.value)
     assert API_KEY not in text and API_SECRET not in text and "signature=" not in text
     assert API_KEY not in repr(settings_for(standin)) and API_SECRET not in repr(settings_for(standin))
+
+
+def binance_env(**values) -> dict[str, str]:
+    return {"OMNIWISE_FEED": "binance", "OMNIWISE_BROKER": "binance-futures", "OMNIWISE_SYMBOL": "XRPETH",
+            **{f"OMNIWISE_{k.upper()}": v for k, v in values.items()}}
+
+
+def test_a_binance_broker_with_the_replay_feed_is_refused_at_start():
+    with pytest.raises(ConfigError, match="needs OMNIWISE_FEED=binance"):
+        load_settings(binance_env(feed="replay"), env_file=None)
+    assert load_settings(binance_env(broker="paper", feed="replay"), env_file=None).broker == "paper"
+
+
+@pytest.mark.parametrize("name, value, accepted", [
+    ("binance_recv_window", "60000", True), ("binance_recv_window", "60001", False),
+    ("binance_recv_window", "5000.5", False), ("futures_leverage", "1", True), ("futures_leverage", "125", True),
+    ("futures_leverage", "0", False), ("futures_leverage", "126", False), ("futures_leverage", "2.5", False),
+    ("futures_margin", "isolated", True), ("futures_margin", "CROSS", True), ("futures_margin", "portfolio", False),
+])
+def test_binance_settings_are_checked_at_start(name, value, accepted):
+    environ = binance_env(**{name: value})
+    if accepted:
+        load_settings(environ, env_file=None)
+    else:
+        with pytest.raises(ConfigError, match=f"OMNIWISE_{name.upper()}"):
+            load_settings(environ, env_file=None)
+
+
+def test_futures_settings_default_to_cross_margin_at_1x():
+    settings = load_settings(binance_env(), env_file=None)
+    assert (settings.futures_margin, settings.futures_leverage) == ("cross", 1)

@@ -1,21 +1,26 @@
-"""Binance brokers, spot and USDⓈ-M futures: market orders that can never be sent twice for a decision.
+"""Binance brokers, spot and USDⓈ-M futures: market orders, never two for one decision.
 
-The trader records each order (status `sending`, client id from the decision) in its transaction;
-`execute` sends it after the commit. When the outcome is unknown (timeout, lost answer, 5xx), the
-broker asks Binance for the client id, and sends again only once Binance can no longer execute the
-first request: a signed request is void `recvWindow` after its timestamp, and the timestamp is no
-later than the moment the failure came back. `recover` settles what a crash left open the same way,
-but never sends: after a restart the next decision decides again.
+The trader records each order (status `sending`) in its transaction; `execute` sends it once after the
+commit, under a client id unique to this installation (`ow<8 random characters>-<decision id>`). When the
+outcome is unknown (a timeout, a lost answer, a 5xx: Binance may have executed it, even seconds later),
+the order is never sent again: it stays `unknown` (alerted) until Binance's order query finds its
+client id. Order queries can lag a fill, so Binance's "order does not exist" (-2013) settles nothing; only after UNKNOWN_SETTLE_MS
+without any trace is the order given up as `not_found`. While an order is unknown no other order is
+sent: the next decision decides again against the exchange's account. Only a request that provably
+never left (connection refused) is sent again, by the REST client.
 
 Order statuses: sending, unknown (being settled), filled, partially_filled, new, expired, canceled,
 rejected (Binance refused it), skipped (nothing to do, or below Binance's minimum), not_sent (never
-reached Binance, or Binance confirmed it has no such order).
+reached Binance), not_found (unknown, and no trace of it at Binance after UNKNOWN_SETTLE_MS).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+import secrets
+import string
 import time
 from collections.abc import Callable
 from decimal import ROUND_DOWN, Decimal
@@ -29,47 +34,93 @@ from core.brokers import BrokerError, Position
 
 log = logging.getLogger(__name__)
 
-MAX_SENDS = 3  # sends of one order, each after Binance confirmed the previous one does not exist
-VOID_MARGIN_MS = 1000  # added to recvWindow before an unanswered request counts as void
 FUTURES_MARGIN_USE = Decimal("0.98")  # of the available margin: the rest absorbs fees and the price moving
 OPEN_STATUSES = ("sending", "unknown", "new", "partially_filled")
+UNKNOWN_SETTLE_MS = 15 * 60_000  # an unknown order with no trace at Binance this long after it was sent
+RULES_MAX_AGE_MS = 24 * 3_600_000  # exchangeInfo is read again this often (and after a filter failure)
+FILTER_FAILURE = -1013
+NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
+CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,36}$")  # within Binance's ^[\.A-Z\:/a-z0-9_-]{1,36}$
+CLIENT_ID_PREFIX_KEY = "binance_client_id_prefix"
 ZERO = Decimal(0)
+
+
+def client_id_prefix(db: Database, now_ms: int) -> str:
+    """This installation's client id prefix, `ow` and 8 random letters or digits, made once and kept in
+    the database: another installation (or this one after a reset) never takes our orders for its own."""
+    with store.transaction(db):
+        prefix = store.get_meta(db, CLIENT_ID_PREFIX_KEY)
+        if prefix is None:
+            alphabet = string.ascii_letters + string.digits
+            prefix = "ow" + "".join(secrets.choice(alphabet) for _ in range(8))
+            store.set_meta(db, CLIENT_ID_PREFIX_KEY, prefix, now_ms)
+    return prefix
+
+
+def exchange_client_id(prefix: str, decision_id: int) -> str:
+    """The client order id of a decision's order on Binance; the same decision always gives the same id."""
+    client_id = f"{prefix}-{decision_id}"
+    if not CLIENT_ID_PATTERN.match(client_id):
+        raise BrokerError(f"client order id {client_id!r} does not fit Binance's pattern")
+    return client_id
 
 
 @dataclasses.dataclass(frozen=True)
 class SymbolRules:
-    """What exchangeInfo says about trading one symbol with market orders."""
+    """What exchangeInfo says about trading one symbol with market orders (Binance's "Filters")."""
 
     base_asset: str
     quote_asset: str  # the spot quote asset; the margin asset for futures
     step: Decimal  # quantities are whole multiples of this
     min_qty: Decimal
+    max_qty: Decimal | None  # the largest market order (LOT_SIZE and MARKET_LOT_SIZE together)
     min_notional: Decimal  # quantity times price must reach this
+    max_notional: Decimal | None  # and stay below this (spot NOTIONAL with applyMaxToMarket)
     quote_step: Decimal  # smallest unit of a quote amount (spot quoteOrderQty)
+    avg_price_mins: int = 0  # spot: notional checked at the average price of this many minutes (0: last price)
 
     @classmethod
     def from_symbol(cls, info: dict, market: str) -> "SymbolRules":
-        """Read a symbol of exchangeInfo: LOT_SIZE (MARKET_LOT_SIZE where set), NOTIONAL or MIN_NOTIONAL."""
+        """Read a symbol of exchangeInfo: LOT_SIZE with MARKET_LOT_SIZE, NOTIONAL or MIN_NOTIONAL."""
         filters = {f["filterType"]: f for f in info.get("filters", ())}
-        lot = filters.get("LOT_SIZE", {})
-        market_lot = filters.get("MARKET_LOT_SIZE", {})
-        step = Decimal(market_lot.get("stepSize", "0")) or Decimal(lot.get("stepSize", "0"))
-        min_qty = max(Decimal(market_lot.get("minQty", "0")), Decimal(lot.get("minQty", "0")))
+        lots = [filters.get("LOT_SIZE", {}), filters.get("MARKET_LOT_SIZE", {})]
+        steps = [Decimal(lot.get("stepSize", "0")) for lot in lots]
+        maxima = [Decimal(lot["maxQty"]) for lot in lots if Decimal(lot.get("maxQty", "0")) > 0]
+        min_qty = max(Decimal(lot.get("minQty", "0")) for lot in lots)
         notional = filters.get("NOTIONAL") or filters.get("MIN_NOTIONAL") or {}
         min_notional = Decimal(notional.get("minNotional", notional.get("notional", "0")))
         if notional.get("applyMinToMarket", notional.get("applyToMarket", True)) is False:
             min_notional = ZERO
+        max_notional = None
+        if "maxNotional" in notional and notional.get("applyMaxToMarket", False):
+            max_notional = Decimal(notional["maxNotional"])
         precision = info.get("quoteAssetPrecision", info.get("quotePrecision", 8))
         quote = info["quoteAsset"] if market == SPOT else info.get("marginAsset", info["quoteAsset"])
-        return cls(info["baseAsset"], quote, step, min_qty, min_notional, Decimal(1).scaleb(-int(precision)))
+        return cls(info["baseAsset"], quote, max(steps), min_qty, min(maxima) if maxima else None, min_notional,
+                   max_notional, Decimal(1).scaleb(-int(precision)), int(notional.get("avgPriceMins", 0)))
 
     def floor_qty(self, qty: Decimal) -> Decimal:
         """`qty` rounded down to the step size."""
         return floor_to(qty, self.step)
 
     def is_tradable(self, qty: Decimal, price: Decimal | None) -> bool:
-        """Whether a market order of `qty` passes the quantity filters (and the notional one, given a price)."""
+        """Whether a market order of `qty` passes the minimum quantity and notional (given a price)."""
         return qty > 0 and qty >= self.min_qty and (price is None or qty * price >= self.min_notional)
+
+    def problem(self, qty: Decimal, price: Decimal | None) -> str | None:
+        """Why a market order of `qty` would fail Binance's filters, or None when it passes."""
+        if qty <= 0 or qty < self.min_qty:
+            return f"{decimal_text(qty)} {self.base_asset} is below Binance's minimum of {decimal_text(self.min_qty)}"
+        if self.max_qty is not None and qty > self.max_qty:
+            return (f"{decimal_text(qty)} {self.base_asset} is above Binance's largest market order of "
+                    f"{decimal_text(self.max_qty)}")
+        if price is not None and qty * price < self.min_notional:
+            return (f"{decimal_text(qty * price)} {self.quote_asset} is below Binance's minimum order of "
+                    f"{decimal_text(self.min_notional)}")
+        if price is not None and self.max_notional is not None and qty * price > self.max_notional:
+            return (f"{decimal_text(qty * price)} {self.quote_asset} is above Binance's largest order of "
+                    f"{decimal_text(self.max_notional)}")
+        return None
 
 
 class Plan(NamedTuple):
@@ -98,23 +149,21 @@ class BinanceBroker:
 
     name = "binance"
     market = SPOT
-    create_method = query_method = ""
+    create_method = query_method = exchange_info_method = ""
 
     def __init__(self, db: Database, symbol: str, rest: BinanceRest, order_quote: float | None = None,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
-                 void_margin_ms: int = VOID_MARGIN_MS):
+                 clock: Callable[[], float] = time.time, settle_after_ms: int = UNKNOWN_SETTLE_MS):
         self.db = db
         self.symbol = symbol
         self.rest = rest
         self.order_quote = None if order_quote is None else Decimal(str(order_quote))
         self.clock = clock
-        self.sleep = sleep
-        self.void_margin_ms = void_margin_ms  # for clock error and transit on top of the recvWindow
-        self.started_ms = int(clock() * 1000)
+        self.settle_after_ms = settle_after_ms
+        self.prefix = client_id_prefix(db, int(clock() * 1000))
         self._rules: SymbolRules | None = None
+        self._rules_read_ms = 0
         self._position: Position | None = None
-        self._void_after_ms: dict[int, int] = {}  # order id -> when its last unanswered send is void
-        self._alerted: set[int] = set()  # order ids alerted about, so that a settling loop alerts once
+        self._alerted: set[tuple[int, str]] = set()  # (order id, status) alerted, so a settling loop alerts once
 
     # -- the broker protocol (see core.brokers.PaperBroker) -------------------------------------------
 
@@ -129,7 +178,7 @@ class BinanceBroker:
 
     def submit(self, decision_id: int, side: str, now_ms: int) -> dict:
         """Record a market order for a decision, before it is sent. Call inside a transaction."""
-        order = {"decision_id": decision_id, "client_order_id": brokers.client_order_id(decision_id),
+        order = {"decision_id": decision_id, "client_order_id": exchange_client_id(self.prefix, decision_id),
                  "broker": self.name, "symbol": self.symbol, "side": side, "status": "sending",
                  "created_at_ms": now_ms}
         order["id"] = self.db.execute(
@@ -139,9 +188,15 @@ class BinanceBroker:
         return order
 
     def execute(self, order: dict) -> None:
-        """Size a recorded order from the account and send it once; an unknown outcome is asked for by
-        client id, and the order is sent again only when Binance confirms it never got it."""
+        """Size a recorded order from the exchange's account and send it once; an unknown outcome is
+        never sent again but settled (see the module docstring)."""
         try:
+            self._prepare_for(order["side"])
+            waiting = self._settle_open(exclude_id=order["id"])
+            if waiting:
+                self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
+                             "next decision decides again against Binance's account")
+                return
             plan = self._plan(order["side"], self._read_account(), self._last_price())
         except BrokerError as exc:
             self._settle(order, "not_sent", f"not sent: {exc}", is_failure=True)
@@ -149,62 +204,30 @@ class BinanceBroker:
         if plan.params is None:
             self._settle(order, "skipped", plan.reason, is_failure=plan.is_failure)
             return
-        params = {"symbol": self.symbol, "type": "MARKET", "newClientOrderId": order["client_order_id"],
-                  **plan.params}
-        error = ""
-        for send in range(1, MAX_SENDS + 1):
-            try:
-                answer = self.rest.call(self.create_method, is_order=True, **params)
-            except ExchangeRejected as exc:
-                self._settle(order, "rejected", str(exc), is_failure=True)
-                return
-            except ExchangeUnreachable as exc:
-                error = str(exc)
-                # The request carried a timestamp no later than now: after recvWindow it is void.
-                void_after_ms = int(self.clock() * 1000) + self.rest.recv_window_ms + self.void_margin_ms
-                self._void_after_ms[order["id"]] = void_after_ms
-                self._settle(order, "unknown", error)
-                try:
-                    answer = self._find(order)
-                except BrokerError as query_exc:
-                    self._settle(order, "unknown", f"{error}; asking Binance for it failed too: {query_exc}; "
-                                 "the worker keeps asking", is_failure=True)
-                    return
-                if answer is None:
-                    log.warning("order %s never reached Binance (%s): sending it again (send %d of %d)",
-                                order["client_order_id"], error, send + 1, MAX_SENDS)
-                    continue
-                log.warning("order %s was placed although the answer was lost (%s)", order["client_order_id"], error)
-            self._record(order, answer)
-            return
-        self._settle(order, "not_sent", f"not placed after {MAX_SENDS} sends: {error}", is_failure=True)
+        self._send(order, plan.params)
 
     def recover(self) -> None:
-        """Settle orders whose outcome is open (a crash, a timeout) by asking Binance for their client ids,
-        then read the position. Runs at start and periodically; never sends an order."""
-        rows = self.db.execute(
-            f"SELECT id, client_order_id, side, status FROM orders WHERE broker = ? AND symbol = ? "
-            f"AND status IN ({', '.join('?' * len(OPEN_STATUSES))}) ORDER BY id",
-            [self.name, self.symbol, *OPEN_STATUSES]).fetchall()
-        for order_id, client_id, side, status in rows:
-            order = {"id": order_id, "client_order_id": client_id, "side": side}
-            # Sent by an earlier process (or never): its last request is no later than our start.
-            self._void_after_ms.setdefault(order_id, self.started_ms + self.rest.recv_window_ms + self.void_margin_ms)
-            try:
-                answer = self._find(order)
-            except BrokerError as exc:
-                self._settle(order, status, f"could not ask Binance for the order: {exc}", is_failure=True)
-                continue
-            if answer is None:
-                self._settle(order, "not_sent", "Binance has no order with this client id: it was never placed; "
-                             "the next decision decides again", is_failure=True)
-            else:
-                log.warning("order %s settled by its client id: %s", client_id, answer.get("status"))
-                self._record(order, answer)
+        """Settle orders whose outcome is open (a crash, a timeout) from what Binance knows of them, then
+        read the position. Runs at start and periodically; never sends an order."""
+        try:
+            self.prepare()
+        except BrokerError as exc:
+            log.warning("account not ready: %s", exc)
+        try:
+            self._settle_open()
+        except BrokerError as exc:
+            log.warning("open orders not settled: %s", exc)
         try:
             self._read_account()
         except BrokerError as exc:
             log.warning("position not read: %s", exc)
+
+    def prepare(self) -> None:
+        """Check (and set) the account's trading settings before an order. Spot: nothing to set."""
+
+    def _prepare_for(self, side: str) -> None:
+        """prepare() before an order; BrokerError when the order must not be sent."""
+        self.prepare()
 
     def has_pending(self) -> bool:
         """Exchange orders never wait for the trader's next price."""
@@ -214,35 +237,83 @@ class BinanceBroker:
         """Nothing to fill: Binance fills market orders itself."""
         return []
 
-    # -- common ---------------------------------------------------------------------------------------
+    # -- sending and settling -------------------------------------------------------------------------
 
-    @property
-    def rules(self) -> SymbolRules:
-        """The symbol's filters, read from exchangeInfo once (lazily: starting needs no network)."""
-        if self._rules is None:
-            info = self.rest.call(self.exchange_info_method)
-            self.rest.set_weight_limit(info)
-            for symbol in info.get("symbols", ()):
-                if symbol["symbol"] == self.symbol:
-                    self._rules = SymbolRules.from_symbol(symbol, self.market)
-                    break
-            else:
-                raise BrokerError(f"Binance does not list {self.symbol} for {self.market} trading")
-        return self._rules
-
-    def _find(self, order: dict) -> dict | None:
-        """Binance's answer for the order's client id, or None once it is certain there is no such order."""
-        void_after_ms = self._void_after_ms.get(order["id"], 0)
-        while True:
-            try:
-                return self.rest.call(self.query_method, symbol=self.symbol, origClientOrderId=order["client_order_id"])
-            except ExchangeRejected as exc:
-                if exc.code != ORDER_DOES_NOT_EXIST:
-                    raise
-            wait_ms = void_after_ms - int(self.clock() * 1000)
-            if wait_ms <= 0:
+    def _send(self, order: dict, params: dict) -> dict | None:
+        """Send a recorded order once; returns Binance's answer, or None when it was not (yet) executed."""
+        params = {"symbol": self.symbol, "type": "MARKET", "newClientOrderId": order["client_order_id"], **params}
+        try:
+            answer = self.rest.call(self.create_method, is_order=True, **params)
+        except ExchangeRejected as exc:
+            if exc.code == FILTER_FAILURE:
+                self._rules = None  # the filters changed: read exchangeInfo again for the next order
+            self._settle(order, "rejected", str(exc), is_failure=True)
+            return None
+        except ExchangeUnreachable as exc:
+            if not exc.may_have_arrived:
+                self._settle(order, "not_sent", f"not sent, Binance could not be reached: {exc}", is_failure=True)
                 return None
-            self.sleep(wait_ms / 1000)  # the request may still be on its way: ask again once it is void
+            reason = f"{exc}; not sent again: the worker asks Binance what became of it"
+            self._settle(order, "unknown", reason)
+            try:
+                answer = self._settle_unknown(order)
+            except BrokerError as query_exc:
+                answer, reason = None, f"{reason} (asking failed too: {query_exc})"
+            if answer is None and self._status(order["id"]) == "unknown":
+                self._settle(order, "unknown", reason, is_failure=True)  # still unknown: alert
+            return answer
+        self._record(order, answer)
+        return answer
+
+    def _settle_open(self, exclude_id: int | None = None) -> str | None:
+        """Settle every open order; returns the client id of one whose outcome is still unknown, if any.
+        An order still unknown after asking is alerted (once)."""
+        rows = self.db.execute(
+            f"SELECT id, client_order_id, side, status, created_at_ms, error FROM orders WHERE broker = ? "
+            f"AND symbol = ? AND status IN ({', '.join('?' * len(OPEN_STATUSES))}) AND id != ? ORDER BY id",
+            [self.name, self.symbol, *OPEN_STATUSES, -1 if exclude_id is None else exclude_id]).fetchall()
+        waiting = None
+        for order_id, client_id, side, status, created_at_ms, error in rows:
+            order = {"id": order_id, "client_order_id": client_id, "side": side, "created_at_ms": created_at_ms}
+            reason = error or f"Binance has not reported it {status} yet"
+            if status == "sending":  # a crash between recording and the answer: it may have been sent
+                reason = "the worker stopped while sending it; not sent again: the worker asks Binance what became of it"
+                self._settle(order, "unknown", reason)
+            try:
+                answer = self._settle_unknown(order)
+            except BrokerError as exc:
+                answer, reason = None, f"{reason} (asking failed: {exc})"
+            if answer is None and self._status(order_id) in OPEN_STATUSES:
+                self._settle(order, "unknown", reason, is_failure=True)
+                waiting = waiting or client_id
+        return waiting
+
+    def _status(self, order_id: int) -> str:
+        return self.db.execute("SELECT status FROM orders WHERE id = ?", [order_id]).fetchone()[0]
+
+    def _settle_unknown(self, order: dict) -> dict | None:
+        """Binance's answer for an order of unknown outcome, from the order query by its client id; None
+        while Binance shows no trace of it (then, after `settle_after_ms`, it is given up as not_found)."""
+        answer = self._query(origClientOrderId=order["client_order_id"])
+        if answer is not None:
+            log.warning("order %s settled: %s", order["client_order_id"], answer.get("status"))
+            self._record(order, answer)
+            return answer
+        now_ms = int(self.clock() * 1000)
+        if now_ms - order["created_at_ms"] >= self.settle_after_ms:
+            self._settle(order, "not_found", f"Binance shows no trace of it {(now_ms - order['created_at_ms']) // 1000}"
+                         " s after it was sent; the next decision decides again "
+                         "against Binance's account", is_failure=True)
+        return None
+
+    def _query(self, **by) -> dict | None:
+        """The order query; None for Binance's -2013 (which may only mean its order database lags)."""
+        try:
+            return self.rest.call(self.query_method, symbol=self.symbol, **by)
+        except ExchangeRejected as exc:
+            if exc.code != ORDER_DOES_NOT_EXIST:
+                raise
+            return None
 
     def _record(self, order: dict, answer: dict) -> None:
         """Store Binance's answer for an order (fill or otherwise) with the position it left."""
@@ -262,9 +333,11 @@ class BinanceBroker:
                  fill["time_ms"] if fill["qty"] else None, order["id"]])
             if status in ("expired", "canceled", "rejected") and not fill["qty"]:
                 self._alert(order, status, "Binance did not fill the market order", now_ms)
+            elif (order["id"], "unknown") in self._alerted:
+                alerts.queue(self.db, "orders", status, f"ORDER SETTLED: {order['side']} {self.symbol} order "
+                             f"{order['client_order_id']} is {status} at Binance", now_ms, is_failure=False)
             if position is not None:
                 brokers.save_position(self.db, position, now_ms)
-        self._void_after_ms.pop(order["id"], None)
 
     def _settle(self, order: dict, status: str, reason: str, is_failure: bool = False) -> None:
         now_ms = int(self.clock() * 1000)
@@ -276,11 +349,29 @@ class BinanceBroker:
             log.info("order %s %s: %s", order["client_order_id"], status, reason)
 
     def _alert(self, order: dict, status: str, reason: str, now_ms: int) -> None:
-        if order["id"] in self._alerted and status in OPEN_STATUSES:
+        if (order["id"], status) in self._alerted:
             return  # still being settled: one alert is enough
-        self._alerted.add(order["id"])
+        self._alerted.add((order["id"], status))
         alerts.queue(self.db, "orders", status, f"ORDER FAILURE: {order['side']} {self.symbol} order "
                      f"{order['client_order_id']} is {status}: {reason}", now_ms, is_failure=True)
+
+    # -- common ---------------------------------------------------------------------------------------
+
+    @property
+    def rules(self) -> SymbolRules:
+        """The symbol's filters from exchangeInfo, read lazily (starting needs no network), again daily
+        and after Binance refused an order for a filter."""
+        now_ms = int(self.clock() * 1000)
+        if self._rules is None or now_ms - self._rules_read_ms >= RULES_MAX_AGE_MS:
+            info = self.rest.call(self.exchange_info_method)
+            self.rest.set_weight_limit(info)
+            for symbol in info.get("symbols", ()):
+                if symbol["symbol"] == self.symbol:
+                    self._rules, self._rules_read_ms = SymbolRules.from_symbol(symbol, self.market), now_ms
+                    break
+            else:
+                raise BrokerError(f"Binance does not list {self.symbol} for {self.market} trading")
+        return self._rules
 
     def _last_price(self) -> Decimal | None:
         """The newest candle's close: the price that sizes orders and tells dust from a position."""
@@ -289,8 +380,6 @@ class BinanceBroker:
         return Decimal(repr(row[0])) if row else None
 
     # -- per market -----------------------------------------------------------------------------------
-
-    exchange_info_method = ""
 
     def _read_account(self):
         raise NotImplementedError
@@ -310,11 +399,12 @@ class SpotAccount(NamedTuple):
 
 class BinanceSpotBroker(BinanceBroker):
     """Spot: long is a base-asset balance above dust; BUY spends the free quote balance (at most
-    OMNIWISE_ORDER_QUOTE), SELL sells the free base balance, both rounded down to Binance's filters."""
+    OMNIWISE_ORDER_QUOTE), SELL sells the free base balance, both within Binance's filters."""
 
     name = "binance-spot"
     market = SPOT
-    create_method, query_method, exchange_info_method = "create_order", "get_order", "get_exchange_info"
+    create_method, query_method = "create_order", "get_order"
+    exchange_info_method = "get_exchange_info"
 
     def _read_account(self) -> SpotAccount:
         rules = self.rules
@@ -329,12 +419,23 @@ class BinanceSpotBroker(BinanceBroker):
         self._position = position
         return SpotAccount(position, base_free, quote_free)
 
+    def _average_price(self) -> Decimal | None:
+        """The price Binance checks a market order's notional at: the average of `avgPriceMins` minutes."""
+        if not self.rules.avg_price_mins:
+            return self._last_price()
+        return Decimal(self.rest.call("get_avg_price", symbol=self.symbol)["price"])
+
     def _plan(self, side: str, account: SpotAccount, price: Decimal | None) -> Plan:
         rules = self.rules
         if side == "BUY":
             if account.position.side == "long":
                 return Plan(None, "already long")
             spend = account.quote_free if self.order_quote is None else min(account.quote_free, self.order_quote)
+            average = self._average_price()
+            if rules.max_notional is not None:
+                spend = min(spend, rules.max_notional)
+            if rules.max_qty is not None and average:  # stay inside the largest market order, with 1 % room
+                spend = min(spend, rules.max_qty * average * Decimal("0.99"))
             spend = floor_to(spend, rules.quote_step)
             if spend <= 0 or spend < rules.min_notional:
                 return Plan(None, f"{decimal_text(spend)} {rules.quote_asset} to spend is below Binance's minimum "
@@ -343,6 +444,9 @@ class BinanceSpotBroker(BinanceBroker):
         qty = rules.floor_qty(account.base_free)
         if not rules.is_tradable(qty, price):
             return Plan(None, "already flat: the base balance is dust")
+        problem = rules.problem(qty, self._average_price())
+        if problem is not None:
+            return Plan(None, f"cannot sell in one market order: {problem}; sell it by hand", is_failure=True)
         return Plan({"side": "SELL", "quantity": decimal_text(qty), "newOrderRespType": "FULL"})
 
     def _fill_of(self, answer: dict) -> dict:
@@ -372,22 +476,107 @@ class FuturesAccount(NamedTuple):
     available: Decimal  # margin asset available for new positions
 
 
+MARGIN_TYPES = {"cross": "CROSSED", "isolated": "ISOLATED"}
+
+
 class BinanceFuturesBroker(BinanceBroker):
-    """USDⓈ-M futures, one-way mode, no leverage beyond the account's setting: BUY opens a long worth the
-    available margin (at most OMNIWISE_ORDER_QUOTE), closing any short first; SELL closes the position
-    with a reduce-only order."""
+    """USDⓈ-M futures in one-way mode, with the margin type and leverage of the settings set on the symbol
+    and verified before the first order: BUY opens a long worth the available margin times the leverage
+    (at most OMNIWISE_ORDER_QUOTE of margin), after closing any short with a reduce-only order of its own;
+    SELL closes the position with a reduce-only order."""
 
     name = "binance-futures"
     market = FUTURES
-    create_method, query_method, exchange_info_method = ("futures_create_order", "futures_get_order",
-                                                         "futures_exchange_info")
+    create_method, query_method = "futures_create_order", "futures_get_order"
+    exchange_info_method = "futures_exchange_info"
+
+    def __init__(self, db: Database, symbol: str, rest: BinanceRest, order_quote: float | None = None,
+                 leverage: int = 1, margin: str = "cross", **kwargs):
+        super().__init__(db, symbol, rest, order_quote, **kwargs)
+        self.leverage = leverage
+        self.margin_type = MARGIN_TYPES[margin]
+        self.is_prepared = self.is_hedge_mode = False
+
+    def _prepare_for(self, side: str) -> None:
+        """Hedge mode refuses every order; wrong margin or leverage refuses opening a long, never a close."""
+        try:
+            self.prepare()
+        except BrokerError:
+            if side == "BUY" or self.is_hedge_mode:
+                raise
+
+    def prepare(self) -> None:
+        """Refuse hedge mode; set the symbol's margin type and leverage and read them back (once)."""
+        if self.is_prepared:
+            return
+        self.is_hedge_mode = bool(self.rest.call("futures_get_position_mode").get("dualSidePosition"))
+        if self.is_hedge_mode:
+            raise BrokerError("the futures account is in hedge mode (dual side positions); Omniwise trades one-way "
+                              "mode only: switch Position Mode to One-way in Binance's futures preferences")
+        try:
+            self.rest.call("futures_change_margin_type", symbol=self.symbol, marginType=self.margin_type)
+        except ExchangeRejected as exc:
+            if exc.code != NO_NEED_TO_CHANGE_MARGIN_TYPE:
+                raise BrokerError(f"margin type {self.margin_type} could not be set on {self.symbol}: {exc}") from None
+        self.rest.call("futures_change_leverage", symbol=self.symbol, leverage=self.leverage)
+        config = {row["symbol"]: row for row in self.rest.call("futures_symbol_config", symbol=self.symbol)}
+        actual = config.get(self.symbol, {})
+        if (actual.get("marginType"), int(actual.get("leverage", 0))) != (self.margin_type, self.leverage):
+            raise BrokerError(f"{self.symbol} is at {actual.get('marginType')} margin, {actual.get('leverage')}x "
+                              f"leverage after setting {self.margin_type}, {self.leverage}x")
+        self.is_prepared = True
+        log.info("futures account: one-way mode, %s %s margin, %dx leverage", self.symbol, self.margin_type,
+                 self.leverage)
+
+    def execute(self, order: dict) -> None:
+        """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own."""
+        if order["side"] == "BUY":
+            try:
+                self._prepare_for("SELL")  # closing the short needs one-way mode only
+                account = self._read_account()
+            except BrokerError as exc:
+                self._settle(order, "not_sent", f"not sent: {exc}", is_failure=True)
+                return
+            if account.amount < 0 and not self._close_short(order, account):
+                return
+        super().execute(order)
+
+    def _close_short(self, order: dict, account: FuturesAccount) -> bool:
+        """Buy the short back (reduce-only) as its own decision and order; True once it is filled."""
+        now_ms = int(self.clock() * 1000)
+        decision = self.db.execute("SELECT candle_open_time_ms, rule_text, strategy_version FROM decisions "
+                                   "WHERE id = ?", [order["decision_id"]]).fetchone()
+        with store.transaction(self.db):
+            cursor = self.db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                "strategy_version, reason, created_at_ms) VALUES (?, ?, 'BUY', 'flat', 'short', ?, ?, ?, ?)",
+                [self.symbol, decision[0], decision[1], decision[2], f"close-short-{order['decision_id']}", now_ms])
+            close = self.submit(cursor.lastrowid, "BUY", now_ms)
+        close["created_at_ms"] = now_ms
+        problem = self.rules.problem(-account.amount, None)
+        if problem is not None:
+            self._settle(close, "skipped", f"the short cannot be closed in one market order: {problem}",
+                         is_failure=True)
+            self._settle(order, "not_sent", "not sent: the short could not be closed first", is_failure=True)
+            return False
+        answer = self._send(close, {"side": "BUY", "quantity": decimal_text(-account.amount), "reduceOnly": "true",
+                                    "newOrderRespType": "RESULT"})
+        if answer is None or answer.get("status") != "FILLED":
+            self._settle(order, "not_sent", f"not sent: the short was not closed first (order "
+                         f"{close['client_order_id']})", is_failure=True)
+            return False
+        return True
 
     def _read_account(self) -> FuturesAccount:
         rules = self.rules
         amount, entry = ZERO, None
         for row in self.rest.call("futures_position_information", symbol=self.symbol):
-            if row["symbol"] == self.symbol and row.get("positionSide", "BOTH") == "BOTH":
-                amount, entry = Decimal(row["positionAmt"]), float(row["entryPrice"])
+            if row["symbol"] != self.symbol:
+                continue
+            if row.get("positionSide", "BOTH") != "BOTH":
+                raise BrokerError("the futures account reports hedge-mode positions (LONG/SHORT): Omniwise trades "
+                                  "one-way mode only")
+            amount, entry = Decimal(row["positionAmt"]), float(row["entryPrice"])
         available = ZERO
         for row in self.rest.call("futures_account_balance"):
             if row["asset"] == rules.quote_asset:
@@ -406,27 +595,31 @@ class BinanceFuturesBroker(BinanceBroker):
         if side == "SELL":
             if account.amount == 0:
                 return Plan(None, "already flat")
+            problem = rules.problem(abs(account.amount), None)
+            if problem is not None:
+                return Plan(None, f"cannot close in one market order: {problem}; close it by hand", is_failure=True)
             close_side = "SELL" if account.amount > 0 else "BUY"
             return Plan({"side": close_side, "quantity": decimal_text(abs(account.amount)), "reduceOnly": "true",
                          "newOrderRespType": "RESULT"})
         if account.amount > 0:
             return Plan(None, "already long")
+        if account.amount < 0:
+            return Plan(None, "still short after closing it", is_failure=True)
         if price is None:
             return Plan(None, "no price yet to size the order", is_failure=True)
-        spend = account.available * FUTURES_MARGIN_USE
+        margin = account.available * FUTURES_MARGIN_USE
         if self.order_quote is not None:
-            spend = min(spend, self.order_quote)
-        open_qty = rules.floor_qty(spend / price)
+            margin = min(margin, self.order_quote)
+        open_qty = rules.floor_qty(margin * self.leverage / price)
+        if rules.max_qty is not None:
+            open_qty = min(open_qty, rules.max_qty)
         if not rules.is_tradable(open_qty, price):
-            return Plan(None, f"{decimal_text(spend)} {rules.quote_asset} of margin buys "
+            return Plan(None, f"{decimal_text(margin)} {rules.quote_asset} of margin at {self.leverage}x buys "
                               f"{decimal_text(open_qty)} {rules.base_asset}, below Binance's minimum", is_failure=True)
-        return Plan({"side": "BUY", "quantity": decimal_text(open_qty - account.amount), "newOrderRespType": "RESULT"})
+        return Plan({"side": "BUY", "quantity": decimal_text(open_qty), "newOrderRespType": "RESULT"})
 
     def _fill_of(self, answer: dict) -> dict:
         qty = Decimal(answer.get("executedQty", "0"))
         quote = Decimal(answer.get("cumQuote", "0"))
         return {"qty": float(qty), "quote": float(quote), "price": float(quote / qty) if qty else None,
                 "fee_quote": None, "time_ms": answer.get("updateTime") or answer.get("time")}
-
-
-BROKERS = {BinanceSpotBroker.name: BinanceSpotBroker, BinanceFuturesBroker.name: BinanceFuturesBroker}

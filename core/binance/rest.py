@@ -3,8 +3,10 @@
 python-binance signs and sends requests but neither retries nor paces them. `BinanceRest.call` adds:
 the request weight read from X-MBX-USED-WEIGHT-1M (and a pause until the next minute near the limit),
 429 and 418 honoured with Retry-After, error -1021 answered by measuring the clock offset again, and
-network errors and 5xx retried with jittered backoff, except for an order: its outcome is then
-unknown, and the caller must ask for it by its client id instead of sending it again.
+network errors and 5xx retried with jittered backoff, except for an order: after a timeout, a lost
+answer or a 5xx its outcome is unknown (Binance: "execution status UNKNOWN and could have been a
+success"), and it is never sent again. Only a request that provably never left (the connection was
+refused or could not be opened) is sent again.
 
 The API key and secret live only inside python-binance's client: never logged, never in a message.
 """
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable
 
 import requests
+import urllib3.exceptions
 from binance.client import Client
 from binance.exceptions import BinanceAPIException, BinanceRequestException
 from binance.ws.streams import BinanceSocketManager
@@ -49,7 +52,12 @@ class ExchangeRejected(BrokerError):
 
 class ExchangeUnreachable(BrokerError):
     """No usable answer after the retries (network errors, timeouts, 5xx). Caller: a read can be tried
-    again later; for an order the outcome is unknown: ask for it by its client id before sending again."""
+    again later; for an order with `may_have_arrived` the outcome is unknown: never send it again, find
+    out what became of it (by its client id, the trade list, the account)."""
+
+    def __init__(self, message: str, may_have_arrived: bool = True):
+        self.may_have_arrived = may_have_arrived
+        super().__init__(message)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +141,7 @@ class BinanceRest:
         Raises ExchangeRejected when Binance refused, ExchangeUnreachable when no answer came; with
         `is_order`, a network error or 5xx is not retried (the order may exist) but raised at once.
         """
-        synced, error = False, "no answer"
+        synced, error, may_have_arrived = False, "no answer", False
         for attempt in range(1, self.max_attempts + 1):
             self._wait_for_limits()
             try:
@@ -153,14 +161,16 @@ class BinanceRest:
                     error = f"HTTP {status} from Binance: {exc.message}"
                 else:
                     raise ExchangeRejected(status, exc.code, exc.message) from None
+                may_have_arrived = True
             except BinanceRequestException as exc:  # a 2xx whose body is not JSON: the answer is lost
-                error = f"unreadable answer: {exc.message[:200]}"
+                error, may_have_arrived = f"unreadable answer: {exc.message[:200]}", True
             except requests.RequestException as exc:
                 error = _describe(exc)
+                may_have_arrived = may_have_arrived or not never_left(exc)
             else:
                 self._read_weight(self.client.response)
                 return result
-            if is_order:
+            if is_order and may_have_arrived:
                 raise ExchangeUnreachable(f"{method}: {error}; the order's outcome is unknown")
             if attempt == self.max_attempts:
                 break
@@ -168,7 +178,7 @@ class BinanceRest:
             log.warning("Binance %s failed (%s), try %d of %d in %.1f s", method, error, attempt + 1,
                         self.max_attempts, delay)
             self.sleep(delay)
-        raise ExchangeUnreachable(f"{method}: {error} ({self.max_attempts} tries)")
+        raise ExchangeUnreachable(f"{method}: {error} ({self.max_attempts} tries)", may_have_arrived)
 
     def sync_clock(self) -> int:
         """Measure the offset between Binance's clock and ours, for request timestamps; returns it in ms."""
@@ -225,6 +235,16 @@ class BinanceRest:
         if retry_after_s > self.max_wait_s:
             raise ExchangeRejected(exc.status_code, exc.code, f"{what} for {retry_after_s:g} s: {exc.message}")
         log.warning("Binance %s: %s, waiting %g s as asked (Retry-After)", method, what, retry_after_s)
+
+
+def never_left(exc: requests.RequestException) -> bool:
+    """Whether a failed request provably never reached Binance: no connection could be opened (refused,
+    unresolvable, or timed out while connecting). Anything later (a read timeout, a dropped
+    connection) may have delivered the request."""
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(exc, requests.ConnectionError) and isinstance(reason, urllib3.exceptions.ConnectTimeoutError)
 
 
 def _describe(exc: Exception) -> str:

@@ -11,10 +11,16 @@ misses trades, as on Binance. Klines of finished minutes are Binance's own (the 
 current minute's kline is built from the trades published so far. Market orders fill at the last
 published price, 0.1% commission.
 
-Faults on demand (`fail`): "timeout" (the request waits `hold_s` before it is handled, and counts as
-late then), "500", "429" and "418" with Retry-After (not handled), "lost" (handled, then the connection
-closes without an answer); `skew_clock` makes timestamps fall outside the recvWindow (-1021);
-`drop_streams` cuts every stream connection.
+Faults on demand (`fail`): "timeout" (the request passes the timestamp check on arrival, then waits
+`hold_s` in the "matching engine" before it is executed: the client has long given up), "503" (executed,
+answered -1007 "execution status unknown"), "500" (not executed, -1000), "429" and "418" with Retry-After
+(not handled), "lost" (handled, then the connection closes without an answer); `order_query_lag_ms`
+makes order queries answer -2013 for orders younger than that; `skew_clock` makes timestamps fall
+outside the recvWindow (-1021); `drop_streams` cuts every stream connection.
+
+Each modelled behaviour cites the section of Binance's API documentation it follows:
+spot  = https://developers.binance.com/docs/binance-spot-api-docs (rest-api, errors, filters),
+fapi  = https://developers.binance.com/docs/derivatives/usds-margined-futures (trade, account, errors).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import hashlib
 import hmac
 import http.server
 import json
+import re
 import threading
 import time
 import urllib.parse
@@ -38,8 +45,10 @@ from websockets.asyncio.server import broadcast, serve
 E8 = Decimal("0.00000001")
 COMMISSION = Decimal("0.001")
 MINUTE_MS = 60_000
+# spot "General API Information" > newClientOrderId; fapi "New Order (TRADE)": the same pattern.
+CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "account": 20, "order": 4, "positionRisk": 5,
-           "balance": 5}
+           "balance": 5, "avgPrice": 2}
 
 
 def e8(value: Decimal) -> str:
@@ -79,6 +88,15 @@ class StandIn:
         self.balances = {asset: Decimal(amount) for asset, amount in (balances or {quote: "1"}).items()}
         self.futures_wallet = Decimal(futures_balance)
         self.futures_amount = self.futures_entry = Decimal(0)
+        # fapi "Change Initial Leverage" / "Change Margin Type" / "Change Position Mode": a new account's
+        # symbol starts at 20x; the margin type is whatever the account last used (isolated here, the
+        # risky case); position mode one-way unless the account switched to hedge mode.
+        self.futures_leverage, self.futures_margin_type, self.futures_dual_side = 20, "ISOLATED", False
+        self.futures_max_leverage = 125
+        self.order_query_lag_ms = 0  # order queries answer -2013 for orders younger than this
+        # Exchange filters (spot "Filters"): the market-order limits beyond LOT_SIZE's minimum and step.
+        self.market_max_qty = Decimal("2000000")
+        self.max_notional = Decimal("9000000")
         self.orders: list[dict] = []  # every order executed, both markets, in order
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every REST request
         self.error_codes: list[int] = []  # Binance error codes answered, in order
@@ -242,14 +260,22 @@ class StandIn:
                              "used; current limit is 6000 request weight per 1 MINUTE."},
                              {"Retry-After": str(fault.retry_after_s)})
             return
-        if fault is not None and fault.kind == "timeout":
-            self._closing.wait(fault.hold_s)
+        # spot "Timing security": the timestamp and recvWindow are checked when the request arrives, before
+        # it reaches the matching engine; a request that waits there afterwards is still executed.
+        hold_s = fault.hold_s if fault is not None and fault.kind == "timeout" else 0.0
         try:
-            status, payload = 200, self._route(handler, method, url.path, url.query, body)
+            status, payload = 200, self._route(handler, method, url.path, url.query, body, hold_s)
         except ApiError as exc:
             status, payload = exc.status, {"code": exc.code, "msg": exc.message}
             with self._lock:
                 self.error_codes.append(exc.code)
+        if fault is not None and fault.kind == "503" and status == 200:
+            # spot "General API Information" (HTTP 5XX) and error -1007: the execution status is unknown
+            # to the caller, and the order may well have been executed (it was, here).
+            status, payload = 503, {"code": -1007, "msg": "Timeout waiting for response from backend server. "
+                                                          "Send status unknown; execution status unknown."}
+            with self._lock:
+                self.error_codes.append(-1007)
         if fault is not None and fault.kind == "lost":
             self._closing.wait(fault.hold_s)
             with self._lock:
@@ -287,7 +313,7 @@ class StandIn:
         handler.end_headers()
         handler.wfile.write(data)
 
-    def _route(self, handler, method: str, path: str, query: str, body: str):
+    def _route(self, handler, method: str, path: str, query: str, body: str, hold_s: float = 0.0):
         params = dict(urllib.parse.parse_qsl(query + ("&" if query and body else "") + body))
         public = {
             ("GET", "/api/v3/ping"): lambda: {}, ("GET", "/fapi/v1/ping"): lambda: {},
@@ -297,6 +323,7 @@ class StandIn:
             ("GET", "/fapi/v1/exchangeInfo"): self._futures_exchange_info,
             ("GET", "/api/v3/klines"): lambda: self._klines(params),
             ("GET", "/fapi/v1/klines"): lambda: self._klines(params),
+            ("GET", "/api/v3/avgPrice"): lambda: self._avg_price(params),
         }
         signed = {
             ("GET", "/api/v3/account"): lambda: self._spot_account(),
@@ -306,11 +333,19 @@ class StandIn:
             ("GET", "/fapi/v1/order"): lambda: self._query_order(params, "futures"),
             ("GET", "/fapi/v3/positionRisk"): lambda: self._position_risk(),
             ("GET", "/fapi/v3/balance"): lambda: self._futures_balance(),
+            ("GET", "/fapi/v1/positionSide/dual"): lambda: {"dualSidePosition": self.futures_dual_side},
+            ("POST", "/fapi/v1/positionSide/dual"): lambda: self._set_dual_side(params),
+            ("POST", "/fapi/v1/marginType"): lambda: self._set_margin_type(params),
+            ("POST", "/fapi/v1/leverage"): lambda: self._set_leverage(params),
+            ("GET", "/fapi/v1/symbolConfig"): lambda: self._symbol_config(params),
         }
         if (method, path) in public:
+            self._closing.wait(hold_s)
             return public[(method, path)]()
         if (method, path) in signed:
             self._authenticate(handler, query, body, params)
+            if hold_s:
+                self._closing.wait(hold_s)
             with self._lock:
                 return signed[(method, path)]()
         raise ApiError(404, -1000, f"no endpoint {method} {path} in this stand-in")
@@ -359,11 +394,11 @@ class StandIn:
                                   "tickSize": "0.00000001"},
                                  {"filterType": "LOT_SIZE", "minQty": e8(self.min_qty), "maxQty": "90000000.00000000",
                                   "stepSize": e8(self.step)},
-                                 {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000", "maxQty": "2000000.00000000",
-                                  "stepSize": "0.00000000"},
+                                 {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000",
+                                  "maxQty": e8(self.market_max_qty), "stepSize": "0.00000000"},
                                  {"filterType": "NOTIONAL", "minNotional": e8(self.min_notional),
-                                  "applyMinToMarket": True, "maxNotional": "9000000.00000000",
-                                  "applyMaxToMarket": False, "avgPriceMins": 5}],
+                                  "applyMinToMarket": True, "maxNotional": e8(self.max_notional),
+                                  "applyMaxToMarket": True, "avgPriceMins": 5}],
                              "permissions": [], "permissionSets": [["SPOT"]],
                              "defaultSelfTradePreventionMode": "EXPIRE_MAKER"}]}
 
@@ -381,7 +416,8 @@ class StandIn:
                                  {"filterType": "PRICE_FILTER", "minPrice": "0.00000001", "maxPrice": "1000",
                                   "tickSize": "0.00000001"},
                                  {"filterType": "LOT_SIZE", "stepSize": "1", "maxQty": "10000000", "minQty": "1"},
-                                 {"filterType": "MARKET_LOT_SIZE", "stepSize": "1", "maxQty": "1000000", "minQty": "1"},
+                                 {"filterType": "MARKET_LOT_SIZE", "stepSize": "1",
+                                  "maxQty": str(int(self.market_max_qty)), "minQty": "1"},
                                  {"filterType": "MIN_NOTIONAL", "notional": "0.01"}],
                              "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET"],
                              "timeInForce": ["GTC", "IOC", "FOK", "GTX"]}]}
@@ -425,9 +461,14 @@ class StandIn:
             qty = Decimal(params["quantity"])
             if qty % self.step:
                 raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+        # spot "Filters": LOT_SIZE (min, step) and MARKET_LOT_SIZE (max for MARKET orders); NOTIONAL with
+        # applyMinToMarket/applyMaxToMarket, at the average price (avgPriceMins) for MARKET orders.
         if qty < self.min_qty:
             raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
-        if qty * price < self.min_notional:
+        if qty > self.market_max_qty:
+            raise ApiError(400, -1013, "Filter failure: MARKET_LOT_SIZE")
+        notional = qty * self._average_price()
+        if notional < self.min_notional or notional > self.max_notional:
             raise ApiError(400, -1013, "Filter failure: NOTIONAL")
         cost = (qty * price).quantize(E8, rounding=ROUND_DOWN)
         if side == "BUY":
@@ -454,6 +495,22 @@ class StandIn:
         self.orders.append(order)
         return {k: v for k, v in order.items() if k not in ("market", "params")}
 
+    def _average_price(self) -> Decimal:
+        """spot "Current average price": the volume-weighted price of the last avgPriceMins (5) minutes."""
+        now_ms = self.market_now_ms()
+        first = bisect.bisect_left(self.trade_times, now_ms - 5 * MINUTE_MS)
+        last = bisect.bisect_right(self.trade_times, now_ms)
+        trades = self.trades[first:last]
+        volume = sum((Decimal(t[2]) for t in trades), Decimal(0))
+        if not volume:
+            return self.last_price()
+        return (sum((Decimal(t[1]) * Decimal(t[2]) for t in trades), Decimal(0)) / volume).quantize(E8)
+
+    def _avg_price(self, params: dict) -> dict:
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        return {"mins": 5, "price": e8(self._average_price()), "closeTime": self.server_time_ms()}
+
     def _check_order_params(self, params: dict) -> None:
         if params.get("symbol") != self.symbol:
             raise ApiError(400, -1121, "Invalid symbol.")
@@ -461,10 +518,20 @@ class StandIn:
             raise ApiError(400, -1116, "Invalid orderType.")
         if params.get("side") not in ("BUY", "SELL"):
             raise ApiError(400, -1117, "Invalid side.")
+        client_id = params.get("newClientOrderId", "")
+        if not CLIENT_ORDER_ID.match(client_id):
+            # spot "Error codes" -1100 ILLEGAL_CHARS, with the newClientOrderId pattern as the legal range.
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is "
+                                       "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
 
     def _query_order(self, params: dict, market: str) -> dict:
         wanted = params.get("origClientOrderId")
         for order in reversed(self.orders):
+            executed_ms = order.get("transactTime", order.get("updateTime"))
+            if self.server_time_ms() - executed_ms < self.order_query_lag_ms:
+                # -2013 "Order does not exist." for an order already FILLED: the order query reads a copy
+                # that can lag the matching engine (reported by bot authors on dev.binance.vision).
+                continue
             if order["market"] == market and (order["clientOrderId"] == wanted or
                                               str(order["orderId"]) == params.get("orderId")):
                 found = {k: v for k, v in order.items() if k not in ("market", "params", "fills", "transactTime")}
@@ -476,9 +543,14 @@ class StandIn:
 
     def _futures_order(self, params: dict) -> dict:
         self._check_order_params(params)
+        # fapi "New Order": positionSide defaults to BOTH, which hedge mode refuses (-4061).
+        if self.futures_dual_side and params.get("positionSide", "BOTH") == "BOTH":
+            raise ApiError(400, -4061, "Order's position side does not match user's setting.")
         qty = Decimal(params.get("quantity", "0"))
         if qty <= 0 or qty % self.step or qty < self.min_qty:
             raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
+        if qty > self.market_max_qty:  # fapi error -4005 QTY_GREATER_THAN_MAX_QTY (MARKET_LOT_SIZE)
+            raise ApiError(400, -4005, "Quantity greater than max quantity.")
         price = self.last_price()
         signed = qty if params["side"] == "BUY" else -qty
         amount, entry = self.futures_amount, self.futures_entry
@@ -491,7 +563,8 @@ class StandIn:
             if qty * price < self.min_notional:
                 raise ApiError(400, -4164, "Order's notional must be no smaller than 0.01 (unless you choose "
                                            "reduce only).")
-            if abs(new_amount) * price > self.futures_wallet:
+            # fapi "Change Initial Leverage": the initial margin is the notional divided by the leverage.
+            if abs(new_amount) * price / self.futures_leverage > self.futures_wallet:
                 raise ApiError(400, -2019, "Margin is insufficient.")
         closed = min(abs(amount), qty) if amount * signed < 0 else Decimal(0)
         if closed:
@@ -519,7 +592,9 @@ class StandIn:
         if self.futures_amount == 0:
             return []  # v3 lists only symbols with a position or open orders
         price = self.last_price()
-        return [{"symbol": self.symbol, "positionSide": "BOTH", "positionAmt": str(self.futures_amount),
+        # fapi "Position Information V3": hedge mode reports LONG and SHORT legs instead of BOTH.
+        side = ("LONG" if self.futures_amount > 0 else "SHORT") if self.futures_dual_side else "BOTH"
+        return [{"symbol": self.symbol, "positionSide": side, "positionAmt": str(self.futures_amount),
                  "entryPrice": e8(self.futures_entry), "breakEvenPrice": e8(self.futures_entry),
                  "markPrice": e8(price), "unRealizedProfit": e8((price - self.futures_entry) * self.futures_amount),
                  "liquidationPrice": "0", "isolatedMargin": "0", "notional": e8(self.futures_amount * price),
@@ -527,8 +602,40 @@ class StandIn:
                  "positionInitialMargin": "0", "openOrderInitialMargin": "0", "adl": 1, "bidNotional": "0",
                  "askNotional": "0", "updateTime": self.server_time_ms()}]
 
+    def _set_dual_side(self, params: dict) -> dict:
+        wanted = params.get("dualSidePosition") == "true"
+        if wanted == self.futures_dual_side:  # fapi error -4059 NO_NEED_TO_CHANGE_POSITION_SIDE
+            raise ApiError(400, -4059, "No need to change position side.")
+        self.futures_dual_side = wanted
+        return {"code": 200, "msg": "success"}
+
+    def _set_margin_type(self, params: dict) -> dict:
+        """fapi "Change Margin Type (TRADE)": CROSSED or ISOLATED; -4046 when already so; -4048 with a position."""
+        wanted = params.get("marginType")
+        if wanted not in ("CROSSED", "ISOLATED"):
+            raise ApiError(400, -4044, "The margin type is invalid.")
+        if wanted == self.futures_margin_type:
+            raise ApiError(400, -4046, "No need to change margin type.")
+        if self.futures_amount != 0:
+            raise ApiError(400, -4048, "Margin type cannot be changed if there exists position.")
+        self.futures_margin_type = wanted
+        return {"code": 200, "msg": "success"}
+
+    def _set_leverage(self, params: dict) -> dict:
+        """fapi "Change Initial Leverage (TRADE)": 1 to the bracket's maximum."""
+        leverage = int(params.get("leverage", 0))
+        if not 1 <= leverage <= self.futures_max_leverage:
+            raise ApiError(400, -4028, f"Leverage {leverage} is not valid")
+        self.futures_leverage = leverage
+        return {"leverage": leverage, "maxNotionalValue": "50000000", "symbol": self.symbol}
+
+    def _symbol_config(self, params: dict) -> list:
+        """fapi "Symbol Configuration (USER_DATA)": margin type and leverage per symbol."""
+        return [{"symbol": self.symbol, "marginType": self.futures_margin_type, "isAutoAddMargin": "false",
+                 "leverage": self.futures_leverage, "maxNotionalValue": "50000000"}]
+
     def _futures_balance(self) -> list:
-        used = abs(self.futures_amount) * self.futures_entry
+        used = abs(self.futures_amount) * self.futures_entry / self.futures_leverage
         return [{"accountAlias": "SgsR", "asset": self.quote, "balance": e8(self.futures_wallet),
                  "crossWalletBalance": e8(self.futures_wallet), "crossUnPnl": "0.00000000",
                  "availableBalance": e8(self.futures_wallet - used),
