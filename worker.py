@@ -33,7 +33,8 @@ log = logging.getLogger("omniwise.worker")
 ROOT = Path(__file__).resolve().parent
 BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
-ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
+ORDER_CHECK_S = 30  # exchange brokers settle open orders and read the position this often
+UNKNOWN_CHECK_S = 5  # and ask Binance about orders of unknown outcome this often
 
 
 def make_broker(settings: Settings, db, rest: BinanceRest | None = None):
@@ -81,6 +82,7 @@ class Worker:
         self.scheduler.every(1).days.do(guarded, self.prune)
         if settings.broker != "paper":
             self.scheduler.every(ORDER_CHECK_S).seconds.do(guarded, broker.recover)
+            self.scheduler.every(UNKNOWN_CHECK_S).seconds.do(guarded, broker.settle)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
 

@@ -111,7 +111,7 @@ def test_an_order_executed_seconds_after_its_timeout_is_never_sent_twice_and_is_
     second = place(broker, db, "BUY")
     assert order_row(db, second)["status"] == "skipped" and "still unknown" in order_row(db, second)["error"]
     wait_until(lambda: standin.orders_for(order["client_order_id"]), what="the late execution at the exchange")
-    broker.recover()  # the worker's periodic check
+    broker.settle()  # the worker's check every few seconds
     row = order_row(db, order)
     assert row["status"] == "filled" and order_posts(standin) == 1
     assert len(standin.orders) == 1 and "ORDER SETTLED" in order_alerts(db)[-1]

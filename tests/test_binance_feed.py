@@ -1,4 +1,5 @@
-"""core/binance/feed.py: the start and every hole in the trade ids are filled from the stand-in's klines."""
+"""core/binance/feed.py: candles are Binance's final klines; the start and every missed minute come from the
+stand-in's REST klines; nothing closes while the stream is silent."""
 
 from __future__ import annotations
 
@@ -7,20 +8,18 @@ import threading
 
 import pytest
 
+from core.binance.feed import (LATE_DECISION_MS, Backfill, BinanceFeed, Disconnected, KlineUpdate, StreamReader,
+                               StreamTime, parse_kline)
 from core.binance.rest import SPOT, BinanceRest
-from core.binance.feed import (LATE_DECISION_MS, Backfill, BinanceFeed, Disconnected, StreamTime, Trade,
-                               parse_agg_trade)
 from core.brokers import PaperBroker
-from core.candles import Candle, Tick
+from core.candles import Candle
 from core.config import Settings
-from core.feeds import read_agg_trades
 from core.policy_loader import PolicyLoader
 from core.trader import Trader
-from tests.conftest import SHARED_DATA
 from tests.exchange.standin import DAY_START_MS, start_standin
 
 HOUR_MS = 3_600_000
-TICKS = list(read_agg_trades(SHARED_DATA / "binance" / "XRPETH-aggTrades-2019-10-11.csv"))
+MINUTE_MS = 60_000
 
 
 class FakeReader:
@@ -61,8 +60,15 @@ def make_feed(standin, reader, after_ms=None, warmup_minutes=60, on_state=None, 
                        monotonic=monotonic or FakeMonotonic())
 
 
-def trade(tick: Tick) -> Trade:
-    return Trade(tick, tick.time_ms + 3)
+def final(standin, open_ms: int) -> KlineUpdate:
+    """The stream's final kline of a minute: Binance's own, pushed just after the minute ends."""
+    return KlineUpdate(binance_kline(standin, open_ms), True, open_ms + MINUTE_MS + 5)
+
+
+def partial(standin, open_ms: int) -> KlineUpdate:
+    """A kline update of a minute in progress (its values do not matter: it never becomes a candle)."""
+    candle = binance_kline(standin, open_ms)._replace(close=1.0, volume=0.0)
+    return KlineUpdate(candle, False, open_ms + 30_000)
 
 
 def trade_all(feed: BinanceFeed, trader: Trader) -> list:
@@ -70,13 +76,11 @@ def trade_all(feed: BinanceFeed, trader: Trader) -> list:
     seen = []
     for item in feed:
         seen.append(item)
-        if isinstance(item, Tick):
-            trader.on_tick(item)
+        if isinstance(item, Candle):
+            trader.on_candle(item)
         elif isinstance(item, Backfill):
             trader.backfill(item.candles, item.decide_from_ms)
-        elif isinstance(item, StreamTime) and item.now_ms is not None:
-            trader.close_due(item.now_ms)
-        if feed.reader.events.empty():
+        if feed.reader.events.empty() and feed.gap is None:
             feed.stop.set()
     return seen
 
@@ -99,54 +103,62 @@ def binance_kline(standin, open_ms: int) -> Candle:
                   float(row[10]))
 
 
-def test_candles_equal_binance_klines_across_the_start_and_a_hole_in_the_trade_ids(standin, db, trader):
-    start_ms, hole_ms, back_ms, end_ms = (DAY_START_MS + h * HOUR_MS for h in (3.01, 3.5, 3.9, 5))
+def test_candles_are_binance_klines_across_the_start_and_a_dropped_connection(standin, db, trader):
+    start_ms, hole_ms, back_ms, end_ms = (DAY_START_MS + h * HOUR_MS for h in (3, 3.5, 3.9, 5))
     reader = FakeReader()
-    for tick in TICKS:
-        if start_ms <= tick.time_ms < end_ms and not hole_ms <= tick.time_ms < back_ms:
-            reader.events.put(trade(tick))
-        if tick.time_ms == max(t.time_ms for t in TICKS if t.time_ms < hole_ms):
+    reader.events.put(partial(standin, start_ms))  # joined halfway through a minute
+    for open_ms in range(start_ms, end_ms, MINUTE_MS):
+        if open_ms == hole_ms:
             reader.events.put(Disconnected("ConnectionClosedError: no close frame received or sent"))
-    feed = make_feed(standin, reader, monotonic=lambda: 1000.0)  # stream time is the latest event time
+        if not hole_ms <= open_ms < back_ms:
+            reader.events.put(partial(standin, open_ms))
+            reader.events.put(final(standin, open_ms))
+            reader.events.put(final(standin, open_ms))  # sent again: taken once
+    feed = make_feed(standin, reader)
     items = trade_all(feed, trader)
     backfills = [item for item in items if isinstance(item, Backfill)]
     assert feed.backfills == len(backfills) == 2
     candles = stored(db)
-    first_minute = min(t.time_ms for t in TICKS if t.time_ms >= start_ms) // 60_000 * 60_000
-    last_tick_minute = max(t.time_ms for t in TICKS if t.time_ms < end_ms) // 60_000 * 60_000
-    # One candle for every minute from the warm-up start to the last finished minute, each Binance's own.
-    assert [c.open_time_ms for c in candles] == list(range(first_minute - 60 * 60_000, last_tick_minute, 60_000))
+    # One candle for every minute from the warm-up start to the last final one, each Binance's own kline.
+    assert [c.open_time_ms for c in candles] == list(range(start_ms - 60 * MINUTE_MS, end_ms, MINUTE_MS))
     assert candles == [binance_kline(standin, c.open_time_ms) for c in candles]
-    # The hole's minutes came from klines; only the recent ones were decided, none of the warm-up.
+    assert all(c.close != 1.0 for c in candles)  # no update of a minute in progress became a candle
+    # The missed minutes came from klines; only the recent ones were decided, none of the warm-up.
     hole = backfills[1]
-    assert hole.candles[0].open_time_ms < hole_ms < back_ms <= hole.candles[-1].open_time_ms + 60_000
+    assert (hole.candles[0].open_time_ms, hole.candles[-1].open_time_ms) == (hole_ms, back_ms - MINUTE_MS)
     decided = {t for (t,) in db.execute("SELECT candle_open_time_ms FROM decisions")}
     assert not decided & {c.open_time_ms for c in hole.candles if c.open_time_ms < hole.decide_from_ms}
-    assert hole.candles[-1].open_time_ms in decided
-    assert hole.decide_from_ms >= hole.candles[-1].open_time_ms - LATE_DECISION_MS
+    assert hole.candles[-1].open_time_ms in decided and back_ms in decided
+    assert hole.decide_from_ms == back_ms + 30_000 - LATE_DECISION_MS - MINUTE_MS
     assert not decided & {c.open_time_ms for c in backfills[0].candles[:-6]}
 
 
-def test_no_minute_closes_by_the_clock_while_the_stream_is_down_or_a_gap_is_open(standin, db):
-    ticks = [t for t in TICKS if t.time_ms >= DAY_START_MS + 4 * HOUR_MS][:40]
+def test_no_minute_closes_while_the_stream_is_silent_or_sends_only_updates(standin, db, trader):
     reader = FakeReader()
-    feed = make_feed(standin, reader, warmup_minutes=5)
-    for tick in ticks[:20]:
-        reader.events.put(trade(tick))
-    reader.events.put(Disconnected("network"))
-    times = []
-    for item in feed:
-        if isinstance(item, StreamTime):
-            times.append(item.now_ms)
-        if reader.events.empty():
-            break
-    assert times[-1] is None  # down: nothing closes by the clock
-    reader.events.put(trade(ticks[25]))  # back, but five trades were missed: a gap is open
-    for item in feed:
-        if isinstance(item, StreamTime):
-            assert item.now_ms is None
-            break
-    assert feed.gap is not None and feed.gap.to_ms == ticks[25].time_ms // 60_000 * 60_000
+    feed = make_feed(standin, reader, after_ms=DAY_START_MS + 4 * HOUR_MS - MINUTE_MS)
+    items = iter(feed)
+    silent = [next(items) for _ in range(5)]  # nothing from the stream: the clock alone closes nothing
+    assert silent == [StreamTime(None)] * 5
+    reader.events.put(partial(standin, DAY_START_MS + 4 * HOUR_MS))
+    reader.events.put(partial(standin, DAY_START_MS + 4 * HOUR_MS))
+    seen = [next(items) for _ in range(3)]
+    assert all(isinstance(item, StreamTime) for item in seen)
+    reader.events.put(final(standin, DAY_START_MS + 4 * HOUR_MS))
+    item = next(items)
+    while isinstance(item, StreamTime):
+        item = next(items)
+    assert item == binance_kline(standin, DAY_START_MS + 4 * HOUR_MS)
+
+
+def test_a_gap_whose_klines_binance_does_not_have_yet_is_asked_again_later(standin):
+    reader = FakeReader()
+    late_ms = DAY_START_MS + 24 * HOUR_MS + 10 * MINUTE_MS  # minutes the stand-in's klines do not have
+    feed = make_feed(standin, reader, after_ms=late_ms - 3 * MINUTE_MS)
+    reader.events.put(KlineUpdate(Candle(late_ms, 1, 1, 1, 1, 0, late_ms + 59_999, 0, 0, 0, 0), False, late_ms + 1))
+    items = iter(feed)
+    for _ in range(3):
+        assert isinstance(next(items), StreamTime)
+    assert feed.gap is not None and feed.backfills == 0
 
 
 def drain(items, reader) -> None:
@@ -162,9 +174,10 @@ def test_a_stream_down_longer_than_the_grace_is_reported_once_and_then_its_recov
     reader = FakeReader()
     feed = make_feed(standin, reader, on_state=lambda is_up, reason: states.append((is_up, reason)),
                      monotonic=clock)
-    ticks = [t for t in TICKS if t.time_ms >= DAY_START_MS + 4 * HOUR_MS]
+    minute_ms = DAY_START_MS + 4 * HOUR_MS
     refused = "ConnectionRefusedError: [Errno 111] Connect call failed"
-    reader.events.put(trade(ticks[0]))
+    feed.after_ms = minute_ms - MINUTE_MS
+    reader.events.put(final(standin, minute_ms))
     reader.events.put(Disconnected(refused))
     items = iter(feed)
     drain(items, reader)
@@ -173,43 +186,83 @@ def test_a_stream_down_longer_than_the_grace_is_reported_once_and_then_its_recov
     for _ in range(3):
         reader.events.put(Disconnected(refused))
     drain(items, reader)
-    assert states == [(False, f"the trade stream is down ({refused})")]
-    reader.events.put(trade(ticks[1]))
+    assert states == [(False, f"the kline stream is down ({refused})")]
+    reader.events.put(final(standin, minute_ms + MINUTE_MS))
     drain(items, reader)
-    assert states[1:] == [(True, "the XRPETH trade stream is up and its candles are complete")]
+    assert states[1:] == [(True, "the XRPETH kline stream is up and its candles are complete")]
 
 
-@pytest.mark.parametrize("message", [
-    {"e": "aggTrade", "E": 1570762800003, "s": "XRPETH", "a": 5, "p": "0.00141342", "q": "23.00000000", "f": 7,
-     "l": 8, "T": 1570762800000, "m": True, "M": True},
-    {"stream": "xrpeth@aggTrade", "data": {"e": "aggTrade", "E": 1570762800003, "s": "XRPETH", "a": 5,
-                                          "p": "0.00141342", "q": "23.00000000", "f": 7, "l": 8, "T": 1570762800000,
-                                          "m": True}},
-])
-def test_agg_trade_messages_of_spot_and_futures_streams_become_ticks(message):
-    assert parse_agg_trade(message) == Trade(Tick(0.00141342, 23.0, 1570762800000, 5, 7, 8, True), 1570762800003)
-    assert parse_agg_trade({"e": "error", "type": "ConnectionClosedError", "m": "x"}) is None
+KLINE = {"e": "kline", "E": 1570762860005, "s": "XRPETH",
+         "k": {"t": 1570762800000, "T": 1570762859999, "s": "XRPETH", "i": "1m", "f": 100, "L": 200,
+               "o": "0.00141342", "c": "0.00141400", "h": "0.00141500", "l": "0.00141300", "v": "2300.00000000",
+               "n": 12, "x": True, "q": "3.25000000", "V": "1200.00000000", "Q": "1.70000000", "B": "0"}}
+
+
+@pytest.mark.parametrize("message", [KLINE, {"stream": "xrpeth@kline_1m", "data": KLINE}])
+def test_kline_messages_of_spot_and_futures_streams_become_candles(message):
+    assert parse_kline(message) == KlineUpdate(
+        Candle(1570762800000, 0.00141342, 0.00141500, 0.00141300, 0.00141400, 2300.0, 1570762859999, 3.25, 12,
+               1200.0, 1.7), True, 1570762860005)
+    assert parse_kline({"e": "error", "type": "ConnectionClosedError", "m": "x"}) is None
+    assert parse_kline({"e": "aggTrade", "a": 1}) is None
+
+
+def next_event(reader, kind, timeout_s=10.0):
+    """The reader's next event of `kind`, skipping the others."""
+    while True:
+        event = reader.events.get(timeout=timeout_s)
+        if isinstance(event, kind):
+            return event
 
 
 @pytest.mark.parametrize("market", [SPOT, "futures"])
-def test_the_reader_streams_trades_through_python_binance_and_reconnects_after_a_drop(market):
-    from core.binance.feed import StreamReader
-
+def test_the_reader_streams_klines_through_python_binance_and_reconnects_after_a_drop(market):
     exchange = start_standin(speed=600)
     reader = StreamReader(exchange.stream_url, "XRPETH", market)
     reader.start()
     try:
-        events = [reader.events.get(timeout=10) for _ in range(3)]
-        assert all(isinstance(event, Trade) for event in events)
-        assert [e.tick.agg_id for e in events] == sorted(e.tick.agg_id for e in events)
+        finals = []
+        while len(finals) < 3:
+            event = next_event(reader, KlineUpdate)
+            if event.is_final:
+                finals.append(event.candle)
+        assert [c.open_time_ms for c in finals] == list(range(finals[0].open_time_ms, finals[0].open_time_ms
+                                                              + 3 * MINUTE_MS, MINUTE_MS))
+        assert finals == [binance_kline(exchange, c.open_time_ms) for c in finals]
         assert exchange.drop_streams() == 1
-        event = reader.events.get(timeout=10)
-        while isinstance(event, Trade):  # trades already on their way
-            event = reader.events.get(timeout=10)
-        assert isinstance(event, Disconnected)
-        while not isinstance(event, Trade):  # python-binance connects again by itself
-            event = reader.events.get(timeout=10)
-        assert event.tick.agg_id > events[-1].tick.agg_id
+        next_event(reader, Disconnected)
+        later = next_event(reader, KlineUpdate)  # python-binance connects again by itself
+        assert later.candle.open_time_ms > finals[-1].open_time_ms
+    finally:
+        reader.close()
+        exchange.close()
+
+
+def test_a_silent_connection_is_dropped_and_opened_again():
+    exchange = start_standin(speed=600)
+    reader = StreamReader(exchange.stream_url, "XRPETH", SPOT, random=lambda: 0.0, stall_s=1.0)
+    reader.start()
+    try:
+        next_event(reader, KlineUpdate)
+        assert exchange.stall_streams() == 1  # open, but nothing comes any more (half-open TCP)
+        assert "no message for 1 s" in next_event(reader, Disconnected).reason
+        next_event(reader, KlineUpdate)  # a new connection delivers again
+        assert reader.connections == 2
+    finally:
+        reader.close()
+        exchange.close()
+
+
+def test_a_server_shutdown_announcement_reconnects_at_once():
+    exchange = start_standin(speed=600)
+    reader = StreamReader(exchange.stream_url, "XRPETH", SPOT, random=lambda: 1.0)
+    reader.start()
+    try:
+        next_event(reader, KlineUpdate)
+        assert exchange.announce_shutdown() == 1
+        assert "shutdown" in next_event(reader, Disconnected).reason
+        next_event(reader, KlineUpdate)
+        assert reader.connections == 2
     finally:
         reader.close()
         exchange.close()

@@ -78,6 +78,10 @@ def test_worker_trades_the_stream_with_klines_equal_candles_and_one_order_per_de
     standin.skew_clock(20_000)  # Binance's clock jumps: the next signed request gets -1021
     wait_until(lambda: ("POST", "/api/v3/order", 200) in standin.requests[skewed_at:], worker, timeout_s=30,
                what="an order after the clock jump")
+    # The timed-out order executed late: the worker finds it, then trades on (through the 429).
+    wait_until(lambda: not standin.faults and not query(data_dir, "SELECT 1 FROM orders WHERE status IN "
+                                                                  "('unknown', 'sending')"),
+               worker, timeout_s=60, what="every order settled and every fault met")
     wait_until(lambda: newest_candle_ms(data_dir) >= DAY_START_MS + 3 * HOUR_MS + 45 * MINUTE_MS, worker,
                timeout_s=30, what="trading after the clock jump")
     output = stop_worker(worker)

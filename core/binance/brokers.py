@@ -222,6 +222,10 @@ class BinanceBroker:
         except BrokerError as exc:
             log.warning("position not read: %s", exc)
 
+    def settle(self) -> None:
+        """Ask Binance about open orders (cheap when there are none); the worker calls it every few seconds."""
+        self._settle_open()
+
     def prepare(self) -> None:
         """Check (and set) the account's trading settings before an order. Spot: nothing to set."""
 

@@ -1,18 +1,19 @@
-"""The live feed: Binance's aggTrade stream of one symbol, with every gap filled from REST klines.
+"""The live feed: Binance's 1-minute kline stream of one symbol, with every gap filled from REST klines.
+
+Candles are Binance's own klines, never built here: a minute is traded when Binance closes it (the
+stream's kline with `x` true) or, for minutes the stream did not deliver (the start, a dropped or
+silent connection), from the klines endpoint once a later minute has begun (so every one is final).
+The kline stream pushes about every 2 s (spot; futures faster), so it is also the liveness signal:
+a connection silent for STALL_S (a half-open TCP connection closes nothing) is dropped and opened
+again. While the stream is down or silent no minute closes and no decision is made.
 
 A reader thread holds the websocket (python-binance's BinanceSocketManager, pointed at the configured
-stream URL; it reconnects by itself, and the reader opens a new socket with jittered backoff when it
-gives up) and hands trades over through a queue, so a slow order never stalls the stream.
+stream URL) and hands klines over through a queue, so a slow order never stalls the stream.
 Iterating the feed yields, in the trader's terms:
 
-- `Tick`s, while the aggregate trade ids run on without a hole;
-- `Backfill`: Binance's own klines for the minutes the stream did not fully deliver: on start (the
-  warm-up hours and the first minute, joined halfway) and after every hole in the ids (a dropped
-  connection: Binance closes every one after 24 h, networks fail). They are fetched once the last of
-  those minutes is over, so the candles always equal the exchange's klines;
-- `StreamTime` about twice a second: the exchange's time by the stream (the latest event time plus the
-  time since it came), or None while the stream is down or a gap is open, when no minute may close by
-  the clock because its trades may still be missing.
+- `Candle`: a minute Binance closed, in order, each once;
+- `Backfill`: Binance's klines for minutes the stream did not deliver; recent ones are traded;
+- `StreamTime(None)` about twice a second, so the worker runs its jobs while minutes go by.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from binance.ws.streams import BinanceSocketManager
 
 from core.binance.rest import SPOT, BinanceRest, backoff_s, endpoints
 from core.brokers import BrokerError
-from core.candles import MINUTE_MS, Candle, Tick
+from core.candles import MINUTE_MS, Candle
 
 log = logging.getLogger(__name__)
 
@@ -39,42 +40,46 @@ KLINES_PER_REQUEST = 1000  # Binance's maximum
 LATE_DECISION_MS = 5 * MINUTE_MS  # a candle from klines that closed longer ago only warms the indicators
 DOWN_ALERT_S = 30.0  # a stream down (or a gap not filled) this long is alerted; a quick reconnect is not
 STREAM_TIME_EVERY_S = 0.5
+STALL_S = 10.0  # no message for this long (klines come every ~2 s): the connection is dead, open another
+QUEUE_SIZE = 10_000  # python-binance's message queue (its default 100 overflows in a burst)
 
 
 class Backfill(NamedTuple):
-    """Closed candles from Binance's klines in place of ticks the stream did not deliver."""
+    """Closed candles from Binance's klines in place of minutes the stream did not deliver."""
 
     candles: list[Candle]
     decide_from_ms: int  # candles opened at or after this are traded; older ones only warm the indicators
 
 
 class StreamTime(NamedTuple):
-    """The exchange's time by the stream, or None while minutes must not close by the clock."""
+    """A pause in the feed for the worker's jobs; minutes never close by the clock (now_ms is None)."""
 
     now_ms: int | None
 
 
-class Trade(NamedTuple):
-    """A trade from the stream, with the event time of its message."""
+class KlineUpdate(NamedTuple):
+    """A kline message of the stream: the minute so far, or its final form."""
 
-    tick: Tick
+    candle: Candle
+    is_final: bool
     event_ms: int
 
 
 class Disconnected(NamedTuple):
-    """The stream broke (or could not connect); the reader is connecting again."""
+    """The stream broke, went silent, or could not connect; the reader is connecting again."""
 
     reason: str
 
 
-def parse_agg_trade(message: dict) -> Trade | None:
-    """A Trade from an aggTrade message (raw or combined-stream form); None for other messages."""
+def parse_kline(message: dict) -> KlineUpdate | None:
+    """A KlineUpdate from a kline message (raw or combined-stream form); None for other messages."""
     data = message.get("data", message)
-    if data.get("e") != "aggTrade":
+    if data.get("e") != "kline":
         return None
-    tick = Tick(float(data["p"]), float(data["q"]), int(data["T"]), int(data["a"]), int(data["f"]),
-                int(data["l"]), bool(data["m"]))
-    return Trade(tick, int(data.get("E", data["T"])))
+    k = data["k"]
+    candle = Candle(int(k["t"]), float(k["o"]), float(k["h"]), float(k["l"]), float(k["c"]), float(k["v"]),
+                    int(k["T"]), float(k["q"]), int(k["n"]), float(k["V"]), float(k["Q"]))
+    return KlineUpdate(candle, bool(k["x"]), int(data["E"]))
 
 
 def kline_candle(row: list) -> Candle:
@@ -83,18 +88,24 @@ def kline_candle(row: list) -> Candle:
                   int(row[6]), float(row[7]), int(row[8]), float(row[9]), float(row[10]))
 
 
+class StreamSilent(Exception):
+    """No message for STALL_S: the connection is treated as dead."""
+
+
 class StreamReader(threading.Thread):
-    """Reads the aggTrade stream in its own thread and event loop, putting Trade and Disconnected events
+    """Reads the kline stream in its own thread and event loop, putting KlineUpdate and Disconnected events
     on `events`; reconnects until `close()`."""
 
     def __init__(self, stream_url: str, symbol: str, market: str = SPOT,
-                 random: Callable[[], float] = _random.random):
+                 random: Callable[[], float] = _random.random, stall_s: float = STALL_S):
         super().__init__(name="binance-stream", daemon=True)
         self.stream_url = stream_url
         self.symbol = symbol
         self.market = market
         self.random = random
+        self.stall_s = stall_s
         self.events: queue.Queue = queue.Queue()
+        self.connections = 0
         self._closing = threading.Event()
 
     def run(self) -> None:
@@ -108,41 +119,55 @@ class StreamReader(threading.Thread):
 
     async def _read(self) -> None:
         client = AsyncClient()  # only the socket manager's settings: makes no network call
-        manager = BinanceSocketManager(client)
+        manager = BinanceSocketManager(client, max_queue_size=QUEUE_SIZE)
         manager.STREAM_URL = manager.FSTREAM_URL = self.stream_url
+        streams = [f"{self.symbol.lower()}@kline_1m"]
         failures = 0
         try:
             while not self._closing.is_set():
-                socket = manager.aggtrade_socket(self.symbol) if self.market == SPOT else \
-                    manager.aggtrade_futures_socket(self.symbol)
+                socket = manager.multiplex_socket(streams) if self.market == SPOT else \
+                    manager.futures_multiplex_socket(streams)
                 socket.TIMEOUT = 1  # its read loop looks for a close this often
+                is_shutdown = False
                 try:
                     async with socket as stream:
+                        self.connections += 1
                         failures = 0
-                        await self._pump(stream)
+                        is_shutdown = await self._pump(stream)
                 except Exception as exc:  # noqa: BLE001 - any failure: report it, then connect again
                     self.events.put(Disconnected(f"{type(exc).__name__}: {exc}"))
                 if self._closing.is_set():
                     break
+                if is_shutdown:  # announced by Binance: connect again at once
+                    continue
                 failures += 1
                 delay = backoff_s(failures, self.random)
-                log.warning("trade stream: connecting again in %.1f s", delay)
+                log.warning("kline stream: connecting again in %.1f s", delay)
                 await self._pause(delay)
         finally:
             await client.close_connection()
 
-    async def _pump(self, stream) -> None:
+    async def _pump(self, stream) -> bool:
+        """Hand messages over until closing (False) or Binance announces a shutdown (True)."""
+        last_s = time.monotonic()
         while not self._closing.is_set():
             try:
                 message = await asyncio.wait_for(stream.recv(), 1.0)
             except asyncio.TimeoutError:
+                if time.monotonic() - last_s >= self.stall_s:  # python-binance waits forever on a dead line
+                    raise StreamSilent(f"no message for {self.stall_s:g} s") from None
                 continue
             if message.get("e") == "error":  # python-binance reports a broken connection and reconnects
                 self.events.put(Disconnected(f"{message.get('type')}: {message.get('m')}"))
                 continue
-            trade = parse_agg_trade(message)
-            if trade is not None:
-                self.events.put(trade)
+            last_s = time.monotonic()
+            if message.get("data", message).get("e") == "serverShutdown":
+                self.events.put(Disconnected("Binance announced a server shutdown"))
+                return True
+            update = parse_kline(message)
+            if update is not None:
+                self.events.put(update)
+        return False
 
     async def _pause(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -151,20 +176,20 @@ class StreamReader(threading.Thread):
 
 
 class _Gap:
-    """Minutes from_ms..to_ms (open times) to take from klines, and the ticks held meanwhile."""
+    """Minutes from_ms..to_ms (open times) to take from klines, and the final candles held meanwhile."""
 
-    def __init__(self, from_ms: int, to_ms: int):
+    def __init__(self, from_ms: int, to_ms: int, now_ms: int):
         self.from_ms = from_ms
         self.to_ms = to_ms
-        self.ticks: list[Tick] = []
+        self.now_ms = now_ms  # the exchange's time when the gap was seen: every minute before it is final
+        self.held: list[Candle] = []
 
 
 class BinanceFeed:
-    """Ticks of Binance's stream, with the start and every hole in the trade ids filled from klines."""
+    """Binance's final 1-minute klines, with the start and every missed minute filled from REST klines."""
 
     def __init__(self, rest: BinanceRest, reader: StreamReader, symbol: str, after_ms: int | None,
-                 warmup_minutes: int, stop: threading.Event, lateness_ms: int = 2000,
-                 on_state: Callable[[bool, str], None] | None = None,
+                 warmup_minutes: int, stop: threading.Event, on_state: Callable[[bool, str], None] | None = None,
                  monotonic: Callable[[], float] = time.monotonic):
         self.rest = rest
         self.reader = reader
@@ -172,29 +197,19 @@ class BinanceFeed:
         self.after_ms = after_ms  # the newest candle already stored
         self.warmup_minutes = warmup_minutes
         self.stop = stop
-        self.lateness_ms = lateness_ms
         self.on_state = on_state
         self.monotonic = monotonic
         self.klines_method = "get_klines" if rest.market == SPOT else "futures_klines"
-        self.last_agg_id: int | None = None  # the last trade id taken from the stream
-        self.open_minute_ms: int | None = None  # earliest minute whose ticks may be incomplete after a hole
+        self.last_final_ms: int | None = None  # open time of the last minute handed over
         self.gap: _Gap | None = None
         self.backfills = 0
-        self._event_ms: int | None = None  # newest event time and when it came (monotonic s)
-        self._event_at_s = 0.0
         self._problems: dict[str, tuple[float, str]] = {}  # kind -> (since, reason)
         self._is_reported_down = False
         self._next_backfill_s = 0.0
         self._backfill_failures = 0
         self._stream_time_at_s = 0.0
 
-    def stream_now_ms(self) -> int | None:
-        """The exchange's time by the stream: the newest event time plus the time since it came."""
-        if self._event_ms is None:
-            return None
-        return self._event_ms + int((self.monotonic() - self._event_at_s) * 1000)
-
-    def __iter__(self) -> Iterator[Tick | Backfill | StreamTime]:
+    def __iter__(self) -> Iterator[Candle | Backfill | StreamTime]:
         self.reader.start()
         try:
             while not self.stop.is_set():
@@ -202,58 +217,60 @@ class BinanceFeed:
                     event = self.reader.events.get(timeout=STREAM_TIME_EVERY_S)
                 except queue.Empty:
                     event = None
-                if isinstance(event, Trade):
+                if isinstance(event, KlineUpdate):
                     yield from self._take(event)
                 elif isinstance(event, Disconnected):
-                    self._problem("stream", f"the trade stream is down ({event.reason})")
+                    self._problem("stream", f"the kline stream is down ({event.reason})")
                 if self.gap is not None:
                     yield from self._fill_gap()
                 self._report()
                 if self.monotonic() - self._stream_time_at_s >= STREAM_TIME_EVERY_S:
                     self._stream_time_at_s = self.monotonic()
-                    is_closing_allowed = self.gap is None and "stream" not in self._problems
-                    yield StreamTime(self.stream_now_ms() if is_closing_allowed else None)
+                    yield StreamTime(None)
         finally:
             self.reader.close()
 
-    def _take(self, trade: Trade) -> Iterator[Tick]:
-        tick = trade.tick
-        if self._event_ms is None or trade.event_ms >= self._event_ms:
-            self._event_ms, self._event_at_s = trade.event_ms, self.monotonic()
+    def _take(self, update: KlineUpdate) -> Iterator[Candle]:
         self._resolved("stream")
-        if self.last_agg_id is not None and tick.agg_id <= self.last_agg_id:
-            return  # sent again after a reconnect
-        minute_ms = tick.time_ms - tick.time_ms % MINUTE_MS
-        if self.gap is None and self.last_agg_id is not None and tick.agg_id == self.last_agg_id + 1:
-            self.last_agg_id = tick.agg_id
-            self.open_minute_ms = minute_ms
-            yield tick
-            return
-        if self.gap is None:
-            if self.last_agg_id is None:  # the start: warm-up hours, or what was missed while stopped
-                from_ms = minute_ms - self.warmup_minutes * MINUTE_MS
-                if self.after_ms is not None:
-                    from_ms = min(max(from_ms, self.after_ms + MINUTE_MS), minute_ms)
+        minute_ms = update.candle.open_time_ms
+        expected_ms = self._next_minute_ms(minute_ms)
+        if minute_ms > expected_ms:  # minutes before this one were missed (or this is the start): all final
+            if self.gap is None:
+                if expected_ms < minute_ms - self.warmup_minutes * MINUTE_MS and self.last_final_ms is None:
+                    expected_ms = minute_ms - self.warmup_minutes * MINUTE_MS
+                log.warning("minutes from %s come from klines", _iso(expected_ms))
+                self.gap = _Gap(expected_ms, minute_ms - MINUTE_MS, update.event_ms)
             else:
-                from_ms = self.open_minute_ms
-                log.warning("trade ids jump from %d to %d: minutes from %s come from klines", self.last_agg_id,
-                            tick.agg_id, _iso(from_ms))
-            self.gap = _Gap(from_ms, minute_ms)
-        self.gap.ticks.append(tick)
-        self.last_agg_id = tick.agg_id
+                self.gap.to_ms = max(self.gap.to_ms, minute_ms - MINUTE_MS)
+                self.gap.now_ms = max(self.gap.now_ms, update.event_ms)
+        if not update.is_final or (self.last_final_ms is not None and minute_ms <= self.last_final_ms):
+            return
+        if self.gap is not None:
+            if not self.gap.held or minute_ms > self.gap.held[-1].open_time_ms:
+                self.gap.held.append(update.candle)
+            return
+        self.last_final_ms = minute_ms
+        yield update.candle
 
-    def _fill_gap(self) -> Iterator[Tick | Backfill]:
-        """Fetch the gap's klines once its last minute is over, then hand over the ticks held after it."""
+    def _next_minute_ms(self, minute_ms: int) -> int:
+        """The open time of the first minute not yet handed over (or being filled)."""
+        if self.gap is not None:
+            return self.gap.to_ms + MINUTE_MS
+        if self.last_final_ms is not None:
+            return self.last_final_ms + MINUTE_MS
+        if self.after_ms is not None:
+            return min(self.after_ms + MINUTE_MS, minute_ms)
+        return minute_ms - self.warmup_minutes * MINUTE_MS
+
+    def _fill_gap(self) -> Iterator[Candle | Backfill]:
+        """Fetch the gap's klines (all final: a later minute has begun), then the final candles held."""
         gap = self.gap
-        end_ms = gap.to_ms + MINUTE_MS
-        now_ms = self.stream_now_ms()
-        is_over = gap.ticks[-1].time_ms >= end_ms or (now_ms is not None and now_ms >= end_ms + self.lateness_ms)
-        if not is_over or self.monotonic() < self._next_backfill_s:
+        if self.monotonic() < self._next_backfill_s:
             return
         try:
-            candles = self._klines(gap.from_ms, gap.to_ms)
-            if not candles or candles[-1].open_time_ms < gap.to_ms:
-                raise BrokerError(f"Binance has no kline for {_iso(gap.to_ms)} yet")
+            candles = [c for c in self._klines(gap.from_ms, gap.to_ms) if c.close_time_ms < gap.now_ms]
+            if gap.from_ms <= gap.to_ms and (not candles or candles[-1].open_time_ms < gap.to_ms):
+                raise BrokerError(f"Binance has no final kline for {_iso(gap.to_ms)} yet")
         except BrokerError as exc:
             self._backfill_failures += 1
             self._next_backfill_s = self.monotonic() + backoff_s(self._backfill_failures, self.rest.random)
@@ -264,13 +281,13 @@ class BinanceFeed:
         self._resolved("klines")
         self.gap = None
         self.backfills += 1
-        decide_from_ms = (now_ms if now_ms is not None else end_ms) - LATE_DECISION_MS - MINUTE_MS
-        yield Backfill(candles, decide_from_ms)
-        self.open_minute_ms = end_ms
-        for tick in gap.ticks:
-            if tick.time_ms >= end_ms:
-                self.open_minute_ms = tick.time_ms - tick.time_ms % MINUTE_MS
-                yield tick
+        if candles:
+            self.last_final_ms = candles[-1].open_time_ms
+            yield Backfill(candles, gap.now_ms - LATE_DECISION_MS - MINUTE_MS)
+        for candle in gap.held:
+            if self.last_final_ms is None or candle.open_time_ms > self.last_final_ms:
+                self.last_final_ms = candle.open_time_ms
+                yield candle
 
     def _klines(self, from_ms: int, to_ms: int) -> list[Candle]:
         candles: list[Candle] = []
@@ -306,7 +323,7 @@ class BinanceFeed:
                 self.on_state(False, reason)
         elif not self._problems and self._is_reported_down:
             self._is_reported_down = False
-            self.on_state(True, f"the {self.symbol} trade stream is up and its candles are complete")
+            self.on_state(True, f"the {self.symbol} kline stream is up and its candles are complete")
 
 
 def open_feed(settings, rest: BinanceRest, after_ms: int | None, stop: threading.Event,

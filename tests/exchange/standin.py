@@ -107,7 +107,9 @@ class StandIn:
         self._lock = threading.RLock()
         self._closing = threading.Event()
         self._t0 = 0.0
-        self._subscribers: dict = {}  # stream connection -> True for the combined-stream form
+        self._subscribers: dict = {}  # stream connection -> (combined-stream form?, stream kinds)
+        self._silenced: set = set()  # connections that stay open but get nothing (a half-open TCP line)
+        self.kline_every_s = 2.0  # spot "Kline/Candlestick Streams": "Update Speed: 2000ms"
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -153,6 +155,20 @@ class StandIn:
         """Cut every stream connection without a close frame; returns how many there were."""
         future = asyncio.run_coroutine_threadsafe(self._drop(), self._loop)
         return future.result(10)
+
+    def stall_streams(self) -> int:
+        """Stop sending on every open stream connection without closing it (python-binance #1057: a
+        half-open connection); returns how many there were. New connections are served again."""
+        connections = list(self._subscribers)
+        self._silenced.update(connections)
+        return len(connections)
+
+    def announce_shutdown(self) -> int:
+        """Send Binance's `serverShutdown` event on every open stream connection (which stays open)."""
+        message = json.dumps({"e": "serverShutdown", "E": self.server_time_ms()})
+        connections = [c for c in self._subscribers if c not in self._silenced]
+        self._loop.call_soon_threadsafe(broadcast, connections, message)
+        return len(connections)
 
     def server_time_ms(self) -> int:
         return int(time.time() * 1000) + self.skew_ms
@@ -209,19 +225,23 @@ class StandIn:
             self._ws_port = server.sockets[0].getsockname()[1]
             ready.set()
             market = asyncio.create_task(self._publish())
+            klines = asyncio.create_task(self._publish_klines())
             await self._stop_streams.wait()
             market.cancel()
+            klines.cancel()
 
     async def _stream(self, connection) -> None:
         path = connection.request.path
-        if f"{self.symbol.lower()}@aggTrade" not in path:
+        kinds = {kind for kind in ("aggTrade", "kline_1m") if f"{self.symbol.lower()}@{kind}" in path}
+        if not kinds:
             await connection.close(1008, "unknown stream")
             return
-        self._subscribers[connection] = "streams=" in path
+        self._subscribers[connection] = ("streams=" in path, kinds)
         try:
             await connection.wait_closed()
         finally:
             self._subscribers.pop(connection, None)
+            self._silenced.discard(connection)
 
     async def _publish(self) -> None:
         index = bisect.bisect_left(self.trade_times, self.start_ms)
@@ -232,10 +252,44 @@ class StandIn:
                 await asyncio.sleep(delay)
             row = self.trades[index]
             for is_combined in (False, True):
-                connections = [c for c, combined in self._subscribers.items() if combined == is_combined]
+                connections = [c for c, (combined, kinds) in self._subscribers.items()
+                               if combined == is_combined and "aggTrade" in kinds and c not in self._silenced]
                 if connections:
                     broadcast(connections, self._trade_message(row, is_combined, is_spot=not is_combined))
             index += 1
+
+    async def _publish_klines(self) -> None:
+        """spot "Kline/Candlestick Streams": the current minute's kline every `kline_every_s`, and each
+        minute's final form (x = true, Binance's own kline) once the minute is over."""
+        now_ms = self.market_now_ms()
+        last_final_ms = now_ms - now_ms % MINUTE_MS - MINUTE_MS
+        next_update_s = 0.0
+        while True:
+            now_ms = self.market_now_ms()
+            minute_ms = now_ms - now_ms % MINUTE_MS
+            while last_final_ms + MINUTE_MS < minute_ms:
+                last_final_ms += MINUTE_MS
+                self._push_kline(last_final_ms, last_final_ms + MINUTE_MS + 5, is_final=True)
+            if time.monotonic() >= next_update_s:
+                self._push_kline(minute_ms, now_ms, is_final=False)
+                next_update_s = time.monotonic() + self.kline_every_s
+            to_next_minute_s = (minute_ms + MINUTE_MS - now_ms) / 1000 / self.speed
+            await asyncio.sleep(max(0.002, min(to_next_minute_s, next_update_s - time.monotonic())))
+
+    def _push_kline(self, open_ms: int, event_ms: int, is_final: bool) -> None:
+        if open_ms not in self.klines:
+            return
+        row = self._kline_json(open_ms, event_ms)
+        data = {"e": "kline", "E": event_ms, "s": self.symbol,
+                "k": {"t": row[0], "T": row[6], "s": self.symbol, "i": "1m", "f": 0, "L": 0, "o": row[1], "c": row[4],
+                      "h": row[2], "l": row[3], "v": row[5], "n": row[8], "x": is_final, "q": row[7], "V": row[9],
+                      "Q": row[10], "B": "0"}}
+        for is_combined in (False, True):
+            connections = [c for c, (combined, kinds) in self._subscribers.items()
+                           if combined == is_combined and "kline_1m" in kinds and c not in self._silenced]
+            if connections:
+                message = {"stream": f"{self.symbol.lower()}@kline_1m", "data": data} if is_combined else data
+                broadcast(connections, json.dumps(message))
 
     async def _drop(self) -> int:
         connections = list(self._subscribers)
