@@ -520,3 +520,26 @@ def test_symbol_rules_combine_lot_size_market_lot_size_and_notional():
                          "maxNotional": "9000000", "applyMaxToMarket": True, "avgPriceMins": 5}]}
     spot_rules = SymbolRules.from_symbol(spot, SPOT)
     assert (spot_rules.max_notional, spot_rules.avg_price_mins, spot_rules.max_qty) == (Decimal(9000000), 5, None)
+
+
+def test_fees_paid_in_bnb_are_recorded_in_the_quote_asset(standin, db):
+    standin.bnb_price, standin.balances["BNB"] = Decimal("0.05"), Decimal(1)  # 1 BNB = 0.05 ETH
+    buy = place(broker_for(standin, db), db, "BUY")
+    (sent,) = standin.orders_for(buy["client_order_id"])
+    fill = sent["fills"][0]
+    assert fill["commissionAsset"] == "BNB"
+    expected_fee = Decimal(fill["commission"]) * Decimal("0.05")  # BNB fee at BNBETH, by hand
+    assert order_row(db, buy)["fee_quote"] == pytest.approx(float(expected_fee), rel=1e-9)
+    assert float(expected_fee) == pytest.approx(float(Decimal(sent["cummulativeQuoteQty"]) * Decimal("0.00075")),
+                                                rel=1e-3)
+
+
+def test_default_hosts_are_binances_current_testnets_and_can_be_replaced():
+    from core.binance.rest import endpoints
+
+    settings = Settings(broker="binance-futures", feed="binance")
+    assert endpoints(settings, FUTURES).rest_url == "https://testnet.binancefuture.com/fapi"
+    assert endpoints(settings, FUTURES).stream_url == "wss://fstream.binancefuture.com/"
+    assert endpoints(settings, SPOT).rest_url == "https://testnet.binance.vision/api"
+    moved = Settings(binance_futures_url="https://proxy.example/fapi")
+    assert endpoints(moved, FUTURES).rest_url == "https://proxy.example/fapi"

@@ -457,16 +457,27 @@ class BinanceSpotBroker(BinanceBroker):
         qty = Decimal(answer.get("executedQty", "0"))
         quote = Decimal(answer.get("cummulativeQuoteQty", "0"))
         price = quote / qty if qty else None
-        fee = ZERO
+        fee: Decimal | None = ZERO
         for fill in answer.get("fills", ()):
-            commission = Decimal(fill["commission"])
-            if fill["commissionAsset"] == self.rules.quote_asset:
+            commission, asset = Decimal(fill["commission"]), fill["commissionAsset"]
+            if asset == self.rules.quote_asset:
                 fee += commission
-            elif fill["commissionAsset"] == self.rules.base_asset:
+            elif asset == self.rules.base_asset:
                 fee += commission * Decimal(fill["price"])
+            elif commission:  # paid in another asset (BNB): at its price in the quote asset now
+                asset_price = self._price_in_quote(asset)
+                fee = None if fee is None or asset_price is None else fee + commission * asset_price
         time_ms = answer.get("transactTime") or answer.get("updateTime") or answer.get("time")
         return {"qty": float(qty), "quote": float(quote), "price": float(price) if price else None,
-                "fee_quote": float(fee) if answer.get("fills") else None, "time_ms": time_ms}
+                "fee_quote": float(fee) if answer.get("fills") and fee is not None else None, "time_ms": time_ms}
+
+    def _price_in_quote(self, asset: str) -> Decimal | None:
+        """The price of `asset` in the quote asset (for fees paid in BNB); None when Binance has no such market."""
+        try:
+            return Decimal(self.rest.call("get_symbol_ticker", symbol=f"{asset}{self.rules.quote_asset}")["price"])
+        except BrokerError as exc:
+            log.warning("a fee in %s is not converted to %s: %s", asset, self.rules.quote_asset, exc)
+            return None
 
     def _entry_price(self) -> float | None:
         row = self.db.execute("SELECT price FROM orders WHERE broker = ? AND symbol = ? AND side = 'BUY' "

@@ -93,6 +93,7 @@ class StandIn:
         # risky case); position mode one-way unless the account switched to hedge mode.
         self.futures_leverage, self.futures_margin_type, self.futures_dual_side = 20, "ISOLATED", False
         self.futures_max_leverage = 125
+        self.bnb_price: Decimal | None = None  # BNB in the quote asset; set (with a BNB balance) to pay fees in BNB
         self.order_query_lag_ms = 0  # order queries answer -2013 for orders younger than this
         # Exchange filters (spot "Filters"): the market-order limits beyond LOT_SIZE's minimum and step.
         self.market_max_qty = Decimal("2000000")
@@ -378,6 +379,7 @@ class StandIn:
             ("GET", "/api/v3/klines"): lambda: self._klines(params),
             ("GET", "/fapi/v1/klines"): lambda: self._klines(params),
             ("GET", "/api/v3/avgPrice"): lambda: self._avg_price(params),
+            ("GET", "/api/v3/ticker/price"): lambda: self._ticker_price(params),
         }
         signed = {
             ("GET", "/api/v3/account"): lambda: self._spot_account(),
@@ -537,6 +539,16 @@ class StandIn:
             commission, commission_asset = (cost * COMMISSION).quantize(E8), self.quote
             self.balances[self.base] -= qty
             self.balances[self.quote] = self.balances.get(self.quote, Decimal(0)) + cost - commission
+        if self.bnb_price is not None and self.balances.get("BNB", Decimal(0)) > 0:
+            # spot "Account trade list": with "pay fees in BNB" on, commissionAsset is BNB (25 % off). The
+            # fee is taken from BNB instead of the traded asset: give the traded asset back.
+            fee_in_quote = commission if commission_asset == self.quote else commission * price
+            if commission_asset == self.quote:
+                self.balances[self.quote] += commission
+            else:
+                self.balances[self.base] += commission
+            commission, commission_asset = (fee_in_quote * Decimal("0.75") / self.bnb_price).quantize(E8), "BNB"
+            self.balances["BNB"] -= commission
         now_ms = self.server_time_ms()
         order = {"symbol": self.symbol, "orderId": len(self.orders) + 1, "orderListId": -1,
                  "clientOrderId": params["newClientOrderId"], "transactTime": now_ms, "price": "0.00000000",
@@ -559,6 +571,14 @@ class StandIn:
         if not volume:
             return self.last_price()
         return (sum((Decimal(t[1]) * Decimal(t[2]) for t in trades), Decimal(0)) / volume).quantize(E8)
+
+    def _ticker_price(self, params: dict) -> dict:
+        """spot "Symbol price ticker": the traded symbol, and BNB in the quote asset when set."""
+        if params.get("symbol") == self.symbol:
+            return {"symbol": self.symbol, "price": e8(self.last_price())}
+        if self.bnb_price is not None and params.get("symbol") == f"BNB{self.quote}":
+            return {"symbol": params["symbol"], "price": e8(self.bnb_price)}
+        raise ApiError(400, -1121, "Invalid symbol.")
 
     def _avg_price(self, params: dict) -> dict:
         if params.get("symbol") != self.symbol:
