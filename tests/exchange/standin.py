@@ -47,6 +47,7 @@ COMMISSION = Decimal("0.001")
 MINUTE_MS = 60_000
 # spot "General API Information" > newClientOrderId; fapi "New Order (TRADE)": the same pattern.
 CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+# spot "General API Information" > "LIMITS": each endpoint's request weight, summed per minute.
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "account": 20, "order": 4, "positionRisk": 5,
            "balance": 5, "avgPrice": 2}
 
@@ -193,6 +194,8 @@ class StandIn:
         return Decimal(self.trades[index - 1][1])
 
     def _kline_json(self, open_ms: int, now_ms: int) -> list:
+        # spot "Market Data endpoints" > "Kline/Candlestick data": 12 columns; the current minute is
+        # included, built from the trades so far (not final).
         if open_ms + MINUTE_MS <= now_ms:
             row = self.klines[open_ms]
             return [int(row[0]), *row[1:6], int(row[6]), row[7], int(row[8]), row[9], row[10], "0"]
@@ -211,6 +214,7 @@ class StandIn:
                 e8(sum((Decimal(t[1]) * Decimal(t[2]) for t in buys), Decimal(0))), "0"]
 
     def _trade_message(self, row: list[str], is_combined: bool, is_spot: bool = True) -> str:
+        # spot "WebSocket Streams" > "Aggregate Trade Streams"; combined streams wrap it in {"stream", "data"}.
         data = {"e": "aggTrade", "E": int(row[5]) + 3, "s": self.symbol, "a": int(row[0]), "p": row[1], "q": row[2],
                 "f": int(row[3]), "l": int(row[4]), "T": int(row[5]), "m": row[6] == "True"}
         if is_spot:
@@ -232,6 +236,8 @@ class StandIn:
             klines.cancel()
 
     async def _stream(self, connection) -> None:
+        # spot "WebSocket Streams" > "General WSS information": /ws/<stream> raw, /stream?streams=a/b combined;
+        # a client that is not connected misses what is pushed meanwhile.
         path = connection.request.path
         kinds = {kind for kind in ("aggTrade", "kline_1m") if f"{self.symbol.lower()}@{kind}" in path}
         if not kinds:
@@ -293,6 +299,8 @@ class StandIn:
                 broadcast(connections, json.dumps(message))
 
     async def _drop(self) -> int:
+        # spot "General WSS information": "A single connection to stream.binance.com is only valid for 24
+        # hours; expect to be disconnected at the 24 hour mark" (here: at once, with no close frame).
         connections = list(self._subscribers)
         for connection in connections:
             connection.transport.abort()
@@ -305,6 +313,8 @@ class StandIn:
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length).decode() if length else ""
         fault = self._take_fault(method, url.path)
+        # spot "General API Information" > "HTTP Return Codes": 429 rate limit, 418 IP banned (both with
+        # Retry-After, the request not handled), 5XX internal errors.
         if fault is not None and fault.kind in ("500", "429", "418"):
             status = int(fault.kind)
             if status == 500:
@@ -331,6 +341,7 @@ class StandIn:
                                                           "Send status unknown; execution status unknown."}
             with self._lock:
                 self.error_codes.append(-1007)
+        # Not a Binance behaviour but the network's: the request was handled, the answer never arrives.
         if fault is not None and fault.kind == "lost":
             self._closing.wait(fault.hold_s)
             with self._lock:
@@ -362,7 +373,7 @@ class StandIn:
         handler.send_response(status)
         handler.send_header("Content-Type", "application/json;charset=UTF-8")
         handler.send_header("Content-Length", str(len(data)))
-        handler.send_header("X-MBX-USED-WEIGHT-1M", str(weight))
+        handler.send_header("X-MBX-USED-WEIGHT-1M", str(weight))  # spot "LIMITS" > "IP Limits"
         for name, value in (headers or {}).items():
             handler.send_header(name, value)
         handler.end_headers()
@@ -407,7 +418,12 @@ class StandIn:
         raise ApiError(404, -1000, f"no endpoint {method} {path} in this stand-in")
 
     def _authenticate(self, handler, query: str, body: str, params: dict) -> None:
-        """Binance's checks of a SIGNED request: key, timestamp within recvWindow, HMAC-SHA256 signature."""
+        """Binance's checks of a SIGNED request: key, timestamp within recvWindow, HMAC-SHA256 signature.
+
+        spot "Request security" > "SIGNED Endpoint security" and "Timing security" (recvWindow at most
+        60000, -1131; a timestamp more than 1 s ahead of the server or older than recvWindow, -1021);
+        errors -2014/-2015 (key), -1102 (missing parameter), -1022 (signature) as in spot "Error codes".
+        """
         key = handler.headers.get("X-MBX-APIKEY")
         if not key:
             raise ApiError(401, -2014, "API-key format invalid.")
@@ -431,6 +447,7 @@ class StandIn:
     # -- market data ----------------------------------------------------------------------------------
 
     def _spot_exchange_info(self) -> dict:
+        # spot "General endpoints" > "Exchange information", with the filters of spot "Filters".
         return {"timezone": "UTC", "serverTime": self.server_time_ms(),
                 "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                                 "limit": 6000},
@@ -459,6 +476,7 @@ class StandIn:
                              "defaultSelfTradePreventionMode": "EXPIRE_MAKER"}]}
 
     def _futures_exchange_info(self) -> dict:
+        # fapi "Market Data" > "Exchange Information": LOT_SIZE, MARKET_LOT_SIZE, MIN_NOTIONAL ("notional").
         return {"timezone": "UTC", "serverTime": self.server_time_ms(), "futuresType": "U_MARGINED",
                 "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                                 "limit": 2400},
@@ -497,6 +515,7 @@ class StandIn:
     # -- spot account ---------------------------------------------------------------------------------
 
     def _spot_account(self) -> dict:
+        # spot "Account endpoints" > "Account information (USER_DATA)".
         return {"makerCommission": 10, "takerCommission": 10, "buyerCommission": 0, "sellerCommission": 0,
                 "commissionRates": {"maker": "0.00100000", "taker": "0.00100000", "buyer": "0.00000000",
                                     "seller": "0.00000000"},
@@ -508,6 +527,8 @@ class StandIn:
                 "permissions": ["SPOT"], "uid": 354937868}
 
     def _spot_order(self, params: dict) -> dict:
+        # spot "Trading endpoints" > "New order (TRADE)": MARKET with quantity or quoteOrderQty; FULL answer
+        # with fills; -2010 when the balance is insufficient; commission 0.1 % in the asset received.
         self._check_order_params(params)
         price = self.last_price()
         side = params["side"]
@@ -599,6 +620,8 @@ class StandIn:
                                        "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
 
     def _query_order(self, params: dict, market: str) -> dict:
+        # spot "Query order (USER_DATA)" / fapi "Query Order": by orderId or origClientOrderId; -2013
+        # NO_SUCH_ORDER "Order does not exist." otherwise.
         wanted = params.get("origClientOrderId")
         for order in reversed(self.orders):
             executed_ms = order.get("transactTime", order.get("updateTime"))
@@ -616,6 +639,8 @@ class StandIn:
     # -- futures account ------------------------------------------------------------------------------
 
     def _futures_order(self, params: dict) -> dict:
+        # fapi "Trade" > "New Order (TRADE)": MARKET by quantity; reduceOnly may only shrink the position
+        # (-2022); an opening order below the minimum notional is -4164, beyond the margin -2019.
         self._check_order_params(params)
         # fapi "New Order": positionSide defaults to BOTH, which hedge mode refuses (-4061).
         if self.futures_dual_side and params.get("positionSide", "BOTH") == "BOTH":
@@ -663,6 +688,7 @@ class StandIn:
         return {k: v for k, v in order.items() if k not in ("market", "params")}
 
     def _position_risk(self) -> list:
+        # fapi "Account" > "Position Information V3 (USER_DATA)".
         if self.futures_amount == 0:
             return []  # v3 lists only symbols with a position or open orders
         price = self.last_price()
@@ -677,6 +703,7 @@ class StandIn:
                  "askNotional": "0", "updateTime": self.server_time_ms()}]
 
     def _set_dual_side(self, params: dict) -> dict:
+        # fapi "Change Position Mode (TRADE)" / "Get Current Position Mode (USER_DATA)": dualSidePosition.
         wanted = params.get("dualSidePosition") == "true"
         if wanted == self.futures_dual_side:  # fapi error -4059 NO_NEED_TO_CHANGE_POSITION_SIDE
             raise ApiError(400, -4059, "No need to change position side.")
@@ -709,6 +736,7 @@ class StandIn:
                  "leverage": self.futures_leverage, "maxNotionalValue": "50000000"}]
 
     def _futures_balance(self) -> list:
+        # fapi "Account" > "Futures Account Balance V3 (USER_DATA)": availableBalance net of initial margin.
         used = abs(self.futures_amount) * self.futures_entry / self.futures_leverage
         return [{"accountAlias": "SgsR", "asset": self.quote, "balance": e8(self.futures_wallet),
                  "crossWalletBalance": e8(self.futures_wallet), "crossUnPnl": "0.00000000",
