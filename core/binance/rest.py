@@ -139,7 +139,8 @@ class BinanceRest:
         """Call python-binance's `method` with `params`; retries what is safe to retry.
 
         Raises ExchangeRejected when Binance refused, ExchangeUnreachable when no answer came; with
-        `is_order`, a network error or 5xx is not retried (the order may exist) but raised at once.
+        `is_order`, a failure after which the order may exist (a timeout, a lost answer, a 5xx) is not
+        retried but raised at once; only one that provably never left (no connection) is retried.
         """
         synced, error, may_have_arrived = False, "no answer", False
         for attempt in range(1, self.max_attempts + 1):
