@@ -1,4 +1,5 @@
-"""A local stand-in for Binance, for the tests: spot and USDⓈ-M futures REST, the aggTrade stream, faults.
+"""A local stand-in for Binance, for the tests: spot and USDⓈ-M futures REST, the kline and aggTrade
+streams, faults.
 
 REST (a ThreadingHTTPServer on 127.0.0.1) answers the endpoints Omniwise uses with Binance's JSON
 shapes and error codes, and checks signed requests as Binance does: the X-MBX-APIKEY header, the
@@ -6,10 +7,12 @@ HMAC-SHA256 signature over the query string and body, and the timestamp against 
 the recvWindow. Every answer carries X-MBX-USED-WEIGHT-1M.
 
 The market replays one real day of XRPETH: from `start_ms` on, trades are published at `speed` times
-real time and pushed to every open stream (a `websockets` server): a client that is disconnected
-misses trades, as on Binance. Klines of finished minutes are Binance's own (the day's 1m file); the
-current minute's kline is built from the trades published so far. Market orders fill at the last
-published price, 0.1% commission.
+real time and pushed to every open aggTrade stream (a `websockets` server); the kline stream gets the
+current minute every 2 s and each finished minute's final kline: a client that is disconnected misses
+what is pushed meanwhile, as on Binance. Klines of finished minutes are Binance's own (the day's 1m
+file); the current minute's kline is built from the trades published so far. Market orders fill at the
+last published price, 0.1% commission (or in BNB). `stall_streams` keeps connections open but silent,
+`announce_shutdown` sends `serverShutdown`.
 
 Faults on demand (`fail`): "timeout" (the request passes the timestamp check on arrival, then waits
 `hold_s` in the "matching engine" before it is executed: the client has long given up), "503" (executed,
