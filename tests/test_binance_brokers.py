@@ -428,11 +428,18 @@ def test_futures_hedge_mode_is_refused_with_a_clear_message_and_no_order(standin
     assert len(order_alerts(db)) == 2
 
 
+def test_futures_hedge_mode_is_alerted_at_start_once(standin, db):
+    standin.futures_dual_side = True
+    broker = futures_broker(standin, db)
+    broker.recover()  # what the worker does at start, and every 30 s
+    broker.recover()
+    (message,) = [m for (m,) in db.execute("SELECT message FROM alerts WHERE subject = 'account'")]
+    assert "hedge mode" in message and "One-way" in message
+
+
 def test_futures_margin_type_that_cannot_be_set_refuses_opening_but_still_closes(standin, db):
     standin.futures_amount, standin.futures_entry = Decimal(50), standin.last_price()  # isolated, with a position
     broker = futures_broker(standin, db)
-    with db.conn:
-        db.execute("UPDATE candles SET close = close")  # keep the price row
     buy = place(broker, db, "BUY")
     assert order_row(db, buy)["status"] == "not_sent" and "-4048" in order_row(db, buy)["error"]
     sell = place(broker, db, "SELL")

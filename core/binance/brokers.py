@@ -164,6 +164,7 @@ class BinanceBroker:
         self._rules_read_ms = 0
         self._position: Position | None = None
         self._alerted: set[tuple[int, str]] = set()  # (order id, status) alerted, so a settling loop alerts once
+        self._account_alerts: set[str] = set()  # account problems alerted at start
 
     # -- the broker protocol (see core.brokers.PaperBroker) -------------------------------------------
 
@@ -211,8 +212,14 @@ class BinanceBroker:
         read the position. Runs at start and periodically; never sends an order."""
         try:
             self.prepare()
-        except BrokerError as exc:
-            log.warning("account not ready: %s", exc)
+        except ExchangeUnreachable as exc:
+            log.warning("account settings not checked yet: %s", exc)
+        except BrokerError as exc:  # Binance answered: the account is not as it must be
+            if str(exc) not in self._account_alerts:
+                self._account_alerts.add(str(exc))
+                with store.transaction(self.db):
+                    alerts.queue(self.db, "account", "refused", f"ACCOUNT NOT READY for {self.symbol}: {exc}",
+                                 int(self.clock() * 1000), is_failure=True)
         try:
             self._settle_open()
         except BrokerError as exc:
