@@ -140,7 +140,7 @@ class Worker:
         self.trader.resume()
         self.check_heartbeat()
         if self.settings.feed == "binance":
-            log.info("worker started: %s, broker %s (%s), Binance's trade stream", self.settings.symbol,
+            log.info("worker started: %s, broker %s (%s), Binance's kline stream", self.settings.symbol,
                      self.trader.broker.name, self.settings.mode)
             self.trade_live()
         else:
@@ -165,7 +165,7 @@ class Worker:
                 return
             if isinstance(item, Tick):
                 trader.on_tick(item)
-            elif isinstance(item, StreamTime):  # the live feed's clock, about twice a second
+            elif isinstance(item, StreamTime):  # the live feed pauses about twice a second: run the jobs
                 if item.now_ms is not None:
                     trader.close_due(item.now_ms)
                 self.scheduler.run_pending()
