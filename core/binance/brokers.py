@@ -4,8 +4,8 @@ The trader records each order (status `sending`) in its transaction; `execute` s
 commit, under a client id unique to this installation (`ow<8 random characters>-<decision id>`). When the
 outcome is unknown (a timeout, a lost answer, a 5xx: Binance may have executed it, even seconds later),
 the order is never sent again: it stays `unknown` (alerted) until Binance's order query finds its
-client id. Order queries can lag a fill, so Binance's "order does not exist" (-2013) settles nothing; only after UNKNOWN_SETTLE_MS
-without any trace is the order given up as `not_found`. While an order is unknown no other order is
+client id. Order queries can lag a fill, so Binance's "order does not exist" (-2013) settles nothing;
+only after UNKNOWN_SETTLE_MS without any trace is the order given up as `not_found`. While an order is unknown no other order is
 sent: the next decision decides again against the exchange's account. Only a request that provably
 never left (connection refused) is sent again, by the REST client.
 
@@ -288,12 +288,13 @@ class BinanceBroker:
             order = {"id": order_id, "client_order_id": client_id, "side": side, "created_at_ms": created_at_ms}
             reason = error or f"Binance has not reported it {status} yet"
             if status == "sending":  # a crash between recording and the answer: it may have been sent
-                reason = "the worker stopped while sending it; not sent again: the worker asks Binance what became of it"
+                reason = "the worker stopped while sending it; not sent again: the worker asks Binance about it"
                 self._settle(order, "unknown", reason)
             try:
                 answer = self._settle_unknown(order)
             except BrokerError as exc:
-                answer, reason = None, f"{reason} (asking failed: {exc})"
+                answer = None
+                log.warning("order %s not settled yet, asking Binance failed: %s", client_id, exc)
             if answer is None and self._status(order_id) in OPEN_STATUSES:
                 self._settle(order, "unknown", reason, is_failure=True)
                 waiting = waiting or client_id
