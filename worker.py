@@ -21,7 +21,8 @@ import schedule
 from core import alerts, events, heartbeat, liveness, logs, maintenance, store
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
-from core.binance.rest import BinanceRest, market_of
+from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
+from core.binance.user_stream import UserStreamReader
 from core.brokers import PaperBroker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
@@ -37,9 +38,10 @@ ORDER_CHECK_S = 30  # exchange brokers settle open orders and read the position 
 UNKNOWN_CHECK_S = 5  # and ask Binance about orders of unknown outcome this often
 
 
-def make_broker(settings: Settings, db, rest: BinanceRest | None = None):
-    """The broker OMNIWISE_BROKER names: paper, or a Binance broker calling the exchange through `rest`.
-    Makes no network call; ConfigError when the Binance keys are missing."""
+def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_events=None):
+    """The broker OMNIWISE_BROKER names: paper, or a Binance broker calling the exchange through `rest`
+    (futures: settling orders from the user data stream's `user_events` too). Makes no network call;
+    ConfigError when the Binance keys are missing."""
     if settings.broker == "paper":
         return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
     if not (settings.binance_api_key and settings.binance_api_secret):
@@ -47,7 +49,7 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None):
                           "in the environment")
     if settings.broker == "binance-futures":
         return BinanceFuturesBroker(db, settings.symbol, rest, settings.order_quote, leverage=settings.futures_leverage,
-                                    margin=settings.futures_margin)
+                                    margin=settings.futures_margin, user_events=user_events)
     return BinanceSpotBroker(db, settings.symbol, rest, settings.order_quote)
 
 
@@ -71,7 +73,12 @@ class Worker:
         self.loader = PolicyLoader(settings.strategy_path)
         is_binance = settings.feed == "binance" or settings.broker != "paper"
         self.rest = BinanceRest(settings, market_of(settings)) if is_binance else None
-        broker = make_broker(settings, self.db, self.rest)
+        self.user_stream = None
+        if settings.broker == "binance-futures" and settings.binance_api_key and settings.binance_api_secret:
+            hosts = endpoints(settings, FUTURES)
+            self.user_stream = UserStreamReader(settings.binance_api_key, settings.binance_api_secret, hosts.rest_url,
+                                                hosts.stream_url)
+        broker = make_broker(settings, self.db, self.rest, self.user_stream and self.user_stream.events)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)
         self.alert_sender = AlertSender(settings, self.stop, clock)
@@ -137,6 +144,8 @@ class Worker:
         """Trade the feed to its end, then keep the jobs running until stopped."""
         self.beat()
         self.alert_sender.start()
+        if self.user_stream is not None:
+            self.user_stream.start()
         self.trader.resume()
         self.check_heartbeat()
         if self.settings.feed == "binance":
@@ -154,6 +163,8 @@ class Worker:
         while not self.stop.is_set():
             self.wait(1.0)
         self.alert_sender.join(timeout=15)
+        if self.user_stream is not None:
+            self.user_stream.close()
         log.info("worker stopped")
         self.db.close()
         return 0

@@ -550,3 +550,28 @@ def test_default_hosts_are_binances_current_testnets_and_can_be_replaced():
     assert endpoints(settings, SPOT).rest_url == "https://testnet.binance.vision/api"
     moved = Settings(binance_futures_url="https://proxy.example/fapi")
     assert endpoints(moved, FUTURES).rest_url == "https://proxy.example/fapi"
+
+
+def test_futures_order_updates_from_the_user_data_stream_settle_an_order_the_queries_deny(standin, db):
+    from core.binance.user_stream import UserStreamReader
+
+    reader = UserStreamReader(API_KEY, API_SECRET, standin.futures_url, standin.futures_stream_url)
+    reader.start()
+    try:
+        wait_until(lambda: reader.connections, what="the user data stream connected")
+        broker = futures_broker(standin, db, user_events=reader.events)
+        broker.position()
+        standin.order_query_lag_ms = 3_600_000  # the order query keeps answering -2013
+        standin.fail("timeout", path="/fapi/v1/order", hold_s=1.0)  # executed after the worker gave up
+        order = place(broker, db, "BUY")
+        assert order_row(db, order)["status"] == "unknown"
+        wait_until(lambda: not reader.events.empty(), what="ORDER_TRADE_UPDATE on the user data stream")
+        broker.settle()
+        row = order_row(db, order)
+        (executed,) = standin.orders_for(order["client_order_id"])
+        assert (row["status"], row["exchange_order_id"]) == ("filled", str(executed["orderId"]))
+        assert row["qty"] == float(executed["executedQty"])
+        assert row["price"] == pytest.approx(float(executed["avgPrice"]))
+        assert order_posts(standin, "/fapi/v1/order") == 1 and ("POST", "/fapi/v1/listenKey", 200) in standin.requests
+    finally:
+        reader.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import queue
 import re
 import secrets
 import string
@@ -266,6 +267,9 @@ class BinanceBroker:
                 return None
             reason = f"{exc}; not sent again: the worker asks Binance what became of it"
             self._settle(order, "unknown", reason)
+            self._take_stream_updates()
+            if self._status(order["id"]) != "unknown":
+                return {"status": self._status(order["id"]).upper()}
             try:
                 answer = self._settle_unknown(order)
             except BrokerError as query_exc:
@@ -283,8 +287,12 @@ class BinanceBroker:
             f"SELECT id, client_order_id, side, status, created_at_ms, error FROM orders WHERE broker = ? "
             f"AND symbol = ? AND status IN ({', '.join('?' * len(OPEN_STATUSES))}) AND id != ? ORDER BY id",
             [self.name, self.symbol, *OPEN_STATUSES, -1 if exclude_id is None else exclude_id]).fetchall()
+        if rows:
+            self._take_stream_updates()
         waiting = None
         for order_id, client_id, side, status, created_at_ms, error in rows:
+            if self._status(order_id) not in OPEN_STATUSES:
+                continue  # settled by the user data stream just now
             order = {"id": order_id, "client_order_id": client_id, "side": side, "created_at_ms": created_at_ms}
             reason = error or f"Binance has not reported it {status} yet"
             if status == "sending":  # a crash between recording and the answer: it may have been sent
@@ -299,6 +307,9 @@ class BinanceBroker:
                 self._settle(order, "unknown", reason, is_failure=True)
                 waiting = waiting or client_id
         return waiting
+
+    def _take_stream_updates(self) -> None:
+        """Settle open orders from the user data stream's order updates (futures; spot has none here)."""
 
     def _status(self, order_id: int) -> str:
         return self.db.execute("SELECT status FROM orders WHERE id = ?", [order_id]).fetchone()[0]
@@ -514,8 +525,9 @@ class BinanceFuturesBroker(BinanceBroker):
     exchange_info_method = "futures_exchange_info"
 
     def __init__(self, db: Database, symbol: str, rest: BinanceRest, order_quote: float | None = None,
-                 leverage: int = 1, margin: str = "cross", **kwargs):
+                 leverage: int = 1, margin: str = "cross", user_events: queue.Queue | None = None, **kwargs):
         super().__init__(db, symbol, rest, order_quote, **kwargs)
+        self.user_events = user_events  # order answers from the user data stream (core.binance.user_stream)
         self.leverage = leverage
         self.margin_type = MARGIN_TYPES[margin]
         self.is_prepared = self.is_hedge_mode = False
@@ -589,6 +601,21 @@ class BinanceFuturesBroker(BinanceBroker):
                          f"{close['client_order_id']})", is_failure=True)
             return False
         return True
+
+    def _take_stream_updates(self) -> None:
+        """Settle open orders from ORDER_TRADE_UPDATE events: they come even while order queries lag."""
+        while self.user_events is not None:
+            try:
+                answer = self.user_events.get_nowait()
+            except queue.Empty:
+                return
+            row = self.db.execute(
+                f"SELECT id, client_order_id, side FROM orders WHERE broker = ? AND client_order_id = ? AND status "
+                f"IN ({', '.join('?' * len(OPEN_STATUSES))})",
+                [self.name, answer["clientOrderId"], *OPEN_STATUSES]).fetchone()
+            if row is not None and answer["status"] in ("FILLED", "EXPIRED", "CANCELED", "REJECTED"):
+                log.warning("order %s settled by the user data stream: %s", row[1], answer["status"])
+                self._record({"id": row[0], "client_order_id": row[1], "side": row[2]}, answer)
 
     def _read_account(self) -> FuturesAccount:
         rules = self.rules

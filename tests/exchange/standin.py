@@ -98,7 +98,8 @@ class StandIn:
         self.futures_leverage, self.futures_margin_type, self.futures_dual_side = 20, "ISOLATED", False
         self.futures_max_leverage = 125
         self.bnb_price: Decimal | None = None  # BNB in the quote asset; set (with a BNB balance) to pay fees in BNB
-        self.order_query_lag_ms = 0  # order queries answer -2013 for orders younger than this
+        self.order_query_lag_ms = 0
+        self.listen_keys: list[str] = []  # order queries answer -2013 for orders younger than this
         # Exchange filters (spot "Filters"): the market-order limits beyond LOT_SIZE's minimum and step.
         self.market_max_qty = Decimal("2000000")
         self.max_notional = Decimal("9000000")
@@ -243,6 +244,8 @@ class StandIn:
         # a client that is not connected misses what is pushed meanwhile.
         path = connection.request.path
         kinds = {kind for kind in ("aggTrade", "kline_1m") if f"{self.symbol.lower()}@{kind}" in path}
+        if any(f"listenKey={key}" in path for key in self.listen_keys):  # fapi "Connect": /ws?listenKey=
+            kinds.add("user")
         if not kinds:
             await connection.close(1008, "unknown stream")
             return
@@ -409,6 +412,14 @@ class StandIn:
             ("POST", "/fapi/v1/leverage"): lambda: self._set_leverage(params),
             ("GET", "/fapi/v1/symbolConfig"): lambda: self._symbol_config(params),
         }
+        keyed = {  # fapi "User Data Streams" > "Start / Keepalive User Data Stream (USER_STREAM)": API key only
+            ("POST", "/fapi/v1/listenKey"): lambda: {"listenKey": self._new_listen_key()},
+            ("PUT", "/fapi/v1/listenKey"): lambda: {},
+        }
+        if (method, path) in keyed:
+            if handler.headers.get("X-MBX-APIKEY") != self.api_key:
+                raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+            return keyed[(method, path)]()
         if (method, path) in public:
             self._closing.wait(hold_s)
             return public[(method, path)]()
@@ -688,7 +699,25 @@ class StandIn:
                  "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
                  "updateTime": now_ms, "market": "futures", "params": params}
         self.orders.append(order)
+        self._push_order_update(order, price, qty)
         return {k: v for k, v in order.items() if k not in ("market", "params")}
+
+    def _new_listen_key(self) -> str:
+        self.listen_keys.append(f"standin-listen-key-{len(self.listen_keys)}")
+        return self.listen_keys[-1]
+
+    def _push_order_update(self, order: dict, price: Decimal, qty: Decimal) -> None:
+        """fapi "User Data Streams" > "Event: Order Update" (ORDER_TRADE_UPDATE): pushed when the order
+        executes, whatever became of the REST answer and however far the order query lags."""
+        data = {"e": "ORDER_TRADE_UPDATE", "E": order["updateTime"], "T": order["updateTime"],
+                "o": {"s": self.symbol, "c": order["clientOrderId"], "S": order["side"], "o": "MARKET", "f": "GTC",
+                      "q": str(qty), "p": "0", "ap": e8(price), "sp": "0", "x": "TRADE", "X": "FILLED",
+                      "i": order["orderId"], "l": str(qty), "z": str(qty), "L": e8(price), "N": self.quote,
+                      "n": e8(qty * price * Decimal("0.0004")), "T": order["updateTime"], "t": order["orderId"],
+                      "m": False, "R": order["reduceOnly"], "ps": "BOTH", "rp": "0"}}
+        connections = [c for c, (_, kinds) in self._subscribers.items() if "user" in kinds and c not in self._silenced]
+        if connections and self._loop is not None:
+            self._loop.call_soon_threadsafe(broadcast, connections, json.dumps(data))
 
     def _position_risk(self) -> list:
         # fapi "Account" > "Position Information V3 (USER_DATA)".
@@ -756,6 +785,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         self.standin.handle(self, "POST")
+
+    def do_PUT(self):
+        self.standin.handle(self, "PUT")
 
     def log_message(self, *args):
         pass
