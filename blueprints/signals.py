@@ -15,7 +15,7 @@ from flask import Blueprint, current_app, request
 from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException
 
-from core import signals, store
+from core import logs, signals, store
 from core.ratelimit import RateLimited, RateLimiter
 
 bp = Blueprint("signals", __name__)
@@ -53,6 +53,7 @@ def _set_up(state) -> None:
     settings = state.app.config["SETTINGS"]
     with store.open_db(settings.db_path) as db:
         token = signals.webhook_token(db, settings.webhook_token)
+    logs.add_secrets(token)  # e.g. Flask's "Exception on /api/v1/external-signal/TOKEN" line
     limiter = RateLimiter(settings.webhook_rate_per_s, burst=2 * settings.webhook_rate_per_s)
     state.app.extensions["omniwise.webhook"] = Webhook(token, limiter, settings.db_path)
 
