@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
-from core import auth, backtest, strategies, tradingview
+from core import auth, backtest, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
@@ -181,7 +182,16 @@ def webhook():
 
 
 def _local_path(target: str | None) -> str | None:
-    """`target` when it is a path on this site (never another host), else None."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return None
+    """`target` when it is a path on this site (never another host), else None.
+
+    Browsers drop tabs and line breaks from a URL and read a backslash as a slash, so `/<TAB>/evil.com`
+    would lead to //evil.com: a path holding any of them, a space or another control character is refused.
+    """
+    if not target or not target.startswith("/") or "\\" in target:
+        return None
+    if any(char.isspace() for char in target) or logs.has_control_characters(target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
+        return None
+    return target

@@ -72,15 +72,31 @@ def test_login_opens_a_session_with_an_httponly_samesite_cookie(app, client, db)
     assert client.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("target, expected", [("/admin/webhook", "/admin/webhook"), ("//evil.example/x", "/"),
-                                              ("https://evil.example/", "/"), ("/\\evil.example", "/")])
+@pytest.mark.parametrize("target, expected", [
+    ("/admin/webhook", "/admin/webhook"), ("/admin/algo/history?page=2", "/admin/algo/history?page=2"),
+    ("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/\\evil.example", "/"),
+    ("/\t/evil.example", "/"), ("/\n/x", "/"), ("/\r\n/x", "/"), ("/\x00/x", "/"), (" //evil.example", "/"),
+    ("/ /evil.example", "/"), ("/\u202e/x", "/"), ("javascript:alert(1)", "/"), ("/%09/evil.example", "/%09/evil.example"),
+])
 def test_login_returns_only_to_pages_of_this_site(client, db, target, expected):
     from core import auth
 
     auth.set_password(db, OPERATOR_PASSWORD, 0)
     token = csrf_token_of(client.get("/login").data)
     answer = client.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token, "next": target})
-    assert answer.headers["Location"] == expected
+    assert answer.status_code == 302 and answer.headers["Location"] == expected
+
+
+@pytest.mark.parametrize("query", ["next=/%09/evil.example", "next=/%0a/x", "next=/%0d%0aSet-Cookie:%20x=1",
+                                   "next=%2F%2Fevil.example"])
+def test_the_login_page_never_carries_a_foreign_next_into_its_form(client, db, query):
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    page = client.get(f"/login?{query}")
+    assert page.status_code == 200
+    answer = client.post(f"/login?{query}", data={"password": OPERATOR_PASSWORD, "csrf_token": csrf_token_of(page.data)})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/"
 
 
 def test_wrong_passwords_are_refused_then_rate_limited(client, db):
