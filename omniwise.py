@@ -21,13 +21,19 @@ from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
 
+MAX_REQUEST_BYTES = 1 << 20  # the editor's 100,000 characters, several times over
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the web app; `settings` defaults to the OMNIWISE_* environment and .env."""
     app = Flask(__name__)
     settings = settings or load_settings()
     app.config["SETTINGS"] = settings
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      PERMANENT_SESSION_LIFETIME=14 * 86_400)  # OMNIWISE_SESSION_COOKIE_SECURE=true behind HTTPS
+                      PERMANENT_SESSION_LIFETIME=14 * 86_400,  # OMNIWISE_SESSION_COOKIE_SECURE=true behind HTTPS
+                      # A bigger body is refused (413) from its Content-Length, before a byte of it is read;
+                      # the webhook keeps its own 4 KB limit.
+                      MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do

@@ -289,3 +289,42 @@ def test_validation_previews_what_the_text_would_have_done_over_the_stored_candl
     assert f"{expected.return_pct:+.2f} %" in fragment
     assert fragment.count("<circle") == 2 * len(expected.trades) - (expected.trades[-1].exit_time is None)
     assert 'id="preview"' not in validate(operator, "IF MA4 > MA9 THEN BUYY\n")
+
+
+class EndlessBody:
+    """A request body that counts what the app reads of it."""
+
+    def __init__(self):
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = 65536 if size is None or size < 0 else min(size, 65536)
+        self.read_bytes += size
+        return b"a" * size
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+@pytest.mark.parametrize("path", ["/login", "/admin/algo", "/admin/algo/validate", "/logout", "/nowhere"])
+def test_a_body_over_1_mb_is_refused_before_it_is_read(operator, path):
+    body = EndlessBody()
+    answer = operator.post(path, content_type="application/x-www-form-urlencoded",
+                           environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(200 << 20)})
+    assert answer.status_code in (413, 404) and body.read_bytes == 0
+    if path != "/nowhere":
+        assert answer.status_code == 413
+
+
+def test_a_body_of_1_mb_is_still_read(operator):
+    text = "IF CLOSE > 1 THEN BUY\n" + "# " + "x" * 90_000 + "\n"
+    answer = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 200
+
+
+def test_the_webhook_keeps_its_own_4_kb_limit_for_bodies_over_1_mb(client, db):
+    from core import signals
+
+    token = signals.webhook_token(db, None)
+    answer = client.post(f"/api/v1/external-signal/{token}", data=b"a" * (2 << 20), content_type="text/plain")
+    assert answer.status_code == 413 and "over 4096 bytes" in answer.json["error"]
