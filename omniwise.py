@@ -30,14 +30,19 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app.config["SETTINGS"] = settings
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      PERMANENT_SESSION_LIFETIME=14 * 86_400,  # OMNIWISE_SESSION_COOKIE_SECURE=true behind HTTPS
+                      PERMANENT_SESSION_LIFETIME=14 * 86_400,
+                      # Behind the HTTPS proxy of docs/deploy.md the cookie never travels in clear text;
+                      # OMNIWISE_SESSION_COOKIE_SECURE still overrides it.
+                      SESSION_COOKIE_SECURE=settings.trust_proxy > 0,
                       # A bigger body is refused (413) from its Content-Length, before a byte of it is read;
                       # the webhook keeps its own 4 KB limit.
                       MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do
-            app.config["SECRET_KEY"] = store.ensure_secret(db, "flask_secret_key")
+            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/admin.py).
+            app.config["SECRET_KEY"] = store.ensure_secret(db, auth.SIGNING_KEY)
+            app.extensions["omniwise.signing_key_in_db"] = True
         logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
             auth.ensure_password(db, settings.admin_password, _now_ms())

@@ -16,6 +16,7 @@ bp = Blueprint("admin", __name__)
 # /api/v1/status checks the token or the session itself.
 PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
 NO_CSRF = {"signals.external_signal"}  # its token is its proof
+NO_SESSION = {"static", "signals.external_signal"}  # never look at the session: no database read for them
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -40,6 +41,8 @@ def guard():
     """Every page but the public ones needs the operator's session; every form post its session's CSRF token."""
     if request.endpoint is None:  # no such route or method: the router's 404 or 405 answers
         return None
+    if request.endpoint not in NO_SESSION:
+        _end_stale_session()
     if request.endpoint not in PUBLIC and not session.get("operator"):
         if request.path.startswith("/api/"):
             return {"error": "log in first"}, 401
@@ -51,6 +54,15 @@ def guard():
         if not auth.is_csrf_token_valid(session.get("csrf_token"), given):
             abort(400, "The form was not sent from this session's page: reload the page and try again.")
     return None
+
+
+def _end_stale_session() -> None:
+    """Forget a session made before the last logout or new password; sign with the newest key."""
+    key, generation = auth.session_keys(_db())
+    if key and key != current_app.secret_key and current_app.extensions.get("omniwise.signing_key_in_db"):
+        current_app.secret_key = key  # `set-password` rotated it while this process ran
+    if session.get("operator") and session.get("generation") != generation:
+        session.clear()
 
 
 @bp.after_app_request
@@ -92,11 +104,14 @@ def login():
     session.clear()  # a new session id's worth: nothing from before the login carries over
     session.permanent = True
     session["operator"] = True
+    session["generation"] = auth.session_generation(_db())
     return redirect(page["next"] or url_for("status.index"))
 
 
 @bp.post("/logout")
 def logout():
+    """End the session here and everywhere: a copy of the cookie no longer opens anything."""
+    auth.end_sessions(_db(), _now_ms())
     session.clear()
     return redirect(url_for("admin.login"))
 

@@ -17,6 +17,8 @@ from core import store
 
 log = logging.getLogger("omniwise.auth")
 PASSWORD_KEY = "admin_password_hash"
+SIGNING_KEY = "flask_secret_key"  # signs the session cookie; a new one on every new password
+GENERATION_KEY = "session_generation"  # a session is valid only while it carries the current generation
 MAX_FAILURES = 5  # failed logins allowed from one address within FAILURE_WINDOW_S
 FAILURE_WINDOW_S = 300
 
@@ -35,11 +37,35 @@ def has_password(db: Database) -> bool:
 
 
 def set_password(db: Database, password: str, now_ms: int) -> None:
-    """Store the hash of a new operator password (and commit)."""
+    """Store the hash of a new operator password, end every session and rotate the signing key (and commit)."""
     if not password:
         raise ValueError("the password must not be empty")
-    with db.conn:
-        store.set_meta(db, PASSWORD_KEY, generate_password_hash(password), now_ms)
+    hashed = generate_password_hash(password)
+    with store.transaction(db):
+        store.set_meta(db, PASSWORD_KEY, hashed, now_ms)
+        store.set_meta(db, SIGNING_KEY, secrets.token_urlsafe(32), now_ms)
+        _advance_generation(db, now_ms)
+
+
+def session_keys(db: Database) -> tuple[str | None, str]:
+    """The cookie signing key kept in the database (None before one is made) and the session generation."""
+    values = dict(db.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", [SIGNING_KEY, GENERATION_KEY]).fetchall())
+    return values.get(SIGNING_KEY), values.get(GENERATION_KEY) or "0"
+
+
+def session_generation(db: Database) -> str:
+    """The current session generation: a session made before the last logout or new password carries another."""
+    return store.get_meta(db, GENERATION_KEY) or "0"
+
+
+def end_sessions(db: Database, now_ms: int) -> None:
+    """End every operator session (logout): a cookie copied before no longer opens anything."""
+    with store.transaction(db):
+        _advance_generation(db, now_ms)
+
+
+def _advance_generation(db: Database, now_ms: int) -> None:
+    store.set_meta(db, GENERATION_KEY, str(int(session_generation(db)) + 1), now_ms)
 
 
 def is_password_right(db: Database, password: str) -> bool:

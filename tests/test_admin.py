@@ -328,3 +328,55 @@ def test_the_webhook_keeps_its_own_4_kb_limit_for_bodies_over_1_mb(client, db):
     token = signals.webhook_token(db, None)
     answer = client.post(f"/api/v1/external-signal/{token}", data=b"a" * (2 << 20), content_type="text/plain")
     assert answer.status_code == 413 and "over 4096 bytes" in answer.json["error"]
+
+
+def _copy_of_session(app, browser):
+    """Another browser holding a copy of `browser`'s session cookie (what a thief would keep)."""
+    thief = app.test_client()
+    thief.set_cookie("session", browser.get_cookie("session").value)
+    return thief
+
+
+def test_a_cookie_copied_before_logout_opens_nothing_after_it(app, operator):
+    thief = _copy_of_session(app, operator)
+    assert thief.get("/admin/webhook").status_code == 200
+    operator.post("/logout", data={"csrf_token": operator.csrf_token})
+    assert thief.get("/admin/webhook").status_code == 302
+    assert thief.get("/api/v1/status").status_code == 401
+
+
+def test_a_new_password_ends_every_session_and_rotates_the_signing_key(app, operator, data_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from core import auth, store
+    from omniwise import set_password_command
+
+    thief = _copy_of_session(app, operator)
+    monkeypatch.chdir(data_dir)
+    with store.connect(data_dir / "omniwise.db") as db:
+        old_key = store.get_meta(db, auth.SIGNING_KEY)
+    result = CliRunner().invoke(set_password_command, input="a new password\n", env={"OMNIWISE_DATA_DIR": str(data_dir)})
+    assert result.exit_code == 0, result.output
+    with store.connect(data_dir / "omniwise.db") as db:
+        new_key = store.get_meta(db, auth.SIGNING_KEY)
+    assert new_key != old_key
+    assert thief.get("/admin/webhook").status_code == 302
+    assert operator.get("/admin/webhook").status_code == 302
+    assert app.secret_key == new_key  # the running app signs with the new key from its next request on
+    login = app.test_client()
+    token = csrf_token_of(login.get("/login").data)
+    assert login.post("/login", data={"password": "a new password", "csrf_token": token}).status_code == 302
+    assert login.get("/admin/webhook").status_code == 200
+
+
+@pytest.mark.parametrize("trust_proxy, is_secure", [(0, False), (1, True), (2, True)])
+def test_the_session_cookie_is_secure_behind_the_https_proxy(data_dir, db, trust_proxy, is_secure):
+    from core import auth
+    from core.config import Settings
+    from omniwise import create_app
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    browser = create_app(Settings(data_dir=data_dir, trust_proxy=trust_proxy)).test_client()
+    token = csrf_token_of(browser.get("/login").data)
+    answer = browser.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token})
+    assert ("; Secure" in answer.headers["Set-Cookie"]) is is_secure
