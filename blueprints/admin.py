@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 from urllib.parse import urlsplit
 
@@ -11,10 +13,12 @@ from core import auth, backtest, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
+log = logging.getLogger(__name__)
 
 # Endpoints open without a session: the webhook and the uptime check answer their own callers, and
 # /api/v1/status checks the token or the session itself.
 PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
+PROXY_WARNING_EVERY_S = 600
 NO_CSRF = {"signals.external_signal"}  # its token is its proof
 NO_SESSION = {"static", "signals.external_signal"}  # never look at the session: no database read for them
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -39,6 +43,7 @@ def _strategy_path():
 @bp.before_app_request
 def guard():
     """Every page but the public ones needs the operator's session; every form post its session's CSRF token."""
+    _warn_of_untrusted_proxy()
     if request.endpoint is None:  # no such route or method: the router's 404 or 405 answers
         return None
     if request.endpoint not in NO_SESSION:
@@ -54,6 +59,28 @@ def guard():
         if not auth.is_csrf_token_valid(session.get("csrf_token"), given):
             abort(400, "The form was not sent from this session's page: reload the page and try again.")
     return None
+
+
+def _warn_of_untrusted_proxy() -> None:
+    """Say so (every 10 minutes at most) when a proxy on this machine forwards requests we do not trust it for.
+
+    Then every visitor has the proxy's address: five wrong passwords from anyone lock the operator out,
+    and the webhook's allow-list sees only 127.0.0.1.
+    """
+    if current_app.config["SETTINGS"].trust_proxy or "X-Forwarded-For" not in request.headers:
+        return
+    try:
+        if not ipaddress.ip_address(request.remote_addr or "").is_loopback:
+            return
+    except ValueError:
+        return
+    now_s = time.monotonic()
+    if now_s - current_app.extensions.get("omniwise.proxy_warned_s", -PROXY_WARNING_EVERY_S) < PROXY_WARNING_EVERY_S:
+        return
+    current_app.extensions["omniwise.proxy_warned_s"] = now_s
+    log.warning("requests from %s carry X-Forwarded-For but OMNIWISE_TRUST_PROXY is 0: every visitor looks like "
+                "this proxy, so failed logins of anyone lock out everyone; set OMNIWISE_TRUST_PROXY to the number "
+                "of proxies in front (1 for the Caddy of docs/deploy.md)", request.remote_addr)
 
 
 def _end_stale_session() -> None:

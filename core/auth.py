@@ -91,20 +91,26 @@ def ensure_password(db: Database, configured: str | None, now_ms: int) -> str | 
 
 
 def log_in(db: Database, password: str, address: str, now_ms: int) -> bool:
-    """Check a login attempt from `address`; raises TooManyAttempts once it failed too often lately."""
+    """Check a login attempt from `address`; raises TooManyAttempts once it failed too often lately.
+
+    Each attempt is counted as a failure *before* its password is checked, in the same write transaction
+    that counts the earlier ones, so concurrent attempts can never check more than MAX_FAILURES passwords;
+    a right password then forgets the address's failures.
+    """
     since_ms = now_ms - FAILURE_WINDOW_S * 1000
-    failures = db.execute("SELECT count(*), min(at_ms) FROM login_failures WHERE address = ? AND at_ms > ?",
-                          [address, since_ms]).fetchone()
-    if failures[0] >= MAX_FAILURES:
-        log.warning("login from %s refused: %d failed attempts in %d s", address, failures[0], FAILURE_WINDOW_S)
-        raise TooManyAttempts(max(1, (failures[1] - since_ms) // 1000))
-    if is_password_right(db, password):
-        with db.conn:
-            db.execute("DELETE FROM login_failures WHERE address = ? OR at_ms <= ?", [address, since_ms])
+    with store.transaction(db):
+        db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])  # out of the window: forgotten
+        failures, first_ms = db.execute("SELECT count(*), min(at_ms) FROM login_failures WHERE address = ?",
+                                        [address]).fetchone()
+        if failures < MAX_FAILURES:
+            db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
+    if failures >= MAX_FAILURES:
+        log.warning("login from %s refused: %d failed attempts in %d s", address, failures, FAILURE_WINDOW_S)
+        raise TooManyAttempts(max(1, (first_ms - since_ms) // 1000))
+    if is_password_right(db, password):  # outside the transaction: the hash takes a while, writers go on
+        with store.transaction(db):
+            db.execute("DELETE FROM login_failures WHERE address = ?", [address])
         return True
-    with store.transaction(db):  # failures older than the window no longer count: forget them
-        db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])
-        db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
     log.warning("wrong password from %s", address)
     return False
 

@@ -380,3 +380,19 @@ def test_the_session_cookie_is_secure_behind_the_https_proxy(data_dir, db, trust
     token = csrf_token_of(browser.get("/login").data)
     answer = browser.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token})
     assert ("; Secure" in answer.headers["Set-Cookie"]) is is_secure
+
+
+@pytest.mark.parametrize("trust_proxy, remote, forwarded, warns", [
+    (0, "127.0.0.1", "203.0.113.7", True), (0, "::1", "203.0.113.7", True), (0, "127.0.0.1", None, False),
+    (0, "198.51.100.2", "203.0.113.7", False), (1, "127.0.0.1", "203.0.113.7", False),
+])
+def test_a_proxy_that_is_not_trusted_is_warned_about_once(data_dir, caplog, trust_proxy, remote, forwarded, warns):
+    from core.config import Settings
+    from omniwise import create_app
+
+    browser = create_app(Settings(data_dir=data_dir, trust_proxy=trust_proxy)).test_client()
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    for _ in range(3):
+        browser.get("/login", headers=headers, environ_base={"REMOTE_ADDR": remote})
+    warnings = [r for r in caplog.records if "OMNIWISE_TRUST_PROXY is 0" in r.getMessage()]
+    assert len(warnings) == (1 if warns else 0)
