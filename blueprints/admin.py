@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import sqlite3
 import time
 from urllib.parse import urlsplit
 
@@ -20,7 +21,7 @@ log = logging.getLogger(__name__)
 PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
 PROXY_WARNING_EVERY_S = 600
 NO_CSRF = {"signals.external_signal"}  # its token is its proof
-NO_SESSION = {"static", "signals.external_signal"}  # never look at the session: no database read for them
+NO_SESSION = {"static", "signals.external_signal", "status.healthz"}  # no database read for their session
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -92,6 +93,17 @@ def _end_stale_session() -> None:
         session.clear()
 
 
+@bp.app_errorhandler(sqlite3.OperationalError)
+def database_unavailable(exc: sqlite3.OperationalError):
+    """The database cannot be opened, read or written: 503 with the reason, JSON where a program asks."""
+    log.error("database unavailable on %s: %s", request.path, exc)
+    message = (f"The database cannot be used right now ({exc}): check that the data folder and omniwise.db are "
+               "writable by this user and the disk is not full, then retry.")
+    if request.path.startswith("/api/") or request.endpoint == "status.healthz":
+        return {"healthy": False, "error": message}, 503, {"Retry-After": "30"}
+    return render_template("admin/error.html", message=message), 503, {"Retry-After": "30"}
+
+
 @bp.after_app_request
 def security_headers(response):
     """No framing, no foreign scripts, no sniffing; pages (which may hold secrets) are not cached."""
@@ -158,6 +170,11 @@ def save():
         policy = strategies.save_strategy(_strategy_path(), text, _db(), _now_ms())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
+    except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
+        reason = getattr(exc, "strerror", None) or exc
+        flash(f"Not saved: cannot write {_strategy_path()} or its database ({reason}). Make the data folder "
+              "writable by the user running Omniwise, then save again; the running strategy is unchanged.", "bad")
+        return _editor_page(text, *strategies.check(text)), 503
     flash(f"Saved version {policy.version}: {len(policy.rules)} rules.", "good")
     return redirect(url_for("admin.editor"))
 
@@ -210,6 +227,9 @@ def restore(version: str):
         abort(404, f"No saved strategy has version {version}.")
     except StrategyError as exc:
         flash(f"Version {version} cannot be restored: {exc}", "bad")
+        return redirect(url_for("admin.history"))
+    except OSError as exc:
+        flash(f"Version {version} not restored: cannot write {_strategy_path()} ({exc.strerror or exc}).", "bad")
         return redirect(url_for("admin.history"))
     flash(f"Restored version {policy.version}: {len(policy.rules)} rules.", "good")
     return redirect(url_for("admin.editor"))

@@ -133,6 +133,24 @@ def create_private(path: str | Path) -> None:
     os.chmod(path, 0o600)  # whatever the umask
 
 
+def is_writable(db: Database, timeout_ms: int = 1000) -> bool:
+    """Whether a write could start now: the write lock is free within `timeout_ms` and the file is writable."""
+    busy_timeout_ms = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")  # a read-only file takes the lock too: only a write tells
+        try:
+            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+            db.conn.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            db.conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # read-only file or folder, or locked longer than the timeout
+        return False
+    finally:
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+
+
 def migrate(db: Database) -> list[str]:
     """Apply pending migrations under a write lock, so two processes starting together cannot race."""
     with transaction(db):

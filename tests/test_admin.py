@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -396,3 +397,85 @@ def test_a_proxy_that_is_not_trusted_is_warned_about_once(data_dir, caplog, trus
         browser.get("/login", headers=headers, environ_base={"REMOTE_ADDR": remote})
     warnings = [r for r in caplog.records if "OMNIWISE_TRUST_PROXY is 0" in r.getMessage()]
     assert len(warnings) == (1 if warns else 0)
+
+
+READ_ONLY_PROBE = r"""
+import json, os, re, shutil, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from core import auth, store
+from core.config import Settings
+from omniwise import create_app
+
+data, mode = Path(sys.argv[2]), sys.argv[3]
+app = create_app(Settings(data_dir=data))
+with store.connect(data / "omniwise.db") as db:
+    auth.set_password(db, "pw", 0)
+browser = app.test_client()
+token = lambda page: re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+browser.post("/login", data={"password": "pw", "csrf_token": token(browser.get("/login"))})
+csrf = token(browser.get("/admin/algo"))
+worker = store.open_db(data / "omniwise.db")  # a running worker keeps the -wal and -shm files
+if mode == "unopenable":
+    worker.close()
+if mode == "files":
+    for path in data.iterdir():
+        os.chmod(path, 0o444)
+os.chmod(data, 0o555)
+health = browser.get("/healthz")
+save = browser.post("/admin/algo", data={"strategy": "IF CLOSE > 2 THEN BUY", "csrf_token": csrf})
+print(json.dumps({"health": [health.status_code, health.content_type, health.get_json()],
+                  "save": [save.status_code, save.get_data(as_text=True)],
+                  "strategy": (data / "strategy.txt").read_text()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["folder", "files", "unopenable"])
+def test_a_read_only_data_folder_gets_clear_answers_and_loses_nothing(tmp_path, mode):
+    """Run as an unprivileged user (root writes anywhere), so the folder really is read-only."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.conftest import ROOT
+
+    folder = Path(tempfile.mkdtemp(prefix="omniwise-read-only-"))
+    data = folder / "data"
+    data.mkdir()
+    (data / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\n")
+    command = [sys.executable, "-c", READ_ONLY_PROBE, str(ROOT), str(data), mode]
+    if os.geteuid() == 0:
+        for path in (folder, data, data / "strategy.txt"):
+            os.chown(path, 65534, 65534)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    try:
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(folder)})
+    finally:
+        os.chmod(data, 0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert probe.returncode == 0, probe.stderr
+    answers = json.loads(probe.stdout.splitlines()[-1])
+    status, content_type, health = answers["health"]
+    assert (status, content_type, health["healthy"]) == (503, "application/json", False)
+    status, page = answers["save"]
+    assert status == 503 and "Not saved" in page or "cannot be used right now" in page
+    if mode != "unopenable":
+        assert "Not saved: cannot write" in page and "IF CLOSE &gt; 2 THEN BUY" in page  # the text is still there
+    assert answers["strategy"] == "IF MA4 > MA9 THEN BUY\n"
+
+
+def test_healthz_says_503_json_while_the_database_cannot_be_written(app, client, settings):
+    import sqlite3
+
+    holder = sqlite3.connect(settings.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        answer = client.get("/healthz")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer.status_code == 503 and answer.json["database_writable"] is False
+    assert client.get("/healthz").json["database_writable"] is True
