@@ -35,6 +35,7 @@ MAX_BODY_BYTES = 4096
 MAX_AHEAD_MS = 5 * 60_000  # clock skew allowed to a sender; later signals would pin the latest forever
 EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: an earlier time is a mistake (a 0 or a date read as 1970)
 MAX_SOURCE_CHARS = 100
+MAX_FORM_FIELDS = 50
 DEFAULT_SOURCE = "webhook"
 # Waits for the ledger, kept short: TradingView gives up after 3 s, and a quick 503 lets other senders retry.
 # One deadline covers the whole wait (this process's threads, the other processes, SQLite's lock).
@@ -420,9 +421,10 @@ def _raw_text(body: bytes, token: str) -> str:
 
 def _form_fields(text: str) -> dict[str, object]:
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=50)
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
-        pairs = []
+        raise SignalError(f"the form body has more than {MAX_FORM_FIELDS} fields",
+                          f"a signal needs signal, timestamp and source at most; or send JSON like {EXAMPLE}") from None
     if not pairs:
         raise SignalError("the form body has no fields", f"send JSON like {EXAMPLE}")
     return {key.lower(): value for key, value in pairs}

@@ -239,6 +239,8 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
     pytest.param(dict(body="=&=", content_type="application/x-www-form-urlencoded"), 400, '"signal"', True,
                  id="form without signal"),
     pytest.param(dict(body={"timestamp": 1_700_000_000}), 400, 'no "signal"', True, id="no signal"),
+    pytest.param(dict(body="signal=BUY" + "&x=1" * 50, content_type="application/x-www-form-urlencoded"), 400,
+                 "more than 50 fields", True, id="form of 51 fields"),
     pytest.param(dict(body={"signal": "hold"}), 400, "not BUY or SELL", True, id="unknown word"),
     pytest.param(dict(body={"signal": 1}), 400, "not BUY or SELL", True, id="number signal"),
     pytest.param(dict(body={"signal": "{{strategy.order.action}}"}), 400, "not replaced", True, id="raw placeholder"),
