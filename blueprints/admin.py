@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # /api/v1/status checks the token or the session itself.
 PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
 PROXY_WARNING_EVERY_S = 600
+HISTORY_PAGE_SIZE = 10  # versions a history page shows
+HISTORY_LINES_SHOWN = 200  # of each version's diff and text; the rest is a link away
 NO_CSRF = {"signals.external_signal"}  # its token is its proof
 NO_SESSION = {"static", "signals.external_signal", "status.healthz"}  # no database read for their session
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -121,6 +123,12 @@ def page_context() -> dict:
     return {"csrf_token": csrf_token, "settings": current_app.config["SETTINGS"]}
 
 
+@bp.app_template_filter("visible")
+def visible(text: str | None) -> str:
+    """Text with control characters (NUL, escapes, direction overrides) shown as escapes, one line kept one line."""
+    return "" if text is None else logs.escape_controls(text)
+
+
 def csrf_token() -> str:
     """This session's CSRF token, made on first use."""
     if "csrf_token" not in session:
@@ -211,11 +219,29 @@ def loaded():
 
 @bp.get("/admin/algo/history")
 def history():
-    """Saved versions, newest first, each with its diff against the current text."""
+    """Saved versions, newest first, a page at a time, each with its diff against the current text."""
     current = strategies.read_strategy(_strategy_path())
-    entries = [(version, strategies.diff(current, version.text))
-               for version in strategies.versions(_db())]
-    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current))
+    pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
+    page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
+    entries = [(version, *_shown(strategies.diff(current, version.text)), *_shown(version.text.splitlines()))
+               for version in strategies.versions(_db(), HISTORY_PAGE_SIZE, (page - 1) * HISTORY_PAGE_SIZE)]
+    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current),
+                           page=page, pages=pages)
+
+
+def _shown(lines: list[str]) -> tuple[list[str], int]:
+    """The lines a page shows at most, and how many more there are (a version may be 100,000 characters)."""
+    return lines[:HISTORY_LINES_SHOWN], max(0, len(lines) - HISTORY_LINES_SHOWN)
+
+
+@bp.get("/admin/algo/history/<version>.txt")
+def version_text(version: str):
+    """The whole text of a saved version."""
+    try:
+        text = strategies.find_version(_db(), version).text
+    except strategies.UnknownVersion:
+        abort(404, f"No saved strategy has version {version}.")
+    return text, 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 
 @bp.post("/admin/algo/history/<version>/restore")

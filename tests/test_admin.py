@@ -479,3 +479,51 @@ def test_healthz_says_503_json_while_the_database_cannot_be_written(app, client,
         holder.close()
     assert answer.status_code == 503 and answer.json["database_writable"] is False
     assert client.get("/healthz").json["database_writable"] is True
+
+
+def _save_versions(db, count: int, lines: int = 1) -> list[str]:
+    """Record `count` versions (oldest first) of `lines` rules each; returns their versions."""
+    from core import store
+
+    saved = []
+    for n in range(count):
+        text = "\n".join(f"IF CLOSE > {n}.{line} THEN BUY" for line in range(lines)) + "\n"
+        with store.transaction(db):
+            db.execute("INSERT INTO strategy_versions(version, text, saved_at_ms) VALUES (?, ?, ?)",
+                       [strategies.version_of(text), text, n])
+        saved.append(strategies.version_of(text))
+    return saved
+
+
+@pytest.mark.parametrize("query, shown, says", [
+    ("", range(24, 14, -1), "page 1 of 3"), ("?page=2", range(14, 4, -1), "page 2 of 3"),
+    ("?page=3", range(4, -1, -1), "page 3 of 3"), ("?page=99", range(4, -1, -1), "page 3 of 3"),
+    ("?page=0", range(24, 14, -1), "page 1 of 3"), ("?page=x", range(24, 14, -1), "page 1 of 3"),
+])
+def test_history_shows_ten_versions_a_page_newest_first(operator, db, query, shown, says):
+    saved = _save_versions(db, 25)
+    page = operator.get(f"/admin/algo/history{query}").get_data(as_text=True)
+    assert re.findall(r'id="v-([0-9a-f]{12})"', page) == [saved[n] for n in shown]
+    assert says in page
+    assert ('rel="next"' in page) is (says != "page 3 of 3") and ('rel="prev"' in page) is (says != "page 1 of 3")
+
+
+def test_history_of_large_versions_shows_their_start_and_links_the_whole_text(operator, db):
+    (version,) = _save_versions(db, 1, lines=4000)  # about 100,000 characters
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert len(page) < 60_000 and "3800 more lines" in page
+    whole = operator.get(f"/admin/algo/history/{version}.txt")
+    assert whole.status_code == 200 and whole.get_data(as_text=True).count("\n") == 4000
+    assert operator.get("/admin/algo/history/ffffffffffff.txt").status_code == 404
+
+
+def test_history_shows_control_characters_of_a_version_as_escapes(operator, db):
+    from core import store
+
+    text = "IF CLOSE > 1 THEN BUY # \u202eyub\x1b[2J\n"
+    with store.transaction(db):
+        db.execute("INSERT INTO strategy_versions(version, text, saved_at_ms) VALUES (?, ?, ?)",
+                   [strategies.version_of(text), text, 0])
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert "\u202e" not in page and "\x1b" not in page
+    assert "# \\u202eyub\\x1b[2J" in page
