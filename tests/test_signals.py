@@ -412,7 +412,7 @@ def test_unexpected_error_under_api_answers_json_500(settings):
 
     client = app.test_client()
     with client.session_transaction() as session:  # every route but the webhook needs the operator's login
-        session.update(operator=True, csrf_token="form-token")
+        session.update(operator=True, generation="0", csrf_token="form-token")  # a fresh database's generation
     response = client.post("/api/v1/boom", headers={"X-CSRF-Token": "form-token"})
     assert response.status_code == 500
     assert response.is_json and "boom" not in response.text
