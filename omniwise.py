@@ -21,17 +21,29 @@ from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
 
+MAX_REQUEST_BYTES = 1 << 20  # the editor's 100,000 characters, several times over
+
+
 def create_app(settings: Settings | None = None) -> Flask:
     """Build the web app; `settings` defaults to the OMNIWISE_* environment and .env."""
     app = Flask(__name__)
     settings = settings or load_settings()
     app.config["SETTINGS"] = settings
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
-                      PERMANENT_SESSION_LIFETIME=14 * 86_400)  # OMNIWISE_SESSION_COOKIE_SECURE=true behind HTTPS
+                      PERMANENT_SESSION_LIFETIME=14 * 86_400,
+                      # Behind the HTTPS proxy of docs/deploy.md the cookie never travels in clear text;
+                      # OMNIWISE_SESSION_COOKIE_SECURE still overrides it.
+                      SESSION_COOKIE_SECURE=settings.trust_proxy > 0,
+                      # A bigger body is refused (413) from its Content-Length, before a byte of it is read;
+                      # the webhook keeps its own 4 KB limit.
+                      MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do
-            app.config["SECRET_KEY"] = store.ensure_secret(db, "flask_secret_key")
+            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/admin.py).
+            app.config["SECRET_KEY"] = store.ensure_secret(db, auth.SIGNING_KEY)
+            app.extensions["omniwise.signing_key_in_db"] = True
+        logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
             auth.ensure_password(db, settings.admin_password, _now_ms())
     app.teardown_appcontext(close_db)
@@ -175,15 +187,22 @@ def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
+        is_token_new = not settings.webhook_token and store.get_meta(db, signals.TOKEN_KEY) is None
         token = signals.webhook_token(db, settings.webhook_token)
         password = auth.ensure_password(db, settings.admin_password, _now_ms())
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
     click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
     _show_new_password(password)
-    click.echo(f"Signal webhook: https://YOUR-HOST/api/v1/external-signal/{token}")
-    click.echo("  (the token is the last segment; TradingView calls ports 80 and 443 only, so serve it behind "
-               "a reverse proxy with HTTPS)")
+    # Shown only when made here: systemd runs `init` before every start, and journald keeps what it prints.
+    if is_token_new:
+        click.echo(f"Signal webhook (shown once; the admin's Webhook page shows it again): "
+                   f"https://YOUR-HOST/api/v1/external-signal/{token}")
+        click.echo("  (the token is the last segment; TradingView calls ports 80 and 443 only, so serve it behind "
+                   "a reverse proxy with HTTPS)")
+    else:
+        click.echo("Signal webhook: https://YOUR-HOST/api/v1/external-signal/TOKEN (the token is on the admin's "
+                   "Webhook page)")
 
 
 @click.command("serve")

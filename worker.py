@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, events, heartbeat, liveness, logs, maintenance, store
+from core import alerts, events, heartbeat, liveness, logs, maintenance, signals, store
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
@@ -251,6 +251,9 @@ def main() -> int:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
+        logs.add_secrets(signals.webhook_token(db, settings.webhook_token), settings.binance_api_key,
+                         settings.binance_api_secret)
     try:
         worker = Worker(settings)
     except ConfigError as exc:

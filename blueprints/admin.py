@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import sqlite3
 import time
+from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
-from core import auth, backtest, strategies, tradingview
+from core import auth, backtest, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
+log = logging.getLogger(__name__)
 
 # Endpoints open without a session: the webhook and the uptime check answer their own callers, and
 # /api/v1/status checks the token or the session itself.
 PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
+PROXY_WARNING_EVERY_S = 600
+HISTORY_PAGE_SIZE = 10  # versions a history page shows
+HISTORY_LINES_SHOWN = 200  # of each version's diff and text; the rest is a link away
 NO_CSRF = {"signals.external_signal"}  # its token is its proof
+NO_SESSION = {"static", "signals.external_signal", "status.healthz"}  # no database read for their session
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -37,8 +46,11 @@ def _strategy_path():
 @bp.before_app_request
 def guard():
     """Every page but the public ones needs the operator's session; every form post its session's CSRF token."""
+    _warn_of_untrusted_proxy()
     if request.endpoint is None:  # no such route or method: the router's 404 or 405 answers
         return None
+    if request.endpoint not in NO_SESSION:
+        _end_stale_session()
     if request.endpoint not in PUBLIC and not session.get("operator"):
         if request.path.startswith("/api/"):
             return {"error": "log in first"}, 401
@@ -50,6 +62,48 @@ def guard():
         if not auth.is_csrf_token_valid(session.get("csrf_token"), given):
             abort(400, "The form was not sent from this session's page: reload the page and try again.")
     return None
+
+
+def _warn_of_untrusted_proxy() -> None:
+    """Say so (every 10 minutes at most) when a proxy on this machine forwards requests we do not trust it for.
+
+    Then every visitor has the proxy's address: five wrong passwords from anyone lock the operator out,
+    and the webhook's allow-list sees only 127.0.0.1.
+    """
+    if current_app.config["SETTINGS"].trust_proxy or "X-Forwarded-For" not in request.headers:
+        return
+    try:
+        if not ipaddress.ip_address(request.remote_addr or "").is_loopback:
+            return
+    except ValueError:
+        return
+    now_s = time.monotonic()
+    if now_s - current_app.extensions.get("omniwise.proxy_warned_s", -PROXY_WARNING_EVERY_S) < PROXY_WARNING_EVERY_S:
+        return
+    current_app.extensions["omniwise.proxy_warned_s"] = now_s
+    log.warning("requests from %s carry X-Forwarded-For but OMNIWISE_TRUST_PROXY is 0: every visitor looks like "
+                "this proxy, so failed logins of anyone lock out everyone; set OMNIWISE_TRUST_PROXY to the number "
+                "of proxies in front (1 for the Caddy of docs/deploy.md)", request.remote_addr)
+
+
+def _end_stale_session() -> None:
+    """Forget a session made before the last logout or new password; sign with the newest key."""
+    key, generation = auth.session_keys(_db())
+    if key and key != current_app.secret_key and current_app.extensions.get("omniwise.signing_key_in_db"):
+        current_app.secret_key = key  # `set-password` rotated it while this process ran
+    if session.get("operator") and session.get("generation") != generation:
+        session.clear()
+
+
+@bp.app_errorhandler(sqlite3.OperationalError)
+def database_unavailable(exc: sqlite3.OperationalError):
+    """The database cannot be opened, read or written: 503 with the reason, JSON where a program asks."""
+    log.error("database unavailable on %s: %s", request.path, exc)
+    message = (f"The database cannot be used right now ({exc}): check that the data folder and omniwise.db are "
+               "writable by this user and the disk is not full, then retry.")
+    if request.path.startswith("/api/") or request.endpoint == "status.healthz":
+        return {"healthy": False, "error": message}, 503, {"Retry-After": "30"}
+    return render_template("admin/error.html", message=message), 503, {"Retry-After": "30"}
 
 
 @bp.after_app_request
@@ -67,6 +121,12 @@ def security_headers(response):
 @bp.app_context_processor
 def page_context() -> dict:
     return {"csrf_token": csrf_token, "settings": current_app.config["SETTINGS"]}
+
+
+@bp.app_template_filter("visible")
+def visible(text: str | None) -> str:
+    """Text with control characters (NUL, escapes, direction overrides) shown as escapes, one line kept one line."""
+    return "" if text is None else logs.escape_controls(text)
 
 
 def csrf_token() -> str:
@@ -91,11 +151,14 @@ def login():
     session.clear()  # a new session id's worth: nothing from before the login carries over
     session.permanent = True
     session["operator"] = True
+    session["generation"] = auth.session_generation(_db())
     return redirect(page["next"] or url_for("status.index"))
 
 
 @bp.post("/logout")
 def logout():
+    """End the session here and everywhere: a copy of the cookie no longer opens anything."""
+    auth.end_sessions(_db(), _now_ms())
     session.clear()
     return redirect(url_for("admin.login"))
 
@@ -115,6 +178,11 @@ def save():
         policy = strategies.save_strategy(_strategy_path(), text, _db(), _now_ms())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
+    except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
+        reason = getattr(exc, "strerror", None) or exc
+        flash(f"Not saved: cannot write {_strategy_path()} or its database ({reason}). Make the data folder "
+              "writable by the user running Omniwise, then save again; the running strategy is unchanged.", "bad")
+        return _editor_page(text, *strategies.check(text)), 503
     flash(f"Saved version {policy.version}: {len(policy.rules)} rules.", "good")
     return redirect(url_for("admin.editor"))
 
@@ -151,11 +219,29 @@ def loaded():
 
 @bp.get("/admin/algo/history")
 def history():
-    """Saved versions, newest first, each with its diff against the current text."""
+    """Saved versions, newest first, a page at a time, each with its diff against the current text."""
     current = strategies.read_strategy(_strategy_path())
-    entries = [(version, strategies.diff(current, version.text))
-               for version in strategies.versions(_db())]
-    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current))
+    pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
+    page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
+    entries = [(version, *_shown(strategies.diff(current, version.text)), *_shown(version.text.splitlines()))
+               for version in strategies.versions(_db(), HISTORY_PAGE_SIZE, (page - 1) * HISTORY_PAGE_SIZE)]
+    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current),
+                           page=page, pages=pages)
+
+
+def _shown(lines: list[str]) -> tuple[list[str], int]:
+    """The lines a page shows at most, and how many more there are (a version may be 100,000 characters)."""
+    return lines[:HISTORY_LINES_SHOWN], max(0, len(lines) - HISTORY_LINES_SHOWN)
+
+
+@bp.get("/admin/algo/history/<version>.txt")
+def version_text(version: str):
+    """The whole text of a saved version."""
+    try:
+        text = strategies.find_version(_db(), version).text
+    except strategies.UnknownVersion:
+        abort(404, f"No saved strategy has version {version}.")
+    return text, 200, {"Content-Type": "text/plain; charset=utf-8"}
 
 
 @bp.post("/admin/algo/history/<version>/restore")
@@ -167,6 +253,9 @@ def restore(version: str):
         abort(404, f"No saved strategy has version {version}.")
     except StrategyError as exc:
         flash(f"Version {version} cannot be restored: {exc}", "bad")
+        return redirect(url_for("admin.history"))
+    except OSError as exc:
+        flash(f"Version {version} not restored: cannot write {_strategy_path()} ({exc.strerror or exc}).", "bad")
         return redirect(url_for("admin.history"))
     flash(f"Restored version {policy.version}: {len(policy.rules)} rules.", "good")
     return redirect(url_for("admin.editor"))
@@ -181,7 +270,16 @@ def webhook():
 
 
 def _local_path(target: str | None) -> str | None:
-    """`target` when it is a path on this site (never another host), else None."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return None
+    """`target` when it is a path on this site (never another host), else None.
+
+    Browsers drop tabs and line breaks from a URL and read a backslash as a slash, so `/<TAB>/evil.com`
+    would lead to //evil.com: a path holding any of them, a space or another control character is refused.
+    """
+    if not target or not target.startswith("/") or "\\" in target:
+        return None
+    if any(char.isspace() for char in target) or logs.has_control_characters(target):
+        return None
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
+        return None
+    return target

@@ -6,7 +6,7 @@ import time
 
 from flask import Blueprint, current_app, render_template, request, session
 
-from core import dashboard, signals, strategies
+from core import dashboard, signals, store, strategies
 from core.policy_loader import PolicyLoader
 from core.status import is_healthy, status_report
 
@@ -80,9 +80,12 @@ def healthz():
     """200 when the worker is alive and the heartbeat is ok, 503 otherwise (for uptime monitors)."""
     from omniwise import get_db
 
-    report = status_report(get_db(), current_app.config["SETTINGS"], int(time.time() * 1000), alert_limit=0)
-    healthy = is_healthy(report)
-    body = {"healthy": healthy, "worker_alive": report["worker"]["alive"], "heartbeat": report["heartbeat"]["state"]}
+    db = get_db()  # a database that cannot be opened answers 503 JSON too (blueprints/admin.py)
+    report = status_report(db, current_app.config["SETTINGS"], int(time.time() * 1000), alert_limit=0)
+    is_db_writable = store.is_writable(db)
+    healthy = is_healthy(report) and is_db_writable
+    body = {"healthy": healthy, "worker_alive": report["worker"]["alive"], "heartbeat": report["heartbeat"]["state"],
+            "database_writable": is_db_writable}
     return body, 200 if healthy else 503
 
 

@@ -17,6 +17,8 @@ from core import store
 
 log = logging.getLogger("omniwise.auth")
 PASSWORD_KEY = "admin_password_hash"
+SIGNING_KEY = "flask_secret_key"  # signs the session cookie; a new one on every new password
+GENERATION_KEY = "session_generation"  # a session is valid only while it carries the current generation
 MAX_FAILURES = 5  # failed logins allowed from one address within FAILURE_WINDOW_S
 FAILURE_WINDOW_S = 300
 
@@ -35,11 +37,35 @@ def has_password(db: Database) -> bool:
 
 
 def set_password(db: Database, password: str, now_ms: int) -> None:
-    """Store the hash of a new operator password (and commit)."""
+    """Store the hash of a new operator password, end every session and rotate the signing key (and commit)."""
     if not password:
         raise ValueError("the password must not be empty")
-    with db.conn:
-        store.set_meta(db, PASSWORD_KEY, generate_password_hash(password), now_ms)
+    hashed = generate_password_hash(password)
+    with store.transaction(db):
+        store.set_meta(db, PASSWORD_KEY, hashed, now_ms)
+        store.set_meta(db, SIGNING_KEY, secrets.token_urlsafe(32), now_ms)
+        _advance_generation(db, now_ms)
+
+
+def session_keys(db: Database) -> tuple[str | None, str]:
+    """The cookie signing key kept in the database (None before one is made) and the session generation."""
+    values = dict(db.execute("SELECT key, value FROM meta WHERE key IN (?, ?)", [SIGNING_KEY, GENERATION_KEY]).fetchall())
+    return values.get(SIGNING_KEY), values.get(GENERATION_KEY) or "0"
+
+
+def session_generation(db: Database) -> str:
+    """The current session generation: a session made before the last logout or new password carries another."""
+    return store.get_meta(db, GENERATION_KEY) or "0"
+
+
+def end_sessions(db: Database, now_ms: int) -> None:
+    """End every operator session (logout): a cookie copied before no longer opens anything."""
+    with store.transaction(db):
+        _advance_generation(db, now_ms)
+
+
+def _advance_generation(db: Database, now_ms: int) -> None:
+    store.set_meta(db, GENERATION_KEY, str(int(session_generation(db)) + 1), now_ms)
 
 
 def is_password_right(db: Database, password: str) -> bool:
@@ -65,20 +91,26 @@ def ensure_password(db: Database, configured: str | None, now_ms: int) -> str | 
 
 
 def log_in(db: Database, password: str, address: str, now_ms: int) -> bool:
-    """Check a login attempt from `address`; raises TooManyAttempts once it failed too often lately."""
+    """Check a login attempt from `address`; raises TooManyAttempts once it failed too often lately.
+
+    Each attempt is counted as a failure *before* its password is checked, in the same write transaction
+    that counts the earlier ones, so concurrent attempts can never check more than MAX_FAILURES passwords;
+    a right password then forgets the address's failures.
+    """
     since_ms = now_ms - FAILURE_WINDOW_S * 1000
-    failures = db.execute("SELECT count(*), min(at_ms) FROM login_failures WHERE address = ? AND at_ms > ?",
-                          [address, since_ms]).fetchone()
-    if failures[0] >= MAX_FAILURES:
-        log.warning("login from %s refused: %d failed attempts in %d s", address, failures[0], FAILURE_WINDOW_S)
-        raise TooManyAttempts(max(1, (failures[1] - since_ms) // 1000))
-    if is_password_right(db, password):
-        with db.conn:
-            db.execute("DELETE FROM login_failures WHERE address = ? OR at_ms <= ?", [address, since_ms])
+    with store.transaction(db):
+        db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])  # out of the window: forgotten
+        failures, first_ms = db.execute("SELECT count(*), min(at_ms) FROM login_failures WHERE address = ?",
+                                        [address]).fetchone()
+        if failures < MAX_FAILURES:
+            db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
+    if failures >= MAX_FAILURES:
+        log.warning("login from %s refused: %d failed attempts in %d s", address, failures, FAILURE_WINDOW_S)
+        raise TooManyAttempts(max(1, (first_ms - since_ms) // 1000))
+    if is_password_right(db, password):  # outside the transaction: the hash takes a while, writers go on
+        with store.transaction(db):
+            db.execute("DELETE FROM login_failures WHERE address = ?", [address])
         return True
-    with store.transaction(db):  # failures older than the window no longer count: forget them
-        db.execute("DELETE FROM login_failures WHERE at_ms <= ?", [since_ms])
-        db.execute("INSERT INTO login_failures(address, at_ms) VALUES (?, ?)", [address, now_ms])
     log.warning("wrong password from %s", address)
     return False
 

@@ -33,6 +33,7 @@ def backup(db_path: str | Path, dest: str | Path) -> int:
     if not Path(db_path).is_file():
         raise BackupError(f"there is no database at {db_path}")
     source = sqlite3.connect(str(db_path), timeout=30)
+    store.create_private(dest)  # a backup holds the same secrets as the database
     target = sqlite3.connect(dest)
     try:
         source.backup(target, pages=-1)  # all pages in one step: one snapshot, never restarted by writers

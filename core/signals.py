@@ -19,25 +19,34 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import parse_qsl, quote_plus
+from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
-from core import store
+from core import logs, store
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 4096
 MAX_AHEAD_MS = 5 * 60_000  # clock skew allowed to a sender; later signals would pin the latest forever
+EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: an earlier time is a mistake (a 0 or a date read as 1970)
 MAX_SOURCE_CHARS = 100
+MAX_FORM_FIELDS = 50
 DEFAULT_SOURCE = "webhook"
 # Waits for the ledger, kept short: TradingView gives up after 3 s, and a quick 503 lets other senders retry.
+# One deadline covers the whole wait (this process's threads, the other processes, SQLite's lock).
 TURN_TIMEOUT_S = 1.0
 LEDGER_BUSY_TIMEOUT_MS = 1000
+# Once a write timed out on a locked database, requests wait only this long until a write succeeds
+# again: otherwise each request queued behind the first would wait its full second in turn.
+WHILE_BUSY_TIMEOUT_S = 0.1
+BUSY_MEMORY_S = 10.0  # after this long without any attempt, a timeout is forgotten
 ACCEPTED, STALE, REJECTED = "accepted", "stale", "rejected"
+TOKEN_KEY = "webhook_token"  # the generated token's row of the meta table
 
 # TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short.
 SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "SELL", "short": "SELL"}
@@ -129,7 +138,7 @@ class LedgerSignal:
 
 def webhook_token(db: Database, configured: str | None) -> str:
     """The webhook's secret: OMNIWISE_WEBHOOK_TOKEN, else one generated once and kept in the database."""
-    return configured or store.ensure_secret(db, "webhook_token")
+    return configured or store.ensure_secret(db, TOKEN_KEY)
 
 
 def check_address(address: str, allowed: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
@@ -195,6 +204,10 @@ def parse_signal(fields: Mapping[str, object], symbol: str, now_ms: int) -> Sign
     source = _text(fields.get("source"), "source")[:MAX_SOURCE_CHARS].strip() or DEFAULT_SOURCE
     market = normalize_symbol(symbol)
     given = _text(fields.get("symbol"), "symbol") or _text(fields.get("ticker"), "ticker")
+    if "{{" in given:
+        raise SignalError(f"the symbol is the placeholder {_quote(given)}, not replaced by TradingView",
+                          "{{ticker}} is filled in only when the alert's message is set in TradingView's "
+                          "alert dialog; write the symbol, or drop the field")
     if given and normalize_symbol(given) != market:
         raise WrongSymbol(f"the signal is for {_quote(given)}, but this Omniwise trades {market}",
                           "send alerts from a chart of that symbol, or drop the symbol field")
@@ -215,7 +228,6 @@ def receive(db: Database, delivery: Delivery, *, token: str, symbol: str, now_ms
     An authenticated delivery is in the ledger before this returns or raises.
     """
     is_authenticated = is_token_valid(delivery.tokens, token)
-    fields: dict[str, object] | None = None
     try:
         fields = read_fields(delivery.body, delivery.content_type)
     except (BodyTooLarge, UnsupportedContentType) as exc:
@@ -229,6 +241,8 @@ def receive(db: Database, delivery: Delivery, *, token: str, symbol: str, now_ms
         raise
     if not (is_authenticated or is_token_valid((fields.get("token"), fields.get("passphrase")), token)):
         raise TokenError("no valid token", _TOKEN_HINT)
+    # Authenticated: from here on no field may carry the token further (ledger, answer, log, pages).
+    fields = {key: redact(value, token) if isinstance(value, str) else value for key, value in fields.items()}
     try:
         signal = parse_signal(fields, symbol, now_ms)
     except SignalError as exc:
@@ -285,10 +299,8 @@ def open_ledger(path: str | Path) -> Database:
 
 
 def redact(text: str, token: str) -> str:
-    """`text` with the token blotted out in each form it can be written in (plain, JSON, URL-encoded)."""
-    for written in {token, json.dumps(token)[1:-1], quote_plus(token)}:
-        text = text.replace(written, "[token]")
-    return text
+    """`text` with the token blotted out in each form it can be written in (plain, JSON escapes, URL-encoded)."""
+    return logs.redact(text, (token,))
 
 
 def latest_signal(db: Database, symbol: str | None = None) -> LedgerSignal | None:
@@ -326,18 +338,51 @@ def _write_turn(db: Database):
             fd = os.open(path + "-ledger.lock", os.O_RDWR | os.O_CREAT, 0o600) if path else None
             _turns[path] = (threading.Lock(), fd)
         lock, fd = _turns[path]
-    if not lock.acquire(timeout=TURN_TIMEOUT_S):
-        raise LedgerBusy(f"no turn to write the ledger within {TURN_TIMEOUT_S:g} s")
+    now = time.monotonic()
+    is_busy = _busy_since is not None and now - _busy_since < BUSY_MEMORY_S
+    deadline = now + (WHILE_BUSY_TIMEOUT_S if is_busy else TURN_TIMEOUT_S)
+    if not lock.acquire(timeout=deadline - now):
+        _note_busy()
+        raise LedgerBusy(f"no turn to write the ledger within {deadline - now:g} s")
     try:
-        if fd is not None:  # the other process holds it for one transaction at most
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        if fd is not None and not _flock_until(fd, deadline):
+            _note_busy()
+            raise LedgerBusy("another process holds the ledger")
         try:
+            wait_ms = max(1, round((deadline - time.monotonic()) * 1000))
+            db.conn.execute(f"PRAGMA busy_timeout={min(wait_ms, LEDGER_BUSY_TIMEOUT_MS)}")
             yield
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            _note_busy()
+            raise LedgerBusy(f"the database is locked: {exc}") from exc
         finally:
             if fd is not None:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         lock.release()
+    _note_busy(False)
+
+
+_busy_since: float | None = None  # when a ledger write of this process last timed out, until one succeeds
+
+
+def _note_busy(is_busy: bool = True) -> None:
+    global _busy_since
+    _busy_since = time.monotonic() if is_busy else None
+
+
+def _flock_until(fd: int, deadline: float) -> bool:
+    """Take the process lock; a blocked flock() cannot time out, so poll it (the holder needs one write)."""
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.001)
 
 
 def _forget_turns() -> None:
@@ -356,10 +401,10 @@ os.register_at_fork(after_in_child=_forget_turns)
 def _record_refusal(db: Database, delivery: Delivery, token: str, exc: WebhookError,
                     fields: Mapping[str, object] | None, now_ms: int) -> int:
     source = symbol = None
-    if fields is not None:
-        source = _text_or_none(fields.get("source"), MAX_SOURCE_CHARS)
-        symbol = _text_or_none(fields.get("symbol") or fields.get("ticker"), MAX_SOURCE_CHARS)
-    reason = redact(exc.reason, token)
+    if fields is not None:  # kept for the operator, but shown escaped: they may hold anything
+        source = _text_or_none(fields.get("source"), MAX_SOURCE_CHARS, token)
+        symbol = _text_or_none(fields.get("symbol") or fields.get("ticker"), MAX_SOURCE_CHARS, token)
+    reason = logs.escape_controls(redact(exc.reason, token))
     with _write_turn(db), db.conn:
         cursor = db.conn.execute(
             "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
@@ -376,9 +421,10 @@ def _raw_text(body: bytes, token: str) -> str:
 
 def _form_fields(text: str) -> dict[str, object]:
     try:
-        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=50)
+        pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_FORM_FIELDS)
     except ValueError:
-        pairs = []
+        raise SignalError(f"the form body has more than {MAX_FORM_FIELDS} fields",
+                          f"a signal needs signal, timestamp and source at most; or send JSON like {EXAMPLE}") from None
     if not pairs:
         raise SignalError("the form body has no fields", f"send JSON like {EXAMPLE}")
     return {key.lower(): value for key, value in pairs}
@@ -412,6 +458,9 @@ def _signal_time_ms(value: object, now_ms: int) -> int:
         raise SignalError(f"timestamp {_quote(value)} is not a time",
                           "send seconds or milliseconds since 1970 (UTC), or ISO-8601 like {{timenow}}; "
                           "leave it out to use the arrival time")
+    if ms < EARLIEST_MS:
+        raise SignalError(f"timestamp {_quote(value)} is before 2000-01-01",
+                          "send seconds or milliseconds since 1970 (UTC), or ISO-8601 like {{timenow}}")
     if ms > now_ms + MAX_AHEAD_MS:
         raise SignalError(f"timestamp {_quote(value)} is {(ms - now_ms) / 1000:.0f} s ahead of this server's clock",
                           "send UTC times; check the sender's clock and time zone")
@@ -429,7 +478,7 @@ def _number_or_none(text: str) -> int | float | None:
 
 def _epoch_ms(number: int | float) -> int | None:
     """Seconds, milliseconds or microseconds since 1970, told apart by size, as milliseconds."""
-    if not math.isfinite(number) or number <= 0:
+    if isinstance(number, float) and not math.isfinite(number) or number <= 0:  # an int may exceed any float
         return None
     for below, times, divided_by in ((1e11, 1000, 1), (1e14, 1, 1), (1e17, 1, 1000)):
         if number < below:
@@ -444,8 +493,10 @@ def _iso_ms(text: str) -> int | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    ms = round(moment.timestamp() * 1000)
-    return ms if ms > 0 else None
+    try:
+        return round(moment.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def _text(value: object, name: str) -> str:
@@ -458,13 +509,17 @@ def _text(value: object, name: str) -> str:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise SignalError(f'"{name}" is not valid text', f"send JSON like {EXAMPLE}") from None
+    if logs.has_control_characters(value.strip()):
+        raise SignalError(f'"{name}" holds control characters (line breaks, NUL or direction marks)',
+                          "send plain text")
     return value.strip()
 
 
-def _text_or_none(value: object, limit: int) -> str | None:
+def _text_or_none(value: object, limit: int, token: str) -> str | None:
     if not isinstance(value, str):
         return None
-    return value[:limit].encode("utf-8", "replace").decode("utf-8")
+    text = logs.escape_controls(redact(value, token))[:limit]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _quote(value: object) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import sqlite3
 import time
@@ -109,6 +110,7 @@ def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    create_private(path)
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode=WAL")
@@ -116,6 +118,37 @@ def open_db(path: str | Path) -> Database:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     return Database(conn)
+
+
+def create_private(path: str | Path) -> None:
+    """Create `path` empty with mode 0600 (the database holds the webhook token and the session key).
+
+    SQLite gives its -wal and -shm files the database's mode, so they are private too. An existing file
+    is left as it is.
+    """
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        return
+    os.chmod(path, 0o600)  # whatever the umask
+
+
+def is_writable(db: Database, timeout_ms: int = 1000) -> bool:
+    """Whether a write could start now: the write lock is free within `timeout_ms` and the file is writable."""
+    busy_timeout_ms = db.execute("PRAGMA busy_timeout").fetchone()[0]
+    db.execute(f"PRAGMA busy_timeout={int(timeout_ms)}")
+    try:
+        db.conn.execute("BEGIN IMMEDIATE")  # a read-only file takes the lock too: only a write tells
+        try:
+            version = db.conn.execute("PRAGMA user_version").fetchone()[0]
+            db.conn.execute(f"PRAGMA user_version={int(version)}")
+        finally:
+            db.conn.execute("ROLLBACK")
+        return True
+    except sqlite3.OperationalError:  # read-only file or folder, or locked longer than the timeout
+        return False
+    finally:
+        db.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
 
 
 def migrate(db: Database) -> list[str]:

@@ -128,11 +128,16 @@ def write_atomically(path: str | Path, text: str) -> None:
         os.close(directory)
 
 
-def versions(db: Database, limit: int = 50) -> list[StrategyVersion]:
-    """Saved versions, newest first."""
-    rows = db.execute("SELECT id, version, text, saved_at_ms FROM strategy_versions ORDER BY id DESC LIMIT ?",
-                      [limit]).fetchall()
+def versions(db: Database, limit: int = 50, offset: int = 0) -> list[StrategyVersion]:
+    """Saved versions, newest first: `limit` of them after skipping the `offset` newest."""
+    rows = db.execute("SELECT id, version, text, saved_at_ms FROM strategy_versions ORDER BY id DESC LIMIT ? OFFSET ?",
+                      [limit, offset]).fetchall()
     return [StrategyVersion(*row) for row in rows]
+
+
+def version_count(db: Database) -> int:
+    """How many versions are saved."""
+    return db.execute("SELECT count(*) FROM strategy_versions").fetchone()[0]
 
 
 def find_version(db: Database, version: str) -> StrategyVersion:

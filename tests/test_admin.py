@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -72,15 +73,31 @@ def test_login_opens_a_session_with_an_httponly_samesite_cookie(app, client, db)
     assert client.get("/").status_code == 200
 
 
-@pytest.mark.parametrize("target, expected", [("/admin/webhook", "/admin/webhook"), ("//evil.example/x", "/"),
-                                              ("https://evil.example/", "/"), ("/\\evil.example", "/")])
+@pytest.mark.parametrize("target, expected", [
+    ("/admin/webhook", "/admin/webhook"), ("/admin/algo/history?page=2", "/admin/algo/history?page=2"),
+    ("//evil.example/x", "/"), ("https://evil.example/", "/"), ("/\\evil.example", "/"),
+    ("/\t/evil.example", "/"), ("/\n/x", "/"), ("/\r\n/x", "/"), ("/\x00/x", "/"), (" //evil.example", "/"),
+    ("/ /evil.example", "/"), ("/\u202e/x", "/"), ("javascript:alert(1)", "/"), ("/%09/evil.example", "/%09/evil.example"),
+])
 def test_login_returns_only_to_pages_of_this_site(client, db, target, expected):
     from core import auth
 
     auth.set_password(db, OPERATOR_PASSWORD, 0)
     token = csrf_token_of(client.get("/login").data)
     answer = client.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token, "next": target})
-    assert answer.headers["Location"] == expected
+    assert answer.status_code == 302 and answer.headers["Location"] == expected
+
+
+@pytest.mark.parametrize("query", ["next=/%09/evil.example", "next=/%0a/x", "next=/%0d%0aSet-Cookie:%20x=1",
+                                   "next=%2F%2Fevil.example"])
+def test_the_login_page_never_carries_a_foreign_next_into_its_form(client, db, query):
+    from core import auth
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    page = client.get(f"/login?{query}")
+    assert page.status_code == 200
+    answer = client.post(f"/login?{query}", data={"password": OPERATOR_PASSWORD, "csrf_token": csrf_token_of(page.data)})
+    assert answer.status_code == 302 and answer.headers["Location"] == "/"
 
 
 def test_wrong_passwords_are_refused_then_rate_limited(client, db):
@@ -273,3 +290,240 @@ def test_validation_previews_what_the_text_would_have_done_over_the_stored_candl
     assert f"{expected.return_pct:+.2f} %" in fragment
     assert fragment.count("<circle") == 2 * len(expected.trades) - (expected.trades[-1].exit_time is None)
     assert 'id="preview"' not in validate(operator, "IF MA4 > MA9 THEN BUYY\n")
+
+
+class EndlessBody:
+    """A request body that counts what the app reads of it."""
+
+    def __init__(self):
+        self.read_bytes = 0
+
+    def read(self, size: int = -1) -> bytes:
+        size = 65536 if size is None or size < 0 else min(size, 65536)
+        self.read_bytes += size
+        return b"a" * size
+
+    def readline(self, size: int = -1) -> bytes:
+        return self.read(size)
+
+
+@pytest.mark.parametrize("path", ["/login", "/admin/algo", "/admin/algo/validate", "/logout", "/nowhere"])
+def test_a_body_over_1_mb_is_refused_before_it_is_read(operator, path):
+    body = EndlessBody()
+    answer = operator.post(path, content_type="application/x-www-form-urlencoded",
+                           environ_overrides={"wsgi.input": body, "CONTENT_LENGTH": str(200 << 20)})
+    assert answer.status_code in (413, 404) and body.read_bytes == 0
+    if path != "/nowhere":
+        assert answer.status_code == 413
+
+
+def test_a_body_of_1_mb_is_still_read(operator):
+    text = "IF CLOSE > 1 THEN BUY\n" + "# " + "x" * 90_000 + "\n"
+    answer = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 200
+
+
+def test_the_webhook_keeps_its_own_4_kb_limit_for_bodies_over_1_mb(client, db):
+    from core import signals
+
+    token = signals.webhook_token(db, None)
+    answer = client.post(f"/api/v1/external-signal/{token}", data=b"a" * (2 << 20), content_type="text/plain")
+    assert answer.status_code == 413 and "over 4096 bytes" in answer.json["error"]
+
+
+def _copy_of_session(app, browser):
+    """Another browser holding a copy of `browser`'s session cookie (what a thief would keep)."""
+    thief = app.test_client()
+    thief.set_cookie("session", browser.get_cookie("session").value)
+    return thief
+
+
+def test_a_cookie_copied_before_logout_opens_nothing_after_it(app, operator):
+    thief = _copy_of_session(app, operator)
+    assert thief.get("/admin/webhook").status_code == 200
+    operator.post("/logout", data={"csrf_token": operator.csrf_token})
+    assert thief.get("/admin/webhook").status_code == 302
+    assert thief.get("/api/v1/status").status_code == 401
+
+
+def test_a_new_password_ends_every_session_and_rotates_the_signing_key(app, operator, data_dir, monkeypatch):
+    from click.testing import CliRunner
+
+    from core import auth, store
+    from omniwise import set_password_command
+
+    thief = _copy_of_session(app, operator)
+    monkeypatch.chdir(data_dir)
+    with store.connect(data_dir / "omniwise.db") as db:
+        old_key = store.get_meta(db, auth.SIGNING_KEY)
+    result = CliRunner().invoke(set_password_command, input="a new password\n", env={"OMNIWISE_DATA_DIR": str(data_dir)})
+    assert result.exit_code == 0, result.output
+    with store.connect(data_dir / "omniwise.db") as db:
+        new_key = store.get_meta(db, auth.SIGNING_KEY)
+    assert new_key != old_key
+    assert thief.get("/admin/webhook").status_code == 302
+    assert operator.get("/admin/webhook").status_code == 302
+    assert app.secret_key == new_key  # the running app signs with the new key from its next request on
+    login = app.test_client()
+    token = csrf_token_of(login.get("/login").data)
+    assert login.post("/login", data={"password": "a new password", "csrf_token": token}).status_code == 302
+    assert login.get("/admin/webhook").status_code == 200
+
+
+@pytest.mark.parametrize("trust_proxy, is_secure", [(0, False), (1, True), (2, True)])
+def test_the_session_cookie_is_secure_behind_the_https_proxy(data_dir, db, trust_proxy, is_secure):
+    from core import auth
+    from core.config import Settings
+    from omniwise import create_app
+
+    auth.set_password(db, OPERATOR_PASSWORD, 0)
+    browser = create_app(Settings(data_dir=data_dir, trust_proxy=trust_proxy)).test_client()
+    token = csrf_token_of(browser.get("/login").data)
+    answer = browser.post("/login", data={"password": OPERATOR_PASSWORD, "csrf_token": token})
+    assert ("; Secure" in answer.headers["Set-Cookie"]) is is_secure
+
+
+@pytest.mark.parametrize("trust_proxy, remote, forwarded, warns", [
+    (0, "127.0.0.1", "203.0.113.7", True), (0, "::1", "203.0.113.7", True), (0, "127.0.0.1", None, False),
+    (0, "198.51.100.2", "203.0.113.7", False), (1, "127.0.0.1", "203.0.113.7", False),
+])
+def test_a_proxy_that_is_not_trusted_is_warned_about_once(data_dir, caplog, trust_proxy, remote, forwarded, warns):
+    from core.config import Settings
+    from omniwise import create_app
+
+    browser = create_app(Settings(data_dir=data_dir, trust_proxy=trust_proxy)).test_client()
+    headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+    for _ in range(3):
+        browser.get("/login", headers=headers, environ_base={"REMOTE_ADDR": remote})
+    warnings = [r for r in caplog.records if "OMNIWISE_TRUST_PROXY is 0" in r.getMessage()]
+    assert len(warnings) == (1 if warns else 0)
+
+
+READ_ONLY_PROBE = r"""
+import json, os, re, shutil, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from core import auth, store
+from core.config import Settings
+from omniwise import create_app
+
+data, mode = Path(sys.argv[2]), sys.argv[3]
+app = create_app(Settings(data_dir=data))
+with store.connect(data / "omniwise.db") as db:
+    auth.set_password(db, "pw", 0)
+browser = app.test_client()
+token = lambda page: re.search(r'name="csrf_token" value="([^"]+)"', page.get_data(as_text=True)).group(1)
+browser.post("/login", data={"password": "pw", "csrf_token": token(browser.get("/login"))})
+csrf = token(browser.get("/admin/algo"))
+worker = store.open_db(data / "omniwise.db")  # a running worker keeps the -wal and -shm files
+if mode == "unopenable":
+    worker.close()
+if mode == "files":
+    for path in data.iterdir():
+        os.chmod(path, 0o444)
+os.chmod(data, 0o555)
+health = browser.get("/healthz")
+save = browser.post("/admin/algo", data={"strategy": "IF CLOSE > 2 THEN BUY", "csrf_token": csrf})
+print(json.dumps({"health": [health.status_code, health.content_type, health.get_json()],
+                  "save": [save.status_code, save.get_data(as_text=True)],
+                  "strategy": (data / "strategy.txt").read_text()}))
+"""
+
+
+@pytest.mark.parametrize("mode", ["folder", "files", "unopenable"])
+def test_a_read_only_data_folder_gets_clear_answers_and_loses_nothing(tmp_path, mode):
+    """Run as an unprivileged user (root writes anywhere), so the folder really is read-only."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from tests.conftest import ROOT
+
+    folder = Path(tempfile.mkdtemp(prefix="omniwise-read-only-"))
+    data = folder / "data"
+    data.mkdir()
+    (data / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\n")
+    command = [sys.executable, "-c", READ_ONLY_PROBE, str(ROOT), str(data), mode]
+    if os.geteuid() == 0:
+        for path in (folder, data, data / "strategy.txt"):
+            os.chown(path, 65534, 65534)
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    try:
+        probe = subprocess.run(command, capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(folder)})
+    finally:
+        os.chmod(data, 0o755)
+        shutil.rmtree(folder, ignore_errors=True)
+    assert probe.returncode == 0, probe.stderr
+    answers = json.loads(probe.stdout.splitlines()[-1])
+    status, content_type, health = answers["health"]
+    assert (status, content_type, health["healthy"]) == (503, "application/json", False)
+    status, page = answers["save"]
+    assert status == 503 and "Not saved" in page or "cannot be used right now" in page
+    if mode != "unopenable":
+        assert "Not saved: cannot write" in page and "IF CLOSE &gt; 2 THEN BUY" in page  # the text is still there
+    assert answers["strategy"] == "IF MA4 > MA9 THEN BUY\n"
+
+
+def test_healthz_says_503_json_while_the_database_cannot_be_written(app, client, settings):
+    import sqlite3
+
+    holder = sqlite3.connect(settings.db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        answer = client.get("/healthz")
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer.status_code == 503 and answer.json["database_writable"] is False
+    assert client.get("/healthz").json["database_writable"] is True
+
+
+def _save_versions(db, count: int, lines: int = 1) -> list[str]:
+    """Record `count` versions (oldest first) of `lines` rules each; returns their versions."""
+    from core import store
+
+    saved = []
+    for n in range(count):
+        text = "\n".join(f"IF CLOSE > {n}.{line} THEN BUY" for line in range(lines)) + "\n"
+        with store.transaction(db):
+            db.execute("INSERT INTO strategy_versions(version, text, saved_at_ms) VALUES (?, ?, ?)",
+                       [strategies.version_of(text), text, n])
+        saved.append(strategies.version_of(text))
+    return saved
+
+
+@pytest.mark.parametrize("query, shown, says", [
+    ("", range(24, 14, -1), "page 1 of 3"), ("?page=2", range(14, 4, -1), "page 2 of 3"),
+    ("?page=3", range(4, -1, -1), "page 3 of 3"), ("?page=99", range(4, -1, -1), "page 3 of 3"),
+    ("?page=0", range(24, 14, -1), "page 1 of 3"), ("?page=x", range(24, 14, -1), "page 1 of 3"),
+])
+def test_history_shows_ten_versions_a_page_newest_first(operator, db, query, shown, says):
+    saved = _save_versions(db, 25)
+    page = operator.get(f"/admin/algo/history{query}").get_data(as_text=True)
+    assert re.findall(r'id="v-([0-9a-f]{12})"', page) == [saved[n] for n in shown]
+    assert says in page
+    assert ('rel="next"' in page) is (says != "page 3 of 3") and ('rel="prev"' in page) is (says != "page 1 of 3")
+
+
+def test_history_of_large_versions_shows_their_start_and_links_the_whole_text(operator, db):
+    (version,) = _save_versions(db, 1, lines=4000)  # about 100,000 characters
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert len(page) < 60_000 and "3800 more lines" in page
+    whole = operator.get(f"/admin/algo/history/{version}.txt")
+    assert whole.status_code == 200 and whole.get_data(as_text=True).count("\n") == 4000
+    assert operator.get("/admin/algo/history/ffffffffffff.txt").status_code == 404
+
+
+def test_history_shows_control_characters_of_a_version_as_escapes(operator, db):
+    from core import store
+
+    text = "IF CLOSE > 1 THEN BUY # \u202eyub\x1b[2J\n"
+    with store.transaction(db):
+        db.execute("INSERT INTO strategy_versions(version, text, saved_at_ms) VALUES (?, ?, ?)",
+                   [strategies.version_of(text), text, 0])
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert "\u202e" not in page and "\x1b" not in page
+    assert "# \\u202eyub\\x1b[2J" in page

@@ -58,6 +58,34 @@ def test_a_good_login_forgets_the_addresses_failures(db):
     assert not auth.log_in(db, "wrong", "10.0.0.1", NOW_MS)  # counting starts again, not refused
 
 
+def test_concurrent_wrong_passwords_check_exactly_the_allowed_number(settings, db, monkeypatch):
+    import threading
+
+    auth.set_password(db, "right", NOW_MS)
+    checked = []
+    check = auth.check_password_hash
+    monkeypatch.setattr(auth, "check_password_hash", lambda *args: checked.append(1) or check(*args))
+    start = threading.Barrier(30)
+    outcomes = []
+
+    def attempt() -> None:
+        connection = store.open_db(settings.db_path)
+        start.wait()
+        try:
+            outcomes.append(auth.log_in(connection, "wrong", "10.0.0.9", NOW_MS))
+        except auth.TooManyAttempts:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(30)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert (len(checked), outcomes.count(False), outcomes.count("refused")) == (auth.MAX_FAILURES, 5, 25)
+
+
 @pytest.mark.parametrize("expected, given, is_valid", [
     ("abc", "abc", True),
     ("abc", "abd", False),
@@ -102,3 +130,34 @@ def test_set_password_reads_standard_input(tmp_path):
         assert auth.is_password_right(db, "new one")
     empty = run_cli(tmp_path / "data", "set-password", stdin="\n")
     assert empty.returncode == 1 and "must not be empty" in empty.stderr
+
+
+def test_thirty_concurrent_wrong_passwords_on_the_real_server_get_five_checked(tmp_path):
+    import re
+    import threading
+    from urllib.parse import urlencode
+
+    from tests.processes import Server
+
+    server = Server(tmp_path, OMNIWISE_ADMIN_PASSWORD="the-right-one").start()
+    try:
+        _, headers, page = server.request("GET", "/login")
+        cookie = headers["Set-Cookie"].split(";")[0]
+        token = re.search(rb'name="csrf_token" value="([^"]+)"', page).group(1).decode()
+        body = urlencode({"password": "wrong", "csrf_token": token})
+        start = threading.Barrier(30)
+        statuses = []
+
+        def attempt() -> None:
+            start.wait()
+            statuses.append(server.request("POST", "/login", body, {
+                "Cookie": cookie, "Content-Type": "application/x-www-form-urlencoded"})[0])
+
+        threads = [threading.Thread(target=attempt) for _ in range(30)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        server.kill()
+    assert (statuses.count(401), statuses.count(429)) == (auth.MAX_FAILURES, 30 - auth.MAX_FAILURES)

@@ -73,3 +73,24 @@ def test_retention_drops_old_rows_but_keeps_what_trading_needs(db, monkeypatch):
     assert [r[0] for r in db.execute("SELECT id FROM decisions ORDER BY id")] == [1, 3]  # 1 has an order
     assert db.execute("SELECT id FROM external_signals").fetchall() == [(2,)]  # the newest accepted stays
     assert maintenance.prune(db, "XRPETH", NOW, Retention())["candles"] == 0  # nothing more to do
+
+
+def test_the_database_and_its_backups_are_private_to_their_owner(tmp_path):
+    import os
+    import stat
+
+    from core import store
+    from core.maintenance import backup
+
+    previous = os.umask(0o022)
+    try:
+        with store.connect(tmp_path / "data" / "omniwise.db") as db:
+            db.execute("CREATE TABLE t (x)")
+            db.execute("INSERT INTO t VALUES (1)")
+            backup(tmp_path / "data" / "omniwise.db", tmp_path / "backups" / "copy.db")
+            files = [tmp_path / "data" / name for name in ("omniwise.db", "omniwise.db-wal", "omniwise.db-shm")]
+            files.append(tmp_path / "backups" / "copy.db")
+            modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in files}
+    finally:
+        os.umask(previous)
+    assert modes == dict.fromkeys(modes, 0o600)

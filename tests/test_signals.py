@@ -8,6 +8,7 @@ import itertools
 import json
 import logging
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import yaml
@@ -82,7 +83,7 @@ def test_webhook_reads_signal_words_and_tradingview_placeholders(client, db, clo
     ("2023-11-14T22:13:20Z", 1_700_000_000_000),           # {{timenow}}
     ("2023-11-14T23:13:20.5+01:00", 1_700_000_000_500),    # ISO-8601 with an offset
     ("2023-11-14T22:13:20", 1_700_000_000_000),            # no zone: UTC
-    (12345678, 12_345_678_000),                            # the example value, in seconds
+    ("946684800", 946_684_800_000),                         # 2000-01-01, the earliest time taken
     (None, NOW_MS),                                        # absent: the arrival time
     ("", NOW_MS),
     (1_700_000_290, 1_700_000_290_000),                    # a little ahead of our clock is skew
@@ -238,6 +239,8 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
     pytest.param(dict(body="=&=", content_type="application/x-www-form-urlencoded"), 400, '"signal"', True,
                  id="form without signal"),
     pytest.param(dict(body={"timestamp": 1_700_000_000}), 400, 'no "signal"', True, id="no signal"),
+    pytest.param(dict(body="signal=BUY" + "&x=1" * 50, content_type="application/x-www-form-urlencoded"), 400,
+                 "more than 50 fields", True, id="form of 51 fields"),
     pytest.param(dict(body={"signal": "hold"}), 400, "not BUY or SELL", True, id="unknown word"),
     pytest.param(dict(body={"signal": 1}), 400, "not BUY or SELL", True, id="number signal"),
     pytest.param(dict(body={"signal": "{{strategy.order.action}}"}), 400, "not replaced", True, id="raw placeholder"),
@@ -248,6 +251,26 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
     pytest.param(dict(body='{"signal": "BUY", "timestamp": NaN}'), 400, "usable JSON", True, id="NaN time"),
     pytest.param(dict(body='{"signal": "BUY", "timestamp": 1e999}'), 400, "not a time", True, id="infinite time"),
     pytest.param(dict(body={"signal": "BUY", "timestamp": 1_700_000_400}), 400, "ahead", True, id="future time"),
+    pytest.param(dict(body='{"signal": "BUY", "timestamp": ' + "9" * 400 + "}"), 400, "not a time", True,
+                 id="400-digit time"),
+    pytest.param(dict(body={"signal": "BUY", "timestamp": "9" * 400}), 400, "not a time", True,
+                 id="400-digit time as text"),
+    pytest.param(dict(body={"signal": "BUY", "timestamp": 12345678}), 400, "before 2000-01-01", True,
+                 id="1970 in seconds"),
+    pytest.param(dict(body={"signal": "BUY", "timestamp": 946_684_799_999}), 400, "before 2000-01-01", True,
+                 id="just before 2000 in ms"),
+    pytest.param(dict(body={"signal": "BUY", "timestamp": "1970-01-02T00:00:00Z"}), 400, "before 2000-01-01", True,
+                 id="1970 in ISO"),
+    pytest.param(dict(body={"signal": "BUY", "timestamp": "0001-01-01T00:00:00+14:00"}), 400, "", True,
+                 id="year 1 with a zone"),
+    pytest.param(dict(body={**BUY, "symbol": "{{ticker}}"}), 400, 'the symbol is the placeholder "{{ticker}}"', True,
+                 id="ticker placeholder"),
+    pytest.param(dict(body={**BUY, "ticker": "{{ticker}}"}), 400, "placeholder", True, id="ticker field placeholder"),
+    pytest.param(dict(body={**BUY, "source": "tv\n2026-01-01 CRITICAL omniwise.alerts: forged"}), 400,
+                 "control characters", True, id="newline in source"),
+    pytest.param(dict(body={**BUY, "source": "tv\u202egnp.exe"}), 400, "control characters", True,
+                 id="bidi override in source"),
+    pytest.param(dict(body={**BUY, "symbol": "BTC\u0000USDT"}), 400, "control characters", True, id="NUL in symbol"),
     pytest.param(dict(body={"signal": "BUY", "source": 7}), 400, '"source" must be a string', True, id="number source"),
     pytest.param(dict(body='{"signal": "BUY", "source": "\\ud800"}'), 400, "not valid text", True, id="surrogate"),
     pytest.param(dict(body="[" * 2000 + "]" * 2000), 400, "JSON", True, id="deep nesting"),
@@ -273,6 +296,41 @@ def test_webhook_refuses_bad_requests_with_a_json_reason(client, db, clock, kwar
         assert len(row["raw_body"]) <= signals.MAX_BODY_BYTES
     else:
         assert rows == []
+
+
+def test_refused_fields_with_control_characters_are_stored_escaped(client, db, clock):
+    source = "tv\n2026-01-01T00:00:00+0000 CRITICAL omniwise.alerts: HEARTBEAT FAILURE: forged\u202e\x00"
+    assert post(client, {**BUY, "source": source}).status_code == 400
+    (row,) = ledger(db)
+    assert row["source"] == "tv\\n2026-01-01T00:00:00+0000 CRITICAL omniwise.alerts: HEARTBEAT FAILURE: forged\\u202e\\x00"
+
+
+@pytest.mark.parametrize("body, content_type", [
+    pytest.param({**BUY, "source": f"tv {TOKEN}"}, "application/json", id="source"),
+    pytest.param({**BUY, "symbol": f"BTCUSDT{TOKEN}"}, "application/json", id="symbol"),
+    pytest.param({**BUY, "ticker": TOKEN}, "application/json", id="ticker"),
+    pytest.param({"signal": "X" * 30 + TOKEN}, "application/json", id="echo of a wrong signal"),
+    pytest.param({"signal": "X" * 30 + TOKEN, "source": TOKEN, "timestamp": TOKEN}, "application/json",
+                 id="every field"),
+    pytest.param('{"signal": "BUY", "source": "' + "".join(f"\\u{ord(c):04x}" for c in TOKEN) + '"}',
+                 "text/plain", id="JSON escapes"),
+    pytest.param('{"signal": "BUY", "note": "' + "".join(f"\\u{ord(c):04x}" for c in TOKEN) + '"',
+                 "text/plain", id="JSON escapes in broken JSON"),
+    pytest.param("signal=BUY&source=" + "".join(f"%{ord(c):02X}" for c in TOKEN), "application/x-www-form-urlencoded",
+                 id="percent-encoding"),
+    pytest.param("signal=BUY&x=" + TOKEN[:5] + "".join(f"%{ord(c):02x}" for c in TOKEN[5:]),
+                 "application/x-www-form-urlencoded", id="partly percent-encoded"),
+])
+def test_the_token_never_reaches_the_ledger_the_answer_or_the_log(client, db, clock, caplog, body, content_type):
+    caplog.set_level(logging.DEBUG)
+    response = post(client, body, content_type=content_type)
+    assert response.status_code < 500
+    (row,) = ledger(db)
+    for stored in (str(value) for value in row.values()):  # also where escapes or percent-encoding hide it
+        for decoded in (stored, unquote(stored), stored.encode("ascii", "backslashreplace").decode("unicode_escape")):
+            assert TOKEN not in decoded and TOKEN not in unquote(decoded)
+    assert TOKEN not in response.text
+    assert TOKEN not in caplog.text and TOKEN[:6] not in caplog.text
 
 
 def test_body_of_exactly_4096_bytes_is_accepted(client, db, clock):
@@ -354,7 +412,7 @@ def test_unexpected_error_under_api_answers_json_500(settings):
 
     client = app.test_client()
     with client.session_transaction() as session:  # every route but the webhook needs the operator's login
-        session.update(operator=True, csrf_token="form-token")
+        session.update(operator=True, generation="0", csrf_token="form-token")  # a fresh database's generation
     response = client.post("/api/v1/boom", headers={"X-CSRF-Token": "form-token"})
     assert response.status_code == 500
     assert response.is_json and "boom" not in response.text
@@ -486,6 +544,21 @@ def test_token_is_generated_at_first_start_kept_and_printed_by_init(data_dir, mo
     assert post(client).status_code == 401  # TOKEN is not configured here
 
 
+def test_init_prints_the_token_only_when_it_creates_it(data_dir, monkeypatch):
+    from omniwise import init_command
+
+    monkeypatch.chdir(data_dir)
+    env = {"OMNIWISE_DATA_DIR": str(data_dir), "OMNIWISE_WEBHOOK_TOKEN": ""}
+    first = CliRunner().invoke(init_command, env=env)
+    with store.connect(data_dir / "omniwise.db") as db:
+        token = store.get_meta(db, "webhook_token")
+    again = CliRunner().invoke(init_command, env=env)  # systemd's ExecStartPre, on every restart
+    configured = CliRunner().invoke(init_command, env={**env, "OMNIWISE_WEBHOOK_TOKEN": TOKEN})
+    assert token in first.output
+    assert again.exit_code == 0 and token not in again.output and "Webhook page" in again.output
+    assert configured.exit_code == 0 and TOKEN not in configured.output and token not in configured.output
+
+
 def test_configured_token_wins_over_the_generated_one(data_dir, db):
     generated = signals.webhook_token(db, None)
     assert signals.webhook_token(db, "mine") == "mine"
@@ -496,8 +569,12 @@ def test_configured_token_wins_over_the_generated_one(data_dir, db):
 
 _WORDS = st.sampled_from(["BUY", "sell", "long", "flat", "short", "hold", "{{strategy.order.action}}", TOKEN,
                           "BINANCE:BTCUSDT.P", "ETHUSDT", "2023-11-14T22:13:20Z", "1700000000", ""])
+_CONTROLS = st.sampled_from(["\n", "\r", "\x00", "\x1b[31m", "\u202e", "\u2066", "\u2028", "\x85"])
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), _WORDS,
-                     st.text(st.characters(blacklist_categories=()), max_size=20))
+                     st.text(st.characters(blacklist_categories=()), max_size=20),
+                     st.integers(min_value=-10**400, max_value=10**400),  # huge numbers, past any float
+                     st.text("0123456789", min_size=300, max_size=1200),
+                     st.lists(st.one_of(_WORDS, _CONTROLS), min_size=2, max_size=6).map("".join))
 _VALUES = st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3),
                     st.dictionaries(st.text(max_size=5), _SCALARS, max_size=3))
 _KEYS = st.one_of(st.sampled_from(["signal", "timestamp", "source", "symbol", "ticker", "token", "passphrase",
@@ -526,8 +603,8 @@ _CONTENT_TYPES = st.one_of(st.none(), st.just("text/plain"), _HEADER_TEXT, st.sa
        header_token=st.one_of(st.none(), st.just(TOKEN), _HEADER_TEXT),
        query_token=st.one_of(st.none(), st.just(TOKEN), st.text(max_size=10)),
        method=st.sampled_from(["POST"] * 8 + ["GET", "PUT"]))
-def test_no_body_content_type_or_header_gives_a_5xx(client, clock, body, content_type, url, header_token, query_token,
-                                                    method):
+def test_no_body_content_type_or_header_gives_a_5xx(client, db, clock, body, content_type, url, header_token,
+                                                    query_token, method):
     headers = {} if header_token is None else {"X-Omniwise-Token": header_token}
     if content_type is not None:
         headers["Content-Type"] = content_type
@@ -536,6 +613,9 @@ def test_no_body_content_type_or_header_gives_a_5xx(client, clock, body, content
     assert response.status_code < 500
     assert response.is_json and ("error" in response.json or response.json["id"] > 0)
     assert TOKEN not in response.text
+    leaks = db.execute("SELECT count(*) FROM external_signals WHERE instr(coalesce(source, '') || "
+                       "coalesce(symbol, '') || coalesce(raw_body, '') || outcome, ?)", [TOKEN]).fetchone()[0]
+    assert leaks == 0
 
 
 # -- the description and the boundary ------------------------------------------------------------

@@ -100,3 +100,32 @@ def test_every_acknowledged_signal_survives_a_sigkill_under_load(tmp_path):
     missing = {id_: sent for id_, sent in acknowledged.items() if stored.get(id_) != sent}
     assert len(acknowledged) >= 300 and not missing
     assert status == 200
+
+
+def test_a_locked_database_is_answered_503_within_2_5_s_even_under_a_burst(server):
+    """Another process holds the write lock (a long backup, a stuck writer): every sender hears back in time."""
+    import sqlite3
+    import time
+
+    holder = sqlite3.connect(server.data_dir / "omniwise.db", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    answers: list[tuple[float, int, str | None]] = []
+
+    def send(n: int) -> None:
+        started = time.monotonic()
+        status, headers, _ = server.request("POST", f"{URL}/{TOKEN}",
+                                            json.dumps({"signal": "BUY", "timestamp": 1_700_000_500_000 + n}))
+        answers.append((time.monotonic() - started, status, headers.get("Retry-After")))
+
+    try:  # twice the server's threads (2 workers x 4): the later ones queue behind the first
+        senders = [threading.Thread(target=send, args=(n,)) for n in range(16)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert len(answers) == 16 and {(status, bool(retry)) for _, status, retry in answers} == {(503, True)}
+    assert max(seconds for seconds, _, _ in answers) < 2.5, sorted(answers)
+    assert server.post_signal("SELL", 1_700_000_600_000)["accepted"]  # the lock gone, signals go in at once
