@@ -23,6 +23,17 @@ from core.dsl import Action, Distance, Risk
 
 RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL = "rule", "stop_loss", "take_profit", "trailing_stop", "manual"
 REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL)  # codes 0..4 in find_trades' arrays
+STATEMENT_TITLES = {STOP_LOSS: "STOP LOSS", TAKE_PROFIT: "TAKE PROFIT", TRAILING_STOP: "TRAILING STOP"}
+REASON_WORDS = {RULE: "rule", STOP_LOSS: "stop loss", TAKE_PROFIT: "take profit", TRAILING_STOP: "trailing stop",
+                MANUAL: "hand"}
+# decisions.reason -> the exit reason of the trade its SELL order ended
+DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, STOP_LOSS: STOP_LOSS,
+                         TAKE_PROFIT: TAKE_PROFIT, TRAILING_STOP: TRAILING_STOP}
+
+
+def exit_reason(decision_reason: str | None) -> str:
+    """The exit reason of a trade closed by an order of a decision with this `reason`."""
+    return DECISION_EXIT_REASONS.get(decision_reason or "", MANUAL)
 _NAN = float("nan")
 _ROUND_ELEMENTS = 1 << 20  # candles looked at per vectorised round, over all open trades
 _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more each round after
@@ -214,6 +225,9 @@ def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit) -> Tra
     if scalar:
         for key, column in zip(out, zip(*scalar)):
             out[key].append(np.array(column, dtype=np.int8 if key == "reason" else None))
+    if not out["decision"]:
+        none = np.zeros(0, dtype=np.int64)
+        return TradeArrays(none, np.zeros(0), none, np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
     decision = np.concatenate(out["decision"])
     order = np.argsort(decision, kind="stable")
     entry_index, entry_price = _entry_fill(candles, decision[order], fill)

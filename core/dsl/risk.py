@@ -153,7 +153,6 @@ def _size(tokens: _Tokens) -> float:
 
 
 def _amount(tokens: _Tokens, kind: str) -> Distance:
-    start = tokens.peek()[2]
     value, column, negative = _number(tokens, kind)
     token = tokens.take()
     if token[0] == "symbol" and token[1] == "%":
@@ -172,8 +171,7 @@ def _amount(tokens: _Tokens, kind: str) -> Distance:
         period = _atr(tokens, kind)
         return Distance(multiple=value, atr_period=period, text=f"{value:g} * ATR({period})")
     found = "the line ends" if token[0] == "end" else f"found {token[1]!r}"
-    raise _Problem(token[2] if token[0] != "end" else start,
-                   f"expected % or * ATR(n) after the number ({found}), e.g. {_EXAMPLES[kind]}")
+    raise _Problem(token[2], f"expected % or * ATR(n) after the number ({found}), e.g. {_EXAMPLES[kind]}")
 
 
 def _atr(tokens: _Tokens, kind: str) -> int:
