@@ -9,6 +9,7 @@ vectorised with numpy, so a million candles take a fraction of a second.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 import warnings
@@ -210,16 +211,22 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
         f"  buy and hold  {result.buy_hold_return_pct:+.2f} %",
         f"  max drawdown  {result.max_drawdown_pct:.2f} %",
         f"  exposure      {result.exposure_pct:.1f} % of candles long",
-        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only",
+        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
+        + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
+    reasons = collections.Counter(t.exit_reason for t in result.trades if t.exit_reason)
+    if reasons:
+        lines.append("  exits by      " + ", ".join(f"{reason.replace('_', ' ')} {count:,}"
+                                                   for reason, count in sorted(reasons.items())))
     if result.trades:
         lines += ["", f"  last {min(last_trades, len(result.trades))} trades:",
-                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"]
+                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"
+                  f"  exit by"]
         for t in result.trades[-last_trades:]:
             exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
             exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
             lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
-                         f"{t.return_pct:>+8.2f}%")
+                         f"{t.return_pct:>+8.2f}%  {(t.exit_reason or '').replace('_', ' ')}")
     return "\n".join(lines)
 
 
@@ -243,26 +250,46 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     low, high = float(np.min(close)), float(np.max(close))
     times = candles["open_time_ms"]
 
-    def marker(time_ms: int, price: float, colour: str) -> str:
+    def marker(time_ms: int, price: float, colour: str, reason: str | None = None) -> str:
         i = int(np.searchsorted(times, time_ms))
         x = i / max(n - 1, 1) * (width - 20) + 10
         y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
-        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
+        return _marker_shape(reason, x, y, colour)
 
     marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
-    marks += [marker(t.exit_time, t.exit_price, "#b42318") for t in result.trades if t.exit_time is not None]
+    marks += [marker(t.exit_time, t.exit_price, "#b42318", t.exit_reason) for t in result.trades
+              if t.exit_time is not None]
+    reasons = sorted({t.exit_reason for t in result.trades} - {None, "rule"})
+    legend = " · ".join(f"{_MARKER_WORDS[r]} {r.replace('_', ' ')}" for r in reasons)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="{height - 4}">equity {result.return_pct:+.2f} % · buy and hold '
-        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades</text>',
+        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades'
+        f'{" · exits: " + legend if legend else ""}</text>',
         f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
         *marks,
         f'<path d="{path(result.equity, price_h + 30, equity_h - 20)}" fill="none" stroke="#2563eb" '
         f'stroke-width="1.2"/>',
         "</svg>",
     ])
+
+
+# One shape per exit reason, so the chart tells a stop from a rule's exit at a glance.
+_MARKER_WORDS = {"stop_loss": "■", "take_profit": "▲", "trailing_stop": "◆"}
+
+
+def _marker_shape(reason: str | None, x: float, y: float, colour: str) -> str:
+    if reason == "stop_loss":
+        return f'<rect class="exit-stop_loss" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}"/>'
+    if reason == "take_profit":
+        return (f'<polygon class="exit-take_profit" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y + 3:.1f} '
+                f'{x - 4:.1f},{y + 3:.1f}" fill="#b54708"/>')
+    if reason == "trailing_stop":
+        return (f'<polygon class="exit-trailing_stop" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y:.1f} {x:.1f},'
+                f'{y + 4:.1f} {x - 4:.1f},{y:.1f}" fill="#7a2e0e"/>')
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
 
 
 def _utc(time_ms: int) -> str:

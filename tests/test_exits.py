@@ -447,3 +447,63 @@ def test_a_risk_exit_is_alerted_and_explains_the_following_mismatch(db, paper_tr
                    "VALUES (?, 'TradingView', 'BUY', ?, 'XRPETH', 'accepted')", [T0, T0])
     verdict = heartbeat.check_position(db, trader.broker, "XRPETH", now_ms, heartbeat.HeartbeatSettings(grace_s=0))
     assert verdict.state == heartbeat.MISMATCH and "exited by stop loss" in verdict.reason
+
+
+# -- where the exit reason is shown ---------------------------------------------------------------------
+
+def store_ethbtc(db, symbol, candles):
+    columns = [candles[k].tolist() for k in ("open_time_ms", "open", "high", "low", "close", "volume")]
+    with db.conn:
+        db.conn.executemany("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, 0, 0, 0)",
+                            [(symbol, t, o, h, lo, c, v, t + 59_999) for t, o, h, lo, c, v in zip(*columns)])
+
+
+def validate(operator, text):
+    answer = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def test_editor_preview_marks_each_exit_reason_with_its_own_shape(operator, settings, db, ethbtc):
+    from core.backtest import preview
+
+    store_ethbtc(db, settings.symbol, ethbtc)
+    text = SEED + "STOP LOSS 0.3%\nTAKE PROFIT 0.4%\nTRAILING STOP 0.5%\n"
+    expected = preview(db, settings.symbol, compile_strategy(text), settings.fee_rate).result
+    reasons = Counter(t.exit_reason for t in expected.trades)
+    in_table = Counter(t.exit_reason for t in expected.trades[-5:])  # the table's "why" cells carry the class too
+    fragment = validate(operator, text)
+    for reason in ("stop_loss", "take_profit", "trailing_stop"):
+        assert reasons[reason] > 0
+        assert fragment.count(f'class="exit-{reason}"') == reasons[reason] + in_table[reason], reason
+    assert fragment.count("<circle") == len(expected.trades) + reasons["rule"]  # entries and rule exits
+    last = expected.trades[-1]
+    assert f'<td class="exit-{last.exit_reason or "open"}">{(last.exit_reason or "").replace("_", " ")}</td>' in fragment
+
+
+def test_editor_reports_bad_risk_statements_with_line_and_column(operator):
+    fragment = validate(operator, "IF MA4 > MA9 THEN BUY\nSTOP LOSS 2%\nSTOP LOSS 3%\nSIZE 0%\n")
+    assert 'data-error-lines="3 4"' in fragment
+    assert "line 3, column 1</a>: STOP LOSS is already set on line 2" in fragment
+    assert "line 4, column 6</a>: SIZE must be more than 0 %" in fragment
+
+
+def test_dashboard_activity_says_which_level_ended_the_trade(operator, db, paper_trader):
+    trader = paper_trader("IF CLOSE > 100 THEN BUY\nTRAILING STOP 2%\n")
+    trader.on_tick(tick(0, 1, 101.0))
+    trader.on_tick(tick(1, 0, 100.0))
+    trader.on_tick(tick(1, 9, 97.0))
+    page = operator.get("/").get_data(as_text=True)
+    assert '<em class="exit-trailing_stop">exit by trailing stop</em> <code>TRAILING STOP 2%</code>' in page
+
+
+def test_backtest_report_counts_exits_by_reason(ethbtc):
+    from core.backtest import format_report
+
+    result = run_backtest(ethbtc, compile_strategy(SEED + "STOP LOSS 0.3%\nSIZE 50%\n"))
+    reasons = Counter(t.exit_reason for t in result.trades if t.exit_reason)
+    report = format_report(result, "title", ethbtc)
+    assert f"exits by      rule {reasons['rule']:,}, stop loss {reasons['stop_loss']:,}" in report
+    assert "50 % of equity per entry" in report
+    last = result.trades[-2]
+    assert report.splitlines()[-2].endswith(last.exit_reason.replace("_", " "))
