@@ -87,14 +87,12 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     returns = ((np.concatenate((ratios, open_return)) - 1) * 100).tolist()
     times = candles["open_time_ms"]
     fill_times = times if fill == "next-open" else _close_times(candles)
-    entry_times = fill_times[entries].tolist()
     exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
-                          fill_times[found.exit_index]).tolist()
-    trades = [Trade(entry_time, entry_price, exit_time if is_closed else None,
-                    exit_price if is_closed else None, ret, exits.REASONS[code] if is_closed else None)
-              for entry_time, entry_price, exit_time, exit_price, is_closed, ret, code in zip(
-                  entry_times, entry_prices.tolist(), exit_times, found.exit_price.tolist(), closed.tolist(),
-                  returns, found.exit_reason.tolist())]
+                          fill_times[found.exit_index])
+    reasons = np.array(exits.REASONS + (None,), dtype=object)[found.exit_reason]  # code -1 (open) -> None
+    trades = list(map(Trade, fill_times[entries].tolist(), entry_prices.tolist(),
+                      np.where(closed, exit_times, None).tolist(), np.where(closed, found.exit_price, None).tolist(),
+                      returns, reasons.tolist()))
     in_market = _holding(n, entries, exits_at)
     return BacktestResult(
         trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100,
