@@ -507,3 +507,84 @@ def test_backtest_report_counts_exits_by_reason(ethbtc):
     assert "50 % of equity per entry" in report
     last = result.trades[-2]
     assert report.splitlines()[-2].endswith(last.exit_reason.replace("_", " "))
+
+
+# -- backtrader, where its orders can say the same thing ---------------------------------------------------
+
+def test_backtrader_stop_and_limit_orders_give_the_same_exits(tmp_path, ethbtc):
+    """backtrader with cheat-on-open: the entry, a Stop sell at E·(1−p) and a Limit sell at E·(1+q) (one
+    cancels the other) are placed at the entry candle's open, so the levels are checked from the entry
+    candle on, as ours. Differences written down in the README: backtrader tries the stop before the
+    limit (ours: a gap up through the target wins even if the low then reaches the stop), and its
+    StopTrail trails the close, not the highs, so the trailing stop is not compared here."""
+    bt = pytest.importorskip("backtrader")
+    import datetime
+
+    csv_path = tmp_path / "ethbtc.csv"
+    columns = [ethbtc["open_time_ms"] // 1000] + [ethbtc[k] for k in ("open", "high", "low", "close", "volume")]
+    with open(csv_path, "w") as out:
+        out.writelines(",".join(map(repr, row)) + "\n" for row in zip(*(c.tolist() for c in columns)))
+    stop_share, target_share = 0.003, 0.004
+    fills = []
+
+    class Seed(bt.Strategy):
+        def __init__(self):
+            self.fast, self.slow = bt.ind.SMA(period=4), bt.ind.SMA(period=9)
+            self.wanted, self.blocked, self.exits = None, False, []
+
+        def next(self):
+            fast, slow = self.fast[0], self.slow[0]
+            tolerance = 1e-10 * max(abs(fast), abs(slow))
+            buy = fast - slow > tolerance and self.data.close[0] - self.data.open[0] > 1e-10 * self.data.open[0]
+            sell = slow - fast > tolerance
+            if not buy:
+                self.blocked = False
+            if buy and not self.position and not self.blocked:
+                self.wanted = "BUY"
+            elif sell and self.position:
+                self.wanted = "SELL"
+
+        def next_open(self):
+            if self.wanted == "BUY":
+                entry = self.data.open[0]
+                size = self.broker.getcash() / entry * 0.98
+                self.buy(size=size, exectype=bt.Order.Market)
+                stop = self.sell(size=size, exectype=bt.Order.Stop, price=entry * (1 - stop_share))
+                target = self.sell(size=size, exectype=bt.Order.Limit, price=entry * (1 + target_share), oco=stop)
+                self.exits = [stop, target]
+            elif self.wanted == "SELL":
+                for order in self.exits:
+                    self.cancel(order)
+                self.exits = []
+                self.close(exectype=bt.Order.Market)
+            self.wanted = None
+
+        def notify_order(self, order):
+            if order.status != order.Completed:
+                return
+            when = int(bt.num2date(order.executed.dt).replace(tzinfo=datetime.timezone.utc).timestamp() * 1000)
+            reason = {bt.Order.Stop: "stop_loss", bt.Order.Limit: "take_profit"}.get(order.exectype, "rule")
+            if order.issell() and reason != "rule":
+                self.blocked, self.exits = True, []
+            fills.append(("BUY" if order.isbuy() else "SELL", order.executed.price, when, reason))
+
+    cerebro = bt.Cerebro(stdstats=False, cheat_on_open=True)
+    cerebro.adddata(bt.feeds.GenericCSVData(dataname=str(csv_path), dtformat=1, datetime=0, open=1, high=2, low=3,
+                                            close=4, volume=5, openinterest=-1, timeframe=bt.TimeFrame.Minutes))
+    cerebro.addstrategy(Seed)
+    cerebro.broker.setcash(1e12)
+    cerebro.broker.set_coo(True)
+    cerebro.broker.setcommission(commission=0.001)
+    cerebro.run()
+    text = "IF MA4 > MA9 AND CLOSE > OPEN THEN BUY\nIF MA4 < MA9 THEN SELL\nSTOP LOSS 0.3%\nTAKE PROFIT 0.4%\n"
+    ours = run_backtest(ethbtc, compile_strategy(text))
+    theirs = []
+    for side, price, when, reason in fills:
+        if side == "BUY":
+            theirs.append([when, round(price, 8), None, None, None])
+        else:
+            theirs[-1][2:] = [when, round(price, 8), reason]
+    expected = [[t.entry_time, round(t.entry_price, 8), t.exit_time,
+                 None if t.exit_price is None else round(t.exit_price, 8), t.exit_reason] for t in ours.trades]
+    assert theirs == expected
+    assert Counter(t[4] for t in expected)["stop_loss"] > 100 and Counter(t[4] for t in expected)["take_profit"] > 50
