@@ -227,10 +227,17 @@ class Trader:
             position = self.broker.position()
         except brokers.BrokerError:
             return
-        if position.side == "long" and not self.open_trade.is_open and position.entry_price:
-            self.open_trade.enter(position.entry_price, self._atr(policy))
+        if position.side == "long" and not self.open_trade.is_open:
+            entry = position.entry_price or self._last_buy_price()  # spot accounts have no entry price
+            if entry:
+                self.open_trade.enter(entry, self._atr(policy))
         elif position.side != "long" and self.open_trade.is_open:
             self.open_trade.close()
+
+    def _last_buy_price(self) -> float | None:
+        row = self.db.execute("SELECT price FROM orders WHERE symbol = ? AND side = 'BUY' AND status = 'filled' "
+                              "ORDER BY id DESC LIMIT 1", [self.symbol]).fetchone()
+        return row[0] if row else None
 
     def _risk_exit(self, policy: Policy, reason: str, price: float, minute_ms: int, time_ms: int,
                    now_ms: int) -> tuple[dict, list[dict]]:
