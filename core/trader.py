@@ -279,7 +279,8 @@ class Trader:
         with store.transaction(self.db):
             order, filled = self._risk_exit(policy, *hit, minute_ms, tick.time_ms, now_ms)
             open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
-            brokers.save_position(self.db, self.broker.position(), now_ms)
+            if filled:
+                brokers.save_position(self.db, self.broker.position(), now_ms)
         if order.get("status") != "filled":
             self.broker.execute(order)
         for fill in filled:
