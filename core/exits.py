@@ -291,47 +291,62 @@ def _vector_round(candles, risk: Risk, fill, atr, decision, last):
     return exit_at, exit_price, reason, at_open
 
 
+def _offsets(distance: Distance | None, atr: dict, first: int, last: int):
+    """For one level: (share factor, None) or (None, k·ATR per decision index from `first`), or (None, None)."""
+    if distance is None:
+        return None, None
+    if distance.is_atr:
+        return None, (distance.multiple * atr[distance.atr_period][first:last + 1]).tolist()
+    return distance.share, None
+
+
 def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, decision: int, last: int,
                     seg_exit: int, out: list) -> None:
     """Every trade of one segment from the entry decided on `decision`, candle by candle, appended to `out`
     as (decision, exit index, exit price, reason code, at open). The arithmetic is that of TradeLevels
-    and the vectorised rounds, so the prices are the same."""
+    and the vectorised rounds (E·(1−p), E − k·ATR, ...), so the prices are the same."""
     n = len(candles["close"])
-    base = decision + 1  # the segment's candles as lists: plain floats are quicker one at a time
-    open_, high, low = (candles[k][base:last + 1].tolist() for k in ("open", "high", "low"))
+    base = decision  # the segment's candles as lists: plain floats are quicker one at a time
+    open_, high, low, close = (candles[k][base:last + 1].tolist() for k in ("open", "high", "low", "close"))
     limit = int(_reentry_limit(np.array([seg_exit]), n, fill)[0])
-    trailing = risk.trailing_stop
+    stop_share, stop_atr = _offsets(risk.stop_loss, atr, base, last)
+    target_share, target_atr = _offsets(risk.take_profit, atr, base, last)
+    trail_share, trail_atr = _offsets(risk.trailing_stop, atr, base, last)
+    has_trailing = risk.trailing_stop is not None
+    stop_code, trail_code, target_code = (REASONS.index(r) for r in (STOP_LOSS, TRAILING_STOP, TAKE_PROFIT))
     while True:
-        entry = float(candles["open"][decision + 1] if fill == "next-open" else candles["close"][decision])
-        levels = TradeLevels.open(risk, entry, {p: float(a[decision]) for p, a in atr.items()})
-        stop_loss, target = levels.stop_loss, levels.take_profit
-        if trailing is not None and trailing.is_atr:
-            trail_offset, trail_keep = trailing.multiple * levels.atr.get(trailing.atr_period, _NAN), None
-        elif trailing is not None:
-            trail_offset, trail_keep = None, 1 - trailing.share
-        peak, stop, stop_reason = entry, stop_loss, STOP_LOSS
+        d = decision - base
+        entry = open_[d + 1] if fill == "next-open" else close[d]
+        stop_loss = (_NAN if stop_share is None and stop_atr is None
+                     else entry * (1 - stop_share) if stop_atr is None else entry - stop_atr[d])
+        target = (_NAN if target_share is None and target_atr is None
+                  else entry * (1 + target_share) if target_atr is None else entry + target_atr[d])
+        trail_keep = None if trail_share is None else 1 - trail_share
+        trail_offset = None if trail_atr is None else trail_atr[d]
+        peak, stop, code = entry, stop_loss, stop_code
         result = None
         j = decision + 1
         while j <= last:
-            if trailing is not None:
-                trail = peak - trail_offset if trail_keep is None else peak * trail_keep
+            k = j - base
+            if has_trailing:
+                trail = peak * trail_keep if trail_keep is not None else peak - trail_offset
                 if trail > stop_loss or (stop_loss != stop_loss and trail == trail):
-                    stop, stop_reason = trail, TRAILING_STOP
+                    stop, code = trail, trail_code
                 else:
-                    stop, stop_reason = stop_loss, STOP_LOSS
-            o = open_[j - base]
+                    stop, code = stop_loss, stop_code
+            o = open_[k]
             if o <= stop:
-                result = (stop_reason, o, True)
+                result = (code, o, True)
             elif o >= target:
-                result = (TAKE_PROFIT, o, True)
-            elif low[j - base] <= stop:
-                result = (stop_reason, stop, False)
-            elif high[j - base] >= target:
-                result = (TAKE_PROFIT, target, False)
+                result = (target_code, o, True)
+            elif low[k] <= stop:
+                result = (code, stop, False)
+            elif high[k] >= target:
+                result = (target_code, target, False)
             if result is not None:
                 break
-            if high[j - base] > peak:
-                peak = high[j - base]
+            if high[k] > peak:
+                peak = high[k]
             j += 1
         if result is None:
             if seg_exit >= 0:
@@ -340,7 +355,7 @@ def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, deci
             else:
                 out.append((decision, -1, _NAN, -1, False))
             return
-        out.append((decision, j, result[1], REASONS.index(result[0]), result[2]))
+        out.append((decision, j, result[1], result[0], result[2]))
         again = int(next_buy[min(int(next_not_buy[j]) + 1, n)])
         if again >= limit:
             return
