@@ -71,7 +71,7 @@ def preview_ms(text: str) -> list[float]:
             answer = client.post("/admin/algo/validate", data={"strategy": text, "csrf_token": token})
             times.append((time.perf_counter() - begin) * 1e3)
             page = answer.get_data(as_text=True)
-            assert answer.status_code == 200 and 'id="preview"' in page and "exit-" in page
+            assert answer.status_code == 200 and 'id="preview"' in page
         return sorted(times)
 
 
