@@ -589,3 +589,36 @@ def test_backtrader_stop_and_limit_orders_give_the_same_exits(tmp_path, ethbtc):
                  None if t.exit_price is None else round(t.exit_price, 8), t.exit_reason] for t in ours.trades]
     assert theirs == expected
     assert Counter(t[4] for t in expected)["stop_loss"] > 100 and Counter(t[4] for t in expected)["take_profit"] > 50
+
+
+# -- Binance: a risk exit is a market order whose client id comes from the exit's own decision ------------
+
+def test_binance_spot_risk_exit_is_one_market_sell_with_the_exit_decisions_client_id(data_dir):
+    import os
+
+    from tests.exchange.standin import API_KEY, API_SECRET, DAY_START_MS, start_standin
+
+    exchange = start_standin(start_ms=DAY_START_MS + 3 * 3_600_000, speed=300)
+    try:
+        (data_dir / "strategy.txt").write_text("IF CLOSE > OPEN THEN BUY\nTRAILING STOP 0.02%\n")
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "OMNIWISE_DATA_DIR": str(data_dir),
+               "OMNIWISE_LOG_LEVEL": "ERROR", "OMNIWISE_FEED": "binance", "OMNIWISE_BROKER": "binance-spot",
+               "OMNIWISE_SYMBOL": "XRPETH", "OMNIWISE_WARMUP_HOURS": "1", "OMNIWISE_BINANCE_TIMEOUT": "1",
+               "OMNIWISE_BINANCE_API_URL": exchange.api_url, "OMNIWISE_BINANCE_STREAM_URL": exchange.stream_url,
+               "BINANCE_API_KEY": API_KEY, "BINANCE_API_SECRET": API_SECRET}
+        worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            exits_done = wait_until(lambda: query(
+                data_dir, "SELECT d.id, d.reason, o.client_order_id, o.status FROM decisions d JOIN orders o "
+                          "ON o.decision_id = d.id WHERE d.reason = 'trailing_stop' AND o.status = 'filled'"),
+                worker, timeout_s=90, what="a trailing-stop exit filled at the exchange")
+        finally:
+            stop_worker(worker)
+        decision_id, _, client_id, _ = exits_done[0]
+        assert client_id == f"omniwise-{decision_id}"
+        (sent,) = exchange.orders_for(client_id)  # exactly one order for the exit event
+        assert sent["side"] == "SELL" and sent["type"] == "MARKET"
+        assert query(data_dir, "SELECT count(*) FROM alerts WHERE subject = 'trade' AND state = 'trailing_stop'")[0][0] >= 1
+    finally:
+        exchange.close()
