@@ -185,6 +185,8 @@ class Trader:
         for sent in (exit_order, order):
             if sent is not None and sent.get("status") != "filled":
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
+        if order is not None and order["side"] == "BUY" and policy.risk.has_exits:
+            self._enter_from_exchange_fill(order, policy)
         self.latencies_s.append(time.perf_counter() - started)
         events.emit(events.candle_closed, self, candle=candle)
         for fill in filled:
@@ -233,6 +235,16 @@ class Trader:
                 self.open_trade.enter(entry, self._atr(policy))
         elif position.side != "long" and self.open_trade.is_open:
             self.open_trade.close()
+
+    def _enter_from_exchange_fill(self, order: dict, policy: Policy) -> None:
+        """An exchange broker fills a BUY while sending it: its levels start now, from the fill price and
+        the ATR of the decision candle (the newest in the window), so the next ticks are checked."""
+        row = self.db.execute("SELECT status, price FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        if row is None or row[0] != "filled" or not row[1] or self.open_trade.is_open:
+            return
+        self.open_trade.enter(row[1], self._atr(policy))
+        with store.transaction(self.db):
+            open_trade.save(self.db, self.symbol, self.open_trade, int(self.clock() * 1000))
 
     def _last_buy_price(self) -> float | None:
         row = self.db.execute("SELECT price FROM orders WHERE symbol = ? AND side = 'BUY' AND status = 'filled' "
