@@ -9,6 +9,7 @@ vectorised with numpy, so a million candles take a fraction of a second.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import time
 import warnings
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from core import fills
-from core.dsl import Action, Policy
+from core import exits, fills
+from core.dsl import Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
 FILLS = ("next-open", "close")
@@ -31,9 +32,10 @@ class Trade:
 
     entry_time: int  # ms
     entry_price: float
-    exit_time: int | None
+    exit_time: int | None  # ms: the fill candle's open time (a risk exit: the candle it happened in)
     exit_price: float | None
     return_pct: float  # after both fees; an open trade is valued at the last close, exit fee included
+    exit_reason: str | None = None  # rule, stop_loss, take_profit, trailing_stop; None while open
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +51,9 @@ class BacktestResult:
     exposure_pct: float  # share of candles spent long
     fee_rate: float
     fill: str
-    equity: np.ndarray  # per candle, starting at 1.0
+    equity: np.ndarray  # account value at each candle's close, starting at 1.0 (cash set aside included)
+    size_share: float = 1.0  # share of equity each entry spent (SIZE)
+    in_market: np.ndarray | None = None  # per candle: a position is held at its close
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
@@ -58,7 +62,7 @@ class BacktestResult:
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
-            "fee": self.fee_rate, "fill": self.fill,
+            "fee": self.fee_rate, "fill": self.fill, "size_pct": _round(self.size_share * 100),
             "trades": [dataclasses.asdict(t) | {"return_pct": _round(t.return_pct)} for t in self.trades],
         }
 
@@ -69,45 +73,43 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     n = len(candles["close"])
+    size = policy.risk.size_share
     if n == 0:
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0))
-    actions = policy.decide_all(candles)
-    # The wanted position after each candle's decision: the last BUY/SELL so far (flat at first).
-    acted = np.where(actions != Action.HOLD, np.arange(n), -1)
-    last_act = np.maximum.accumulate(acted)
-    wants_long = np.where(last_act >= 0, actions[np.maximum(last_act, 0)] == Action.BUY, False)
-    change = np.flatnonzero(np.diff(np.concatenate(([False], wants_long))))  # decision index of each fill
-    if fill == "next-open":
-        change = change[change + 1 < n]  # a decision on the last candle has no next open to fill at
-        fill_index, prices = change + 1, candles["open"][np.minimum(change + 1, n - 1)]
-        times = candles["open_time_ms"][np.minimum(change + 1, n - 1)]
-    else:
-        fill_index, prices = change, candles["close"][change]
-        times = _close_times(candles)[change]
-    entries, exits = fill_index[0::2], fill_index[1::2]
-    entry_prices, exit_prices = prices[0::2], prices[1::2]
-    # Each closed round trip multiplies the balance by exit / entry, less a fee on each side (core.fills).
-    ratios = exit_prices / entry_prices[:len(exit_prices)] * (1 - fee_rate) ** 2
-    equity = _equity(candles, entries, exits, entry_prices, ratios, fee_rate)
-    open_return = candles["close"][-1] / entry_prices[len(ratios):] * (1 - fee_rate) ** 2  # the open trade, if any
+        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), size, np.zeros(0, bool))
+    found = exits.find_trades(candles, policy.decide_all(candles), policy.risk, fill)
+    closed = found.exit_index >= 0
+    entries, exits_at = found.entry_index, found.exit_index[closed]
+    entry_prices = found.entry_price
+    # Each closed round trip multiplies the money it used by exit / entry, less a fee on each side (core.fills).
+    ratios = found.exit_price[closed] / entry_prices[closed] * (1 - fee_rate) ** 2
+    equity = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
+    open_return = candles["close"][-1] / entry_prices[~closed] * (1 - fee_rate) ** 2  # the open trade, if any
     returns = ((np.concatenate((ratios, open_return)) - 1) * 100).tolist()
-    exit_times = times[1::2].tolist() + [None] * (len(entries) - len(exits))
-    exit_list = exit_prices.tolist() + [None] * (len(entries) - len(exits))
-    trades = list(map(Trade, times[0::2].tolist(), entry_prices.tolist(), exit_times, exit_list, returns))
-    in_market = _holding(n, entries, exits)
-    closed = ratios if len(ratios) else None
+    times = candles["open_time_ms"]
+    fill_times = times if fill == "next-open" else _close_times(candles)
+    exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
+                          fill_times[found.exit_index])
+    reasons = np.array(exits.REASONS + (None,), dtype=object)[found.exit_reason]  # code -1 (open) -> None
+    trades = list(map(Trade, fill_times[entries].tolist(), entry_prices.tolist(),
+                      np.where(closed, exit_times, None).tolist(), np.where(closed, found.exit_price, None).tolist(),
+                      returns, reasons.tolist()))
+    in_market = _holding(n, entries, exits_at)
     return BacktestResult(
         trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100,
         buy_hold_return_pct=float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100,
-        win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
+        win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
         max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
-        exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity)
+        exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
+        size_share=size, in_market=in_market)
 
 
-def _equity(candles, entries, exits, entry_prices, ratios, fee_rate) -> np.ndarray:
-    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee."""
+def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> np.ndarray:
+    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee.
+
+    Each entry spends `size` of the account; the rest waits as cash, so a trade moves the account by
+    size · (ratio − 1)."""
     n = len(candles["close"])
-    cash_after = np.concatenate(([1.0], np.cumprod(ratios)))  # balance before trade k is cash_after[k]
+    cash_after = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # balance before trade k
     # Trade k is open at the closes of candles entries[k] .. exits[k] - 1; mark +k+1 in, -(k+1) out.
     marks = np.zeros(n + 1, dtype=np.int64)
     np.add.at(marks, entries, np.arange(1, len(entries) + 1))
@@ -120,8 +122,8 @@ def _equity(candles, entries, exits, entry_prices, ratios, fee_rate) -> np.ndarr
     equity = cash_after[closed_before].copy()
     holding = trade_at >= 0
     k = trade_at[holding]
-    units = cash_after[k] * (1 - fee_rate) / entry_prices[k]
-    equity[holding] = units * candles["close"][holding] * (1 - fee_rate)
+    units = cash_after[k] * size * (1 - fee_rate) / entry_prices[k]
+    equity[holding] = cash_after[k] * (1 - size) + units * candles["close"][holding] * (1 - fee_rate)
     return equity
 
 
@@ -207,16 +209,22 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
         f"  buy and hold  {result.buy_hold_return_pct:+.2f} %",
         f"  max drawdown  {result.max_drawdown_pct:.2f} %",
         f"  exposure      {result.exposure_pct:.1f} % of candles long",
-        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only",
+        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
+        + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
+    reasons = collections.Counter(t.exit_reason for t in result.trades if t.exit_reason)
+    if reasons:
+        lines.append("  exits by      " + ", ".join(f"{reason.replace('_', ' ')} {count:,}"
+                                                   for reason, count in sorted(reasons.items())))
     if result.trades:
         lines += ["", f"  last {min(last_trades, len(result.trades))} trades:",
-                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"]
+                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"
+                  f"  exit by"]
         for t in result.trades[-last_trades:]:
             exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
             exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
             lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
-                         f"{t.return_pct:>+8.2f}%")
+                         f"{t.return_pct:>+8.2f}%  {(t.exit_reason or '').replace('_', ' ')}")
     return "\n".join(lines)
 
 
@@ -240,26 +248,46 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     low, high = float(np.min(close)), float(np.max(close))
     times = candles["open_time_ms"]
 
-    def marker(time_ms: int, price: float, colour: str) -> str:
+    def marker(time_ms: int, price: float, colour: str, reason: str | None = None) -> str:
         i = int(np.searchsorted(times, time_ms))
         x = i / max(n - 1, 1) * (width - 20) + 10
         y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
-        return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
+        return _marker_shape(reason, x, y, colour)
 
     marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
-    marks += [marker(t.exit_time, t.exit_price, "#b42318") for t in result.trades if t.exit_time is not None]
+    marks += [marker(t.exit_time, t.exit_price, "#b42318", t.exit_reason) for t in result.trades
+              if t.exit_time is not None]
+    reasons = sorted({t.exit_reason for t in result.trades} - {None, "rule"})
+    legend = " · ".join(f"{_MARKER_WORDS[r]} {r.replace('_', ' ')}" for r in reasons)
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="10" y="{height - 4}">equity {result.return_pct:+.2f} % · buy and hold '
-        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades</text>',
+        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades'
+        f'{" · exits: " + legend if legend else ""}</text>',
         f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
         *marks,
         f'<path d="{path(result.equity, price_h + 30, equity_h - 20)}" fill="none" stroke="#2563eb" '
         f'stroke-width="1.2"/>',
         "</svg>",
     ])
+
+
+# One shape per exit reason, so the chart tells a stop from a rule's exit at a glance.
+_MARKER_WORDS = {"stop_loss": "■", "take_profit": "▲", "trailing_stop": "◆"}
+
+
+def _marker_shape(reason: str | None, x: float, y: float, colour: str) -> str:
+    if reason == "stop_loss":
+        return f'<rect class="exit-stop_loss" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}"/>'
+    if reason == "take_profit":
+        return (f'<polygon class="exit-take_profit" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y + 3:.1f} '
+                f'{x - 4:.1f},{y + 3:.1f}" fill="#b54708"/>')
+    if reason == "trailing_stop":
+        return (f'<polygon class="exit-trailing_stop" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y:.1f} {x:.1f},'
+                f'{y + 4:.1f} {x - 4:.1f},{y:.1f}" fill="#7a2e0e"/>')
+    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
 
 
 def _utc(time_ms: int) -> str:

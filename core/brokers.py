@@ -41,13 +41,14 @@ def client_order_id(decision_id: int) -> str:
 
 
 class PaperBroker:
-    """Simulated spot account: long or flat, whole balance in or out, fee per side.
+    """Simulated spot account: long or flat, the balance (or its SIZE share) in, all out, fee per side.
 
     Orders wait as `pending` and fill at the next price the trader reports (`fill_pending`), which is
     the next candle's open: the fill rule of the backtest.
     """
 
     name = "paper"
+    fills_at_level = True  # a risk exit fills at its level (or the open that gapped through it), not later
 
     def __init__(self, db: Database, symbol: str, start_balance: float = 10_000.0,
                  fee_rate: float = fills.DEFAULT_FEE_RATE):
@@ -72,13 +73,16 @@ class PaperBroker:
             return Position("long", base_qty, entry_price)
         return Position("flat")
 
-    def submit(self, decision_id: int, side: str, now_ms: int) -> dict:
-        """Record a market order for a decision; it fills at the next price. Call inside a transaction."""
+    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0) -> dict:
+        """Record a market order for a decision; it fills at the next price. A BUY spends `size_share` of the
+        quote balance (SIZE). Call inside a transaction."""
         order = {"decision_id": decision_id, "client_order_id": client_order_id(decision_id), "broker": self.name,
-                 "symbol": self.symbol, "side": side, "status": "pending", "created_at_ms": now_ms}
+                 "symbol": self.symbol, "side": side, "status": "pending", "created_at_ms": now_ms,
+                 "size_share": size_share}
         cursor = self.db.execute(
-            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms) "
-            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms)", order)
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, size_share) "
+            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, :size_share)",
+            order)
         order["id"] = cursor.lastrowid
         return order
 
@@ -96,14 +100,14 @@ class PaperBroker:
     def fill_pending(self, price: float, time_ms: int) -> list[dict]:
         """Fill every pending order at `price`. Call inside a transaction."""
         pending = self.db.execute(
-            "SELECT id, side, client_order_id FROM orders WHERE broker = ? AND symbol = ? AND status = 'pending' "
-            "ORDER BY id", [self.name, self.symbol]).fetchall()
+            "SELECT id, side, client_order_id, size_share FROM orders WHERE broker = ? AND symbol = ? "
+            "AND status = 'pending' ORDER BY id", [self.name, self.symbol]).fetchall()
         filled = []
-        for order_id, side, client_id in pending:
+        for order_id, side, client_id, size_share in pending:
             quote, base, _ = self.account()
             if side == "BUY" and quote > 0:
-                fill = fills.buy_all(quote, price, self.fee_rate)
-                quote, base, entry = 0.0, base + fill.qty, price
+                fill = fills.buy_share(quote, 1.0 if size_share is None else size_share, price, self.fee_rate)
+                quote, base, entry = quote - fill.quote, base + fill.qty, price
             elif side == "SELL" and base > DUST_QTY:
                 fill = fills.sell_all(base, price, self.fee_rate)
                 quote, base, entry = quote + fill.quote, 0.0, None

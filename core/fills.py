@@ -1,7 +1,7 @@
 """The fill rule shared by the paper broker and the backtest, so both give the same trades.
 
 A decision on candle t fills at candle t+1's open (or at candle t's close with `fill=close`). A buy
-spends the whole quote balance, a sell sells the whole position; the fee is taken from what is
+spends the whole quote balance (or the strategy's SIZE share of it), a sell sells the whole position; the fee is taken from what is
 received: base on a buy, quote on a sell (as Binance does with fees paid in the traded asset).
 """
 
@@ -27,6 +27,11 @@ def buy_all(quote_balance: float, price: float, fee_rate: float) -> Fill:
     """Spend the whole quote balance at `price`."""
     gross_qty = quote_balance / price
     return Fill("BUY", price, gross_qty * (1 - fee_rate), quote_balance, quote_balance * fee_rate)
+
+
+def buy_share(quote_balance: float, share: float, price: float, fee_rate: float) -> Fill:
+    """Spend `share` of the quote balance at `price` (SIZE); the rest stays as cash."""
+    return buy_all(quote_balance if share >= 1 else quote_balance * share, price, fee_rate)
 
 
 def sell_all(base_qty: float, price: float, fee_rate: float) -> Fill:

@@ -12,7 +12,7 @@ import dataclasses
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, liveness, signals, store
+from core import alerts, brokers, liveness, open_trade, signals, store
 from core.brokers import BrokerError, Position
 
 OK, MISMATCH, STALE, UNKNOWN = "ok", "mismatch", "stale", "unknown"
@@ -100,6 +100,10 @@ def check_position(db: Database, broker, symbol: str, now_ms: int, settings: Hea
     except BrokerError as exc:
         position, error = None, exc
     verdict = reconcile(current_signal(db, symbol), position, now_ms, settings)
+    if verdict.state == MISMATCH and position is not None and position.side != "long":
+        note = open_trade.last_risk_exit(db, symbol)  # say so when a stop, not a fault, made the position flat
+        if note:
+            verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}: {note}")
     if error is not None:
         verdict = dataclasses.replace(verdict, reason=f"the position could not be read from the broker: {error}")
     else:

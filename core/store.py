@@ -106,6 +106,17 @@ def m005_operator_ui(db: Database) -> None:
     db.execute("CREATE INDEX orders_filled ON orders(symbol, filled_at_ms) WHERE filled_at_ms IS NOT NULL")
 
 
+@migrations()
+def m006_risk_exits(db: Database) -> None:
+    # The open trade's risk state (core/open_trade.py): its entry, the ATR of its decision candle, the
+    # trailing peak, and the re-entry block after a risk exit. One row per symbol, survives restarts.
+    db.execute("""CREATE TABLE risk_state (
+        symbol TEXT PRIMARY KEY, entry_price REAL, atr_json TEXT, peak REAL,
+        reentry_blocked INTEGER NOT NULL DEFAULT 0, updated_at_ms INTEGER NOT NULL)""")
+    # The share of the quote balance a paper BUY spends (SIZE), fixed when the order is decided.
+    db.execute("ALTER TABLE orders ADD COLUMN size_share REAL")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)

@@ -8,6 +8,7 @@ then skips candles already stored and never decides (or orders) twice.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import brokers, events, store
+from core import alerts, brokers, events, exits, open_trade, store
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
@@ -77,6 +78,9 @@ class Trader:
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
         self._policy_version: str | None = None
         self._error_seen: object = None
+        self.open_trade = open_trade.OpenTrade()  # the risk state of the position (stored in risk_state)
+        self._last_policy: Policy | None = None
+        self._tick_minute_ms: int | None = None  # the minute whose ticks were checked against the levels
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -84,6 +88,7 @@ class Trader:
         """Load the newest stored candles so indicators are warm, let the broker settle orders a crash
         left in flight; returns the last stored open time."""
         self.broker.recover()
+        self.open_trade = open_trade.load(self.db, self.symbol)
         rows = self.db.execute(
             "SELECT * FROM (SELECT open_time_ms, open, high, low, close, volume, close_time_ms, quote_volume, "
             "trades, taker_buy_base, taker_buy_quote FROM candles WHERE symbol = ? "
@@ -106,12 +111,15 @@ class Trader:
         if tick.time_ms < self.resume_before_ms:
             self.skipped_ticks += 1
             return
+        dropped_before = self.buffer.duplicate_ticks + self.buffer.late_ticks
         closed = self.buffer.add(tick)
         if closed:
             for candle in closed:
                 self.on_candle(candle)
             # This tick opened the new minute: its price is the new candle's open, the fill price.
             self._fill_pending(tick.price, tick.time_ms - tick.time_ms % 60_000)
+        if self.buffer.duplicate_ticks + self.buffer.late_ticks == dropped_before:
+            self._check_tick(tick)
 
     def close_due(self, now_ms: int) -> None:
         """Close the current candle (and empty minutes) once the clock is past the minute end."""
@@ -125,12 +133,26 @@ class Trader:
             return  # already traded (a replay after a restart, or a repeated candle)
         started = time.perf_counter()
         policy = self._policy()
+        self._last_policy = policy
         now_ms = int(self.clock() * 1000)
-        filled, order = [], None
+        filled, order, exit_order = [], None, None
         with store.transaction(self.db):
+            state_before = dataclasses.astuple(self.open_trade)
             if self.broker.has_pending():
                 filled = self.broker.fill_pending(candle.open, candle.open_time_ms)
+                self._after_fills(filled, policy)
                 brokers.save_position(self.db, self.broker.position(), now_ms)
+            self._adopt_position(policy)
+            levels = self.open_trade.levels(policy.risk)
+            if levels is not None and candle.open_time_ms != self._tick_minute_ms:
+                # No tick of this minute was checked (a klines replay, a backfilled minute): the candle is.
+                hit = levels.check_candle(candle.open, candle.high, candle.low)
+                if hit is not None:
+                    exit_order, exit_fills = self._risk_exit(policy, *hit, candle.open_time_ms, candle.open_time_ms,
+                                                             now_ms)
+                    filled += exit_fills
+            if self.open_trade.is_open:  # the trailing peak takes the highs of the trade's finished candles
+                self.open_trade.peak = max(self.open_trade.peak, candle.high)
             self.db.execute("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [self.symbol, *candle])
             self.window.append(candle)
@@ -141,9 +163,14 @@ class Trader:
                 position_side = "unknown"
                 log.warning("no order on candle %s: %s", _iso(candle.open_time_ms), exc)
             target = TARGETS[decision.action]
+            # After a risk exit, BUY waits until the rules have answered SELL or HOLD once.
+            is_blocked = self.open_trade.reentry_blocked and decision.action == Action.BUY
+            if self.open_trade.reentry_blocked and decision.action != Action.BUY:
+                self.open_trade.reentry_blocked = False
             rule = policy.rules[decision.rule_index] if decision.rule_index is not None else None
             row = {"symbol": self.symbol, "candle_open_time_ms": candle.open_time_ms,
-                   "action": decision.action.name, "target": target, "position_before": position_side,
+                   "action": decision.action.name, "target": None if is_blocked else target,
+                   "position_before": position_side,
                    "rule_index": decision.rule_index, "rule_text": rule.text if rule else None,
                    "strategy_version": policy.version, "reason": "strategy", "created_at_ms": now_ms}
             row["id"] = self.db.execute(
@@ -151,17 +178,126 @@ class Trader:
                 "rule_text, strategy_version, reason, created_at_ms) VALUES (:symbol, :candle_open_time_ms, "
                 ":action, :target, :position_before, :rule_index, :rule_text, :strategy_version, :reason, "
                 ":created_at_ms)", row).lastrowid
-            if target is not None and position_side not in (target, "unknown"):
-                order = self.broker.submit(row["id"], SIDE_FOR_TARGET[target], now_ms)
-        if order is not None:
-            self.broker.execute(order)  # only after the commit: the order's row exists before it is sent
+            if row["target"] is not None and position_side not in (target, "unknown"):
+                order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
+            if dataclasses.astuple(self.open_trade) != state_before:
+                open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
+        for sent in (exit_order, order):
+            if sent is not None and sent.get("status") != "filled":
+                self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
+        if order is not None and order["side"] == "BUY" and policy.risk.has_exits:
+            self._enter_from_exchange_fill(order, policy)
         self.latencies_s.append(time.perf_counter() - started)
         events.emit(events.candle_closed, self, candle=candle)
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
         events.emit(events.decision_made, self, decision=row)
-        if order is not None:
-            events.emit(events.order_placed, self.broker, order=order)
+        for sent in (exit_order, order):
+            if sent is not None:
+                events.emit(events.order_placed, self.broker, order=sent)
+
+    # -- risk exits -----------------------------------------------------------------------------
+
+    def _submit(self, decision_id: int, side: str, now_ms: int, policy: Policy) -> dict:
+        """Record the order of a decision; a paper BUY spends the strategy's SIZE share of the balance."""
+        if isinstance(self.broker, brokers.PaperBroker):
+            return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
+        return self.broker.submit(decision_id, side, now_ms)
+
+    def _after_fills(self, filled: list[dict], policy: Policy) -> None:
+        """A filled BUY opens the trade's levels (ATR of the decision candle: the newest in the window,
+        since an entry fills at the next candle's open before that candle joins); a SELL closes them."""
+        for fill in filled:
+            if fill["side"] == "BUY":
+                self.open_trade.enter(fill["price"], self._atr(policy))
+            else:
+                self.open_trade.close()
+
+    def _atr(self, policy: Policy) -> dict[int, float]:
+        if not policy.risk.atr_periods or not len(self.window):
+            return {}
+        recent = {name: series[-policy.window:] for name, series in self.window.arrays().items()}
+        return exits.atr_at_decision(policy.risk, recent)
+
+    def _adopt_position(self, policy: Policy) -> None:
+        """Keep the risk state in step with the account: a long position without levels (an exchange fill,
+        a database from before risk exits) gets them from its entry price; a position sold elsewhere
+        drops them."""
+        if not policy.risk.has_exits:
+            return
+        try:
+            position = self.broker.position()
+        except brokers.BrokerError:
+            return
+        if position.side == "long" and not self.open_trade.is_open:
+            entry = position.entry_price or self._last_buy_price()  # spot accounts have no entry price
+            if entry:
+                self.open_trade.enter(entry, self._atr(policy))
+        elif position.side != "long" and self.open_trade.is_open:
+            self.open_trade.close()
+
+    def _enter_from_exchange_fill(self, order: dict, policy: Policy) -> None:
+        """An exchange broker fills a BUY while sending it: its levels start now, from the fill price and
+        the ATR of the decision candle (the newest in the window), so the next ticks are checked."""
+        row = self.db.execute("SELECT status, price FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        if row is None or row[0] != "filled" or not row[1] or self.open_trade.is_open:
+            return
+        self.open_trade.enter(row[1], self._atr(policy))
+        with store.transaction(self.db):
+            open_trade.save(self.db, self.symbol, self.open_trade, int(self.clock() * 1000))
+
+    def _last_buy_price(self) -> float | None:
+        row = self.db.execute("SELECT price FROM orders WHERE symbol = ? AND side = 'BUY' AND status = 'filled' "
+                              "ORDER BY id DESC LIMIT 1", [self.symbol]).fetchone()
+        return row[0] if row else None
+
+    def _risk_exit(self, policy: Policy, reason: str, price: float, minute_ms: int, time_ms: int,
+                   now_ms: int) -> tuple[dict, list[dict]]:
+        """Sell the position because a level was reached: a decision of its own (its id gives the order's
+        client id), the order, and on paper its fill at `price`. Call inside a transaction."""
+        distance = getattr(policy.risk, reason)
+        statement = f"{exits.STATEMENT_TITLES[reason]} {distance.text}"
+        entry = self.open_trade.entry_price
+        decision_id = self.db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+            "strategy_version, reason, created_at_ms) VALUES (?, ?, 'SELL', 'flat', 'long', ?, ?, ?, ?)",
+            [self.symbol, minute_ms, statement, policy.version, reason, now_ms]).lastrowid
+        order = self.broker.submit(decision_id, "SELL", now_ms)
+        filled = []
+        if getattr(self.broker, "fills_at_level", False):
+            filled = self.broker.fill_pending(price, time_ms)
+            order["status"] = "filled"
+        self.open_trade.close()
+        self.open_trade.reentry_blocked = True
+        change = (price / entry - 1) * 100 if entry else float("nan")
+        alerts.queue(self.db, "trade", reason,  # logged there; an exit is worth a notification
+                     f"{statement.upper()}: {self.symbol} exited by {exits.REASON_WORDS[reason]} at {price:.8g} "
+                     f"(entry {entry:.8g}, {change:+.2f} %)", now_ms, is_failure=False)
+        return order, filled
+
+    def _check_tick(self, tick: Tick) -> None:
+        """Live: check the levels on every trade of the minute; the first one is the minute's open."""
+        minute_ms = tick.time_ms - tick.time_ms % 60_000
+        is_open = minute_ms != self._tick_minute_ms
+        self._tick_minute_ms = minute_ms
+        policy = self._last_policy
+        levels = self.open_trade.levels(policy.risk) if policy is not None else None
+        if levels is None:
+            return
+        hit = levels.check_tick(tick.price, is_open)
+        if hit is None:
+            return
+        now_ms = int(self.clock() * 1000)
+        with store.transaction(self.db):
+            order, filled = self._risk_exit(policy, *hit, minute_ms, tick.time_ms, now_ms)
+            open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
+            if filled:
+                brokers.save_position(self.db, self.broker.position(), now_ms)
+        if order.get("status") != "filled":
+            self.broker.execute(order)
+        for fill in filled:
+            events.emit(events.order_filled, self.broker, order=fill)
+        events.emit(events.order_placed, self.broker, order=order)
 
     def backfill(self, candles: list[Candle], decide_from_ms: int) -> None:
         """Take closed candles from the exchange's klines where ticks are missing (the start, a gap in the
@@ -203,7 +339,7 @@ class Trader:
                 [self.symbol, last, signal, target, position.side, reason, self._policy_version, now_ms])
             if not cursor.rowcount:
                 return None  # already followed on this candle
-            order = self.broker.submit(cursor.lastrowid, SIDE_FOR_TARGET[target], now_ms)
+            order = self._submit(cursor.lastrowid, SIDE_FOR_TARGET[target], now_ms, self.loader.current())
         self.broker.execute(order)
         log.warning("following the external signal %s: %s", signal, reason)
         events.emit(events.order_placed, self.broker, order=order)
@@ -212,9 +348,13 @@ class Trader:
     def _fill_pending(self, price: float, time_ms: int) -> None:
         if not self.broker.has_pending():
             return
+        now_ms = int(self.clock() * 1000)
         with store.transaction(self.db):
             filled = self.broker.fill_pending(price, time_ms)
-            brokers.save_position(self.db, self.broker.position(), int(self.clock() * 1000))
+            if filled:
+                self._after_fills(filled, self._last_policy or self.loader.current())
+                open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
+            brokers.save_position(self.db, self.broker.position(), now_ms)
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
 

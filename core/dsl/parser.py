@@ -21,6 +21,7 @@ from core.indicators import INDICATORS, SERIES_NAMES
 from .errors import Diagnostic, StrategyError
 from .nodes import (Action, All, Any, Arithmetic, Compare, Condition, Crosses, Indicator, Negate,
                     Not, Number, Rule, Series, Value)
+from .risk import Risk, collect, is_risk_statement
 
 MAX_LINE_LENGTH = 1000
 MAX_NESTING = 32
@@ -41,11 +42,20 @@ def _parser() -> Lark:
 
 def parse_strategy(text: str) -> list[Rule]:
     """Parse a whole strategy into rules; raise StrategyError listing every error in the text."""
+    return parse_program(text)[0]
+
+
+def parse_program(text: str) -> tuple[list[Rule], Risk]:
+    """Parse a whole strategy into its rules and risk statements; raise StrategyError listing every error."""
     rules: list[Rule] = []
     errors: list[Diagnostic] = []
+    risk_lines: list[tuple[int, str]] = []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():
+            continue
+        if is_risk_statement(line) and len(line) <= MAX_LINE_LENGTH:
+            risk_lines.append((number, line))
             continue
         problems: list[Diagnostic] = []
         rule = _parse_line(line, number, problems)
@@ -54,9 +64,10 @@ def parse_strategy(text: str) -> list[Rule]:
             rules.append(rule)
     if len(rules) > MAX_RULES:
         errors.append(Diagnostic(1, 1, f"a strategy has at most {MAX_RULES} rules, this one has {len(rules)}"))
+    risk = collect(risk_lines, errors)
     if errors:
         raise StrategyError(errors)
-    return rules
+    return rules, risk
 
 
 def _parse_line(line: str, number: int, problems: list[Diagnostic]) -> Rule | None:

@@ -23,7 +23,8 @@ import numpy as np
 from core import indicators
 
 from .nodes import Action, All, Any, Arithmetic, Compare, Crosses, Indicator, Negate, Not, Number, Rule, Series
-from .parser import parse_strategy
+from .parser import parse_program
+from .risk import Risk
 
 REL_TOL = 1e-10
 MIN_WINDOW = 300  # candles the live decision looks at, at least
@@ -44,15 +45,17 @@ class Decision:
 class Policy:
     """A compiled strategy. Build with `compile_strategy`; immutable and safe to share."""
 
-    def __init__(self, rules: list[Rule], text: str):
+    def __init__(self, rules: list[Rule], text: str, risk: Risk | None = None):
         self.rules = tuple(rules)
         self.text = text
+        self.risk = risk if risk is not None else Risk()
         self.version = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._steps: list[Step] = []
         self._slots: dict[object, int] = {}
         self._rule_slots = [self._compile(rule.condition) for rule in self.rules]
         self._actions = np.array([int(rule.action) for rule in self.rules], dtype=np.int8)
-        self.warmup = max((_warmup(rule.condition) for rule in self.rules), default=0)
+        self.warmup = max([_warmup(rule.condition) for rule in self.rules]
+                          + [_warmup(Indicator("ATR", (float(n),))) for n in self.risk.atr_periods], default=0)
         # The live decision needs the warm-up plus one previous candle for CROSSES.
         self.window = min(max(self.warmup + 2, MIN_WINDOW), MAX_WINDOW)
 
@@ -202,7 +205,8 @@ def _warmup(node) -> int:
 
 def compile_strategy(text: str) -> Policy:
     """Parse and compile a strategy text; raise StrategyError listing every error in it."""
-    return Policy(parse_strategy(text), text)
+    rules, risk = parse_program(text)
+    return Policy(rules, text, risk)
 
 
 def hold_policy(reason: str = "") -> Policy:
