@@ -5,6 +5,7 @@ the backtest, SIZE, and the exit reason wherever a trade is shown."""
 from __future__ import annotations
 
 import math
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -616,7 +617,7 @@ def test_binance_spot_risk_exit_is_one_market_sell_with_the_exit_decisions_clien
         finally:
             stop_worker(worker)
         decision_id, _, client_id, _ = exits_done[0]
-        assert client_id == f"omniwise-{decision_id}"
+        assert re.fullmatch(rf"ow[A-Za-z0-9]{{8}}-{decision_id}", client_id)  # this installation's prefix
         (sent,) = exchange.orders_for(client_id)  # exactly one order for the exit event
         assert sent["side"] == "SELL" and sent["type"] == "MARKET"
         assert query(data_dir, "SELECT count(*) FROM alerts WHERE subject = 'trade' AND state = 'trailing_stop'")[0][0] >= 1
