@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent
 BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
 ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
+STRATEGY_CHECK_S = 2  # the strategy file is looked at this often even when no candle closes
 
 
 def guarded(job: Callable[[], object]) -> None:
@@ -63,6 +64,8 @@ class Worker:
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
         self.scheduler.every(60).seconds.do(guarded, self.report)
         self.scheduler.every(1).days.do(guarded, self.prune)
+        # Between candles too (a replay that has ended, a quiet market): a broken or fixed file is alerted.
+        self.scheduler.every(STRATEGY_CHECK_S).seconds.do(guarded, self.trader.check_strategy)
         if settings.broker != "paper":
             self.scheduler.every(ORDER_CHECK_S).seconds.do(guarded, broker.recover)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
@@ -93,8 +96,9 @@ class Worker:
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def on_strategy_loaded(self, sender, policy) -> None:
-        verdict = heartbeat.Verdict(heartbeat.VALID, f"strategy version {policy.version} loaded, "
-                                                     f"{len(policy.rules)} rules")
+        reason = (f"{self.settings.strategy_path} is missing: HOLD on every candle" if self.loader.missing
+                  else f"strategy version {policy.version} loaded, {len(policy.rules)} rules")
+        verdict = heartbeat.Verdict(heartbeat.VALID, reason)
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def report(self) -> None:
@@ -120,6 +124,7 @@ class Worker:
         self.beat()
         self.alert_sender.start()
         self.trader.resume()
+        self.trader.check_strategy()
         self.check_heartbeat()
         if self.settings.feed == "binance":
             log.info("worker started: %s, broker %s (%s), Binance's trade stream", self.settings.symbol,
@@ -159,10 +164,10 @@ class Worker:
                 self.scheduler.run_pending()
         if not isinstance(feed, ReplayFeed):
             return
-        # The file is complete: its last minute is over too.
-        open_ms = trader.buffer.open_time_ms
-        if open_ms is not None:
-            trader.close_due(open_ms + 60_000 + trader.buffer.lateness_ms)
+        # The file is complete: its last minute is over too. Only a minute holding trades of the file is
+        # closed: after a restart past the end (or with a klines file) there is none, and nothing is invented.
+        if trader.buffer.has_ticks:
+            trader.close_due(trader.buffer.open_time_ms + 60_000 + trader.buffer.lateness_ms)
         log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
 
     def trade_live(self) -> None:

@@ -6,7 +6,10 @@ import logging
 import os
 from pathlib import Path
 
-from core.dsl import Policy, StrategyError, compile_strategy, hold_policy
+from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy, hold_policy
+from core.dsl.parser import MAX_CHARS
+
+MAX_FILE_BYTES = 4 * MAX_CHARS  # UTF-8 takes at most 4 bytes a character
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +19,8 @@ class PolicyLoader:
 
     A change is seen through (mtime in ns, size, inode), so an unchanged file costs one `stat` per
     call. A file that fails to compile never replaces the running policy: the last good one stays and
-    `error` holds why the new text was refused. A missing file gives a HOLD-only policy.
+    `error` holds why the new text was refused. A missing file gives a HOLD-only policy. A file too
+large to be a strategy is refused without being read (the text's limit applies before parsing).
     """
 
     def __init__(self, path: str | Path):
@@ -49,14 +53,17 @@ class PolicyLoader:
         self._seen = key
         self.missing = False
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
-        except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
-            self._seen = None
-            log.warning("could not read strategy file %s: %s", self.path, exc)
-            return False
-        if text == self.policy.text and self.error is None:
-            return False
-        try:
+            if st.st_size > MAX_FILE_BYTES:  # surely too long: refuse it without reading it at all
+                raise StrategyError([Diagnostic(1, 1, f"the file is {st.st_size:,} bytes long; a strategy has "
+                                                      f"at most {MAX_CHARS:,} characters")])
+            try:
+                text = self.path.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
+                self._seen = None
+                log.warning("could not read strategy file %s: %s", self.path, exc)
+                return False
+            if text == self.policy.text and self.error is None:
+                return False
             policy = compile_strategy(text)
         except StrategyError as exc:
             self.error = exc

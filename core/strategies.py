@@ -18,8 +18,7 @@ from sqlite_utils import Database
 
 from core import liveness, store
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
-
-MAX_CHARS = 100_000
+from core.dsl.parser import MAX_CHARS  # noqa: F401 - the limit of a strategy text, for callers of this module
 LOADED_KEY, ERROR_KEY = "strategy_loaded_version", "strategy_error"  # written by the worker
 
 
@@ -57,10 +56,7 @@ def normalize(text: str) -> str:
 
 def compile_text(text: str) -> Policy:
     """Compile a strategy as the worker will; raise StrategyError (every error) when it is not valid."""
-    if len(text) > MAX_CHARS:
-        raise StrategyError([Diagnostic(1, 1, f"the strategy is {len(text):,} characters long; "
-                                              f"at most {MAX_CHARS:,} are allowed")])
-    return compile_strategy(normalize(text))
+    return compile_strategy(normalize(text))  # refuses more than MAX_CHARS before parsing
 
 
 def check(text: str) -> tuple[Policy | None, list[Diagnostic]]:
