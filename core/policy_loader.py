@@ -6,10 +6,8 @@ import logging
 import os
 from pathlib import Path
 
-from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy, hold_policy
-from core.dsl.parser import MAX_CHARS
-
-MAX_FILE_BYTES = 4 * MAX_CHARS  # UTF-8 takes at most 4 bytes a character
+from core.dsl import Policy, StrategyError, compile_strategy, hold_policy
+from core.strategies import read_within_limit
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +51,14 @@ large to be a strategy is refused without being read (the text's limit applies b
         self._seen = key
         self.missing = False
         try:
-            if st.st_size > MAX_FILE_BYTES:  # surely too long: refuse it without reading it at all
-                raise StrategyError([Diagnostic(1, 1, f"the file is {st.st_size:,} bytes long; a strategy has "
-                                                      f"at most {MAX_CHARS:,} characters")])
-            try:
-                text = self.path.read_text(encoding="utf-8", errors="replace")
-            except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
-                self._seen = None
-                log.warning("could not read strategy file %s: %s", self.path, exc)
-                return False
+            text = read_within_limit(self.path, errors="replace")  # refuses a huge file without reading it
             if text == self.policy.text and self.error is None:
                 return False
             policy = compile_strategy(text)
+        except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
+            self._seen = None
+            log.warning("could not read strategy file %s: %s", self.path, exc)
+            return False
         except StrategyError as exc:
             self.error = exc
             log.error("strategy file %s is invalid, still running version %s: %s",
