@@ -35,7 +35,8 @@ CASES = {
     "1,000-character lines of minus signs": fill("IF " + "-" * 980 + "1 > 0 THEN BUY"),
     "1,000-character sums": fill("IF " + "+".join(["1"] * 490) + " > 0 THEN BUY"),
     "1,000-character numbers": fill("IF CLOSE > " + "9" * 970 + " THEN BUY"),
-    "deepest allowed nesting (over 200 rules)": fill("IF " + "(" * 32 + "-" * 28 + "CLOSE" + ")" * 32 + " > 1 THEN BUY"),
+    "deepest allowed nesting (over 200 rules)":
+        fill("IF " + "(" * 32 + "-" * 28 + "CLOSE" + ")" * 32 + " > 1 THEN BUY"),
     "longest allowed sums (190 rules)": fill("IF " + " + ".join(["SMA(CLOSE, 3)"] * 32) + " > 1 THEN BUY"),
     "one character over the limit": "#" * (MAX_CHARS + 1),
 }

@@ -18,7 +18,7 @@ class PolicyLoader:
     A change is seen through (mtime in ns, size, inode), so an unchanged file costs one `stat` per
     call. A file that fails to compile never replaces the running policy: the last good one stays and
     `error` holds why the new text was refused. A missing file gives a HOLD-only policy. A file too
-large to be a strategy is refused without being read (the text's limit applies before parsing).
+    large to be a strategy is refused without being read (the text's limit applies before parsing).
     """
 
     def __init__(self, path: str | Path):

@@ -231,8 +231,9 @@ class Trader:
                 store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
         if is_new_error:
             self._error_seen = error
+            message = "" if error is None else str(error)
             with self.db.conn:
-                store.set_meta(self.db, "strategy_error", "" if error is None else str(error), int(self.clock() * 1000))
+                store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
         if error is not None and is_new_error:
             events.emit(events.strategy_invalid, self, error=error)
         elif error is None and (is_new_version or is_new_error):

@@ -361,7 +361,8 @@ def test_deep_and_long_structures_give_strategy_errors_or_a_working_policy(condi
 @given(st.integers(0, 200), st.sampled_from(["-", "NOT ", "("]))
 @settings(max_examples=100, deadline=None)
 def test_depth_is_refused_exactly_above_the_limit_for_every_kind(depth, kind):
-    inner = {"-": "-" * depth + "1 > 0", "NOT ": "NOT " * depth + "1 > 0", "(": "(" * depth + "1 > 0" + ")" * depth}[kind]
+    inner = {"-": "-" * depth + "1 > 0", "NOT ": "NOT " * depth + "1 > 0",
+             "(": "(" * depth + "1 > 0" + ")" * depth}[kind]
     try:
         compile_strategy(f"IF {inner} THEN BUY")
     except StrategyError as exc:

@@ -99,7 +99,8 @@ def test_check_refuses_deep_long_and_huge_texts_with_positions_never_a_traceback
         f"{tmp_path / 'sum.txt'}:1:4: error: a calculation has at most 32 terms, this one has 330; "
         "split it or use an indicator",
         f"{tmp_path / 'ma.txt'}:2:4: error: the period of MA has more than 20 digits",
-        f"{tmp_path / 'huge.txt'}:1:1: error: the file is 9,900,000 bytes long; a strategy has at most 100,000 characters",
+        f"{tmp_path / 'huge.txt'}:1:1: error: the file is 9,900,000 bytes long; "
+        "a strategy has at most 100,000 characters",
     ]
 
 

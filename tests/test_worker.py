@@ -129,7 +129,8 @@ def test_strategy_alerts_have_a_whole_life_broken_fixed_broken_again(data_dir):
     assert "line 1, column 67: the condition is nested more than 64 levels deep" in failure
     assert recovery.startswith("STRATEGY RECOVERED: strategy version ") and "2 rules" in recovery
     assert again.startswith("STRATEGY FAILURE: ") and "the period of MA has more than 20 digits" in again
-    changes = query(data_dir, "SELECT old_state, new_state FROM heartbeat_changes WHERE subject = 'strategy' ORDER BY id")
+    changes = query(data_dir, "SELECT old_state, new_state FROM heartbeat_changes WHERE subject = 'strategy' "
+                              "ORDER BY id")
     assert changes == [(None, "valid"), ("valid", "invalid"), ("invalid", "valid"), ("valid", "invalid")]
     assert query(data_dir, "SELECT count(*) FROM decisions") == [(1440,)]  # it traded the whole file meanwhile
 
@@ -173,3 +174,18 @@ def test_restarting_after_the_replay_ended_invents_no_candle(data_dir, replay_fi
     assert counts == [(minutes, minutes)] * 3
     (last_trade_ms,) = query(data_dir, "SELECT max(open_time_ms) FROM candles")[0]
     assert last_trade_ms == (1_570_838_340_000 if replay_file == KLINES else expected_trades()[0][-1].open_time_ms)
+
+
+def test_a_worker_started_on_a_text_that_used_to_crash_it_runs_holds_and_alerts(data_dir):
+    write_strategy(data_dir, "IF " + "+".join(["1"] * 330) + " > 0 THEN BUY\n")  # RecursionError on every start
+    worker = start_worker(data_dir, replay_file=KLINES, replay_speed=0, symbol="XRPETH")
+    try:
+        wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions") == [(1440,)], worker,
+                   what="every candle decided")
+        alerts = query(data_dir, "SELECT message FROM alerts WHERE subject = 'strategy'")
+    finally:
+        stop_worker(worker)
+    assert len(alerts) == 1 and alerts[0][0].startswith("STRATEGY FAILURE: ")
+    assert "line 1, column 4: a calculation has at most 32 terms, this one has 330" in alerts[0][0]
+    assert query(data_dir, "SELECT DISTINCT action, rule_text FROM decisions") == [("HOLD", None)]
+    assert query(data_dir, "SELECT state FROM heartbeat WHERE subject = 'strategy'") == [("invalid",)]
