@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from core.dsl import Action, StrategyError, compile_strategy, parse_strategy
 from core.dsl.nodes import All, Any, Compare, Crosses, Indicator, Not, Number, Series
+from core.dsl.parser import MAX_LINE_LENGTH
 from core.indicators import INDICATORS
 from tests.conftest import ROOT, SHARED_DATA
 
@@ -370,3 +371,23 @@ def test_depth_is_refused_exactly_above_the_limit_for_every_kind(depth, kind):
         assert depth > (32 if kind == "(" else 62)  # with the comparison and the number: 64 levels
         return
     assert depth <= (32 if kind == "(" else 62)
+
+
+_CONTROLS = ["\x00", "\x07", "\t", "\x0b", "\x0c", "\r", "\x1b", "\x7f", "\x85", "\u200b", "\u202e", "\u2028", "\ufeff"]
+
+
+@given(_condition, st.lists(st.tuples(st.sampled_from(_CONTROLS), st.integers(min_value=0)), min_size=1, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_control_characters_anywhere_in_deep_or_long_rules_give_positioned_errors(condition, insertions):
+    text = f"IF {condition} THEN BUY"
+    for char, at in insertions:
+        at %= len(text) + 1
+        text = text[:at] + char + text[at:]
+    try:
+        policy = compile_strategy(text)
+    except StrategyError as exc:
+        lines = text.splitlines()
+        for error in exc.errors:
+            assert 1 <= error.line <= max(len(lines), 1) and 1 <= error.column <= MAX_LINE_LENGTH + 1, error
+        return
+    policy.decide_all(candles(np.linspace(1, 2, 60)))
