@@ -16,7 +16,7 @@ from flask import Flask, current_app, g
 from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from core import alerts, auth, heartbeat, liveness, logs, signals, store
+from core import alerts, auth, heartbeat, liveness, logs, signals, store, strategies
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy
 
@@ -85,13 +85,10 @@ def check_command(files: tuple[Path, ...]) -> None:
     failed = False
     for path in files:
         try:
-            text = path.read_text(encoding="utf-8")
+            compile_strategy(strategies.read_within_limit(path))  # a huge file is refused unread
         except (OSError, UnicodeDecodeError) as exc:
             click.echo(f"{path}:1:1: error: cannot read the file: {exc}")
             failed = True
-            continue
-        try:
-            compile_strategy(text)
         except StrategyError as exc:
             failed = True
             for error in exc.errors:

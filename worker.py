@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parent
 BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
 ORDER_CHECK_S = 30  # exchange brokers settle open orders and read the position this often
+STRATEGY_CHECK_S = 2  # the strategy file is looked at this often even when no candle closes
 UNKNOWN_CHECK_S = 5  # and ask Binance about orders of unknown outcome this often
 
 
@@ -87,6 +88,8 @@ class Worker:
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
         self.scheduler.every(60).seconds.do(guarded, self.report)
         self.scheduler.every(1).days.do(guarded, self.prune)
+        # Between candles too (a replay that has ended, a quiet market): a broken or fixed file is alerted.
+        self.scheduler.every(STRATEGY_CHECK_S).seconds.do(guarded, self.trader.check_strategy)
         if settings.broker != "paper":
             self.scheduler.every(ORDER_CHECK_S).seconds.do(guarded, broker.recover)
             self.scheduler.every(UNKNOWN_CHECK_S).seconds.do(guarded, broker.settle)
@@ -118,8 +121,9 @@ class Worker:
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def on_strategy_loaded(self, sender, policy) -> None:
-        verdict = heartbeat.Verdict(heartbeat.VALID, f"strategy version {policy.version} loaded, "
-                                                     f"{len(policy.rules)} rules")
+        reason = (f"{self.settings.strategy_path} is missing: HOLD on every candle" if self.loader.missing
+                  else f"strategy version {policy.version} loaded, {len(policy.rules)} rules")
+        verdict = heartbeat.Verdict(heartbeat.VALID, reason)
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def report(self) -> None:
@@ -147,6 +151,7 @@ class Worker:
         if self.user_stream is not None:
             self.user_stream.start()
         self.trader.resume()
+        self.trader.check_strategy()
         self.check_heartbeat()
         if self.settings.feed == "binance":
             log.info("worker started: %s, broker %s (%s), Binance's kline stream", self.settings.symbol,
@@ -188,10 +193,10 @@ class Worker:
                 self.scheduler.run_pending()
         if not isinstance(feed, ReplayFeed):
             return
-        # The file is complete: its last minute is over too.
-        open_ms = trader.buffer.open_time_ms
-        if open_ms is not None:
-            trader.close_due(open_ms + 60_000 + trader.buffer.lateness_ms)
+        # The file is complete: its last minute is over too. Only a minute holding trades of the file is
+        # closed: after a restart past the end (or with a klines file) there is none, and nothing is invented.
+        if trader.buffer.has_ticks:
+            trader.close_due(trader.buffer.open_time_ms + 60_000 + trader.buffer.lateness_ms)
         log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
 
     def trade_live(self) -> None:

@@ -164,6 +164,11 @@ class TickBuffer:
         """Open time of the earliest minute not closed yet, or None before the first tick."""
         return self._open_ms if self._is_started else None
 
+    @property
+    def has_ticks(self) -> bool:
+        """Whether the open minute holds a trade: closing it gives a real candle, not an invented flat one."""
+        return self._ticks_until_ms != 0
+
     def _close_before(self, stop_ms: int) -> list[Candle]:
         """Emit the minutes from _open_ms up to (not including) stop_ms; stop_ms becomes the open minute."""
         closed = []

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from core.dsl import Policy, StrategyError, compile_strategy, hold_policy
+from core.strategies import read_within_limit
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +17,8 @@ class PolicyLoader:
 
     A change is seen through (mtime in ns, size, inode), so an unchanged file costs one `stat` per
     call. A file that fails to compile never replaces the running policy: the last good one stays and
-    `error` holds why the new text was refused. A missing file gives a HOLD-only policy.
+    `error` holds why the new text was refused. A missing file gives a HOLD-only policy. A file too
+    large to be a strategy is refused without being read (the text's limit applies before parsing).
     """
 
     def __init__(self, path: str | Path):
@@ -49,15 +51,14 @@ class PolicyLoader:
         self._seen = key
         self.missing = False
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            text = read_within_limit(self.path, errors="replace")  # refuses a huge file without reading it
+            if text == self.policy.text and self.error is None:
+                return False
+            policy = compile_strategy(text)
         except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
             self._seen = None
             log.warning("could not read strategy file %s: %s", self.path, exc)
             return False
-        if text == self.policy.text and self.error is None:
-            return False
-        try:
-            policy = compile_strategy(text)
         except StrategyError as exc:
             self.error = exc
             log.error("strategy file %s is invalid, still running version %s: %s",

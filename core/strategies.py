@@ -18,8 +18,9 @@ from sqlite_utils import Database
 
 from core import liveness, store
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
+from core.dsl.parser import MAX_CHARS
 
-MAX_CHARS = 100_000
+MAX_FILE_BYTES = 4 * MAX_CHARS  # UTF-8 takes at most 4 bytes a character: a larger file is surely too long
 LOADED_KEY, ERROR_KEY = "strategy_loaded_version", "strategy_error"  # written by the worker
 
 
@@ -57,10 +58,7 @@ def normalize(text: str) -> str:
 
 def compile_text(text: str) -> Policy:
     """Compile a strategy as the worker will; raise StrategyError (every error) when it is not valid."""
-    if len(text) > MAX_CHARS:
-        raise StrategyError([Diagnostic(1, 1, f"the strategy is {len(text):,} characters long; "
-                                              f"at most {MAX_CHARS:,} are allowed")])
-    return compile_strategy(normalize(text))
+    return compile_strategy(normalize(text))  # refuses more than MAX_CHARS before parsing
 
 
 def check(text: str) -> tuple[Policy | None, list[Diagnostic]]:
@@ -69,6 +67,15 @@ def check(text: str) -> tuple[Policy | None, list[Diagnostic]]:
         return compile_text(text), []
     except StrategyError as exc:
         return None, exc.errors
+
+
+def read_within_limit(path: str | Path, errors: str = "strict") -> str:
+    """A strategy file's text; StrategyError, without reading it, when the file is too large to be one."""
+    size_bytes = os.stat(path).st_size
+    if size_bytes > MAX_FILE_BYTES:
+        raise StrategyError([Diagnostic(1, 1, f"the file is {size_bytes:,} bytes long; a strategy has at most "
+                                              f"{MAX_CHARS:,} characters")])
+    return Path(path).read_text(encoding="utf-8", errors=errors)
 
 
 def read_strategy(path: str | Path) -> str:

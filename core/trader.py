@@ -132,7 +132,7 @@ class Trader:
         if last is not None and candle.open_time_ms <= last:
             return  # already traded (a replay after a restart, or a repeated candle)
         started = time.perf_counter()
-        policy = self._policy()
+        policy = self.check_strategy()
         self._last_policy = policy
         now_ms = int(self.clock() * 1000)
         filled, order, exit_order = [], None, None
@@ -358,20 +358,26 @@ class Trader:
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
 
-    def _policy(self) -> Policy:
+    def check_strategy(self) -> Policy:
+        """The policy to decide with, reloading the file if it changed; a change is recorded and announced:
+        strategy_invalid for a refused text, strategy_reloaded whenever the file's text runs again (a new
+        version, or the old one after a broken file was fixed). The worker also calls it between candles."""
         policy = self.loader.current()
-        if policy.version != self._policy_version:
+        error = self.loader.error
+        is_new_version, is_new_error = policy.version != self._policy_version, error is not self._error_seen
+        if is_new_version:
             self._policy_version = policy.version
             with self.db.conn:
                 store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
-            events.emit(events.strategy_reloaded, self, policy=policy)
-        if self.loader.error is not self._error_seen:
-            self._error_seen = self.loader.error
-            message = "" if self.loader.error is None else str(self.loader.error)
+        if is_new_error:
+            self._error_seen = error
+            message = "" if error is None else str(error)
             with self.db.conn:
                 store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
-            if self.loader.error is not None:
-                events.emit(events.strategy_invalid, self, error=self.loader.error)
+        if error is not None and is_new_error:
+            events.emit(events.strategy_invalid, self, error=error)
+        elif error is None and (is_new_version or is_new_error):
+            events.emit(events.strategy_reloaded, self, policy=policy)
         return policy
 
 

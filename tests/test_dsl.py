@@ -11,6 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from core.dsl import Action, StrategyError, compile_strategy, parse_strategy
 from core.dsl.nodes import All, Any, Compare, Crosses, Indicator, Not, Number, Series
+from core.dsl.parser import MAX_LINE_LENGTH
 from core.indicators import INDICATORS
 from tests.conftest import ROOT, SHARED_DATA
 
@@ -240,3 +241,153 @@ def test_seed_strategy_on_real_candles_equals_a_plain_loop():
     actual = policy.decide_all(series)
     assert actual.tolist() == [int(a) for a in expected]
     assert expected.count(H) > 8  # equal averages on flat stretches really happen in this file
+
+
+# -- limits: no text can crash the parser or the compiler ---------------------------------------------
+
+DEEP_MINUS = "IF " + "-" * 330 + "1 > 0 THEN BUY"
+LONG_SUM = "IF " + "+".join(["1"] * 330) + " > 0 THEN BUY"
+LONG_MA = "IF MA1" + "0" * 400 + " > 0 THEN BUY"
+
+
+@pytest.mark.parametrize("text, column, message", [
+    (DEEP_MINUS, 3 + 64, "nested more than 64 levels deep"),  # the comparison is level 1, the 64th minus 65
+    ("IF " + "NOT " * 200 + "1 > 0 THEN BUY", 4 + 4 * 64, "nested more than 64 levels deep"),  # the 65th NOT
+    (LONG_SUM, 4, "a calculation has at most 32 terms, this one has 330"),
+    ("IF " + "*".join(["2"] * 100) + " > 0 THEN BUY", 4, "at most 32 terms, this one has 100"),
+    ("IF CLOSE > " + "-".join(["1"] * 33) + " THEN BUY", 12, "at most 32 terms, this one has 33"),
+    (LONG_MA, 4, "the period of MA has more than 20 digits"),
+    ("IF CLOSE > " + "9" * 400 + " THEN BUY", 12, "more than 20 digits"),
+    ("IF SMA(" + "9" * 400 + ") > 1 THEN BUY", 8, "more than 20 digits"),
+    ("IF CLOSE > 0." + "0" * 30 + "1 THEN BUY", 12, "more than 20 digits"),
+])
+def test_limits_give_an_error_with_line_and_column_never_a_crash(text, column, message):
+    with pytest.raises(StrategyError) as caught:
+        compile_strategy("# deep\n" + text)
+    error = caught.value.errors[0]
+    assert (error.line, error.column) == (2, column), error.message
+    assert message in error.message
+    assert error.format("s.txt").startswith(f"s.txt:2:{column}: error: ")
+
+
+@pytest.mark.parametrize("text", [
+    "IF " + "-" * 60 + "1 > 0 THEN BUY",
+    "IF " + "+".join(["1"] * 32) + " > 0 THEN BUY",
+    "IF CLOSE > " + "9" * 20 + " THEN BUY",
+    "IF CLOSE > 0." + "0" * 18 + "1 THEN BUY",
+    "IF " + "(" * 32 + "CLOSE" + ")" * 32 + " > 1 THEN BUY",
+    "IF " + "SMA(" * 31 + "CLOSE" + ", 2)" * 31 + " > 1 THEN BUY",
+])
+def test_texts_within_the_limits_compile_and_decide(text):
+    policy = compile_strategy(text)
+    assert len(policy.decide_all(candles(np.linspace(1, 2, 80)))) == 80
+
+
+def test_the_whole_text_is_refused_above_100000_characters_before_parsing():
+    with pytest.raises(StrategyError) as caught:
+        compile_strategy("IF CLOSE > 1 THEN BUY\n" * 5000)  # 110,000 characters
+    assert [(e.line, e.column) for e in caught.value.errors] == [(1, 1)]
+    assert "at most 100,000" in caught.value.errors[0].message
+
+
+def test_an_unexpected_fault_while_parsing_becomes_an_error_at_its_line(monkeypatch):
+    from core.dsl import parser
+
+    def broken(self, tree):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(parser._Builder, "_compare", broken)
+    with pytest.raises(StrategyError) as caught:
+        compile_strategy("IF CLOSE > 1 AND CLOSE > 2 THEN BUY\n\nIF CLOSE > 3 THEN SELL")
+    assert [(e.line, e.column) for e in caught.value.errors] == [(1, 1), (3, 1)]
+    assert "ZeroDivisionError" in caught.value.errors[0].message
+
+
+def test_an_unexpected_fault_while_compiling_becomes_an_error_at_its_rule(monkeypatch):
+    from core.dsl import policy
+
+    def broken(self, node):
+        raise RecursionError("maximum recursion depth exceeded")
+    monkeypatch.setattr(policy.Policy, "_step", broken)
+    with pytest.raises(StrategyError) as caught:
+        compile_strategy("# first\n  IF CLOSE > 1 THEN BUY")
+    assert [(e.line, e.column) for e in caught.value.errors] == [(2, 1)]
+    assert "RecursionError" in caught.value.errors[0].message
+
+
+# Random text never reaches these depths: generate the structure itself.
+
+_leaf = st.sampled_from(["1", "CLOSE", "MA4", "RSI(14)", "2.5"])
+_size = st.integers(0, 100) | st.integers(100, 990)  # up to what a 1000-character line can hold
+_digits = st.integers(1, 600).map(lambda n: "1" + "0" * (n - 1))
+_number_text = st.builds(lambda whole, fraction: whole if fraction is None else f"{whole}.{fraction}",
+                         _digits, st.none() | _digits)
+
+
+def _nest(kind: str, depth: int, leaf: str) -> str:
+    if kind == "parens":
+        return "(" * depth + leaf + ")" * depth
+    if kind == "minus":
+        return "-" * depth + leaf
+    if kind == "minus spaced":
+        return "- " * depth + leaf
+    return "SMA(" * depth + "CLOSE" + ", 3)" * depth
+
+
+_value = st.one_of(
+    st.builds(_nest, st.sampled_from(["parens", "minus", "minus spaced", "calls"]), _size, _leaf),
+    st.builds(lambda op, n, leaf: op.join([leaf] * (n + 1)), st.sampled_from(["+", "-", "*", "/", " + "]),
+              _size, st.sampled_from(["1", "2", "CLOSE"])),
+    _number_text,
+    st.builds(lambda digits: "MA" + digits, _digits),
+)
+_condition = st.one_of(
+    st.builds(lambda value, op: f"{value} {op} 0", _value, st.sampled_from([">", "<", "==", "CROSSES ABOVE"])),
+    st.builds(lambda a, b: f"{a} > {b}", _value, _value),
+    st.builds(lambda n, v: "NOT " * n + f"{v} > 0", _size, _value),
+)
+
+
+@given(st.lists(_condition, min_size=1, max_size=3))
+@settings(max_examples=300, deadline=None)
+def test_deep_and_long_structures_give_strategy_errors_or_a_working_policy(conditions):
+    text = "\n".join(f"IF {condition} THEN BUY" for condition in conditions)
+    try:
+        policy = compile_strategy(text)
+    except StrategyError as exc:
+        assert exc.errors and all(e.line >= 1 and e.column >= 1 for e in exc.errors)
+        return
+    policy.decide_all(candles(np.linspace(1, 2, 60)))
+
+
+@given(st.integers(0, 200), st.sampled_from(["-", "NOT ", "("]))
+@settings(max_examples=100, deadline=None)
+def test_depth_is_refused_exactly_above_the_limit_for_every_kind(depth, kind):
+    inner = {"-": "-" * depth + "1 > 0", "NOT ": "NOT " * depth + "1 > 0",
+             "(": "(" * depth + "1 > 0" + ")" * depth}[kind]
+    try:
+        compile_strategy(f"IF {inner} THEN BUY")
+    except StrategyError as exc:
+        assert any(w in exc.errors[0].message for w in ("levels deep", "nested more than 32")), exc
+        assert depth > (32 if kind == "(" else 62)  # with the comparison and the number: 64 levels
+        return
+    assert depth <= (32 if kind == "(" else 62)
+
+
+_CONTROLS = ["\x00", "\x07", "\t", "\x0b", "\x0c", "\r", "\x1b", "\x7f", "\x85", "\u200b", "\u202e", "\u2028", "\ufeff"]
+
+
+@given(_condition, st.lists(st.tuples(st.sampled_from(_CONTROLS), st.integers(min_value=0)), min_size=1, max_size=5))
+@settings(max_examples=300, deadline=None)
+def test_control_characters_anywhere_in_deep_or_long_rules_give_positioned_errors(condition, insertions):
+    text = f"IF {condition} THEN BUY"
+    for char, at in insertions:
+        at %= len(text) + 1
+        text = text[:at] + char + text[at:]
+    try:
+        policy = compile_strategy(text)
+    except StrategyError as exc:
+        lines = text.splitlines()
+        for error in exc.errors:
+            assert 1 <= error.line <= max(len(lines), 1) and 1 <= error.column <= MAX_LINE_LENGTH + 1, error
+        return
+    policy.decide_all(candles(np.linspace(1, 2, 60)))

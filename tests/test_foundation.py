@@ -84,6 +84,26 @@ def test_check_prints_compiler_style_errors_and_exits_1(tmp_path):
     ]
 
 
+def test_check_refuses_deep_long_and_huge_texts_with_positions_never_a_traceback(tmp_path):
+    files = {"minus.txt": "IF " + "-" * 330 + "1 > 0 THEN BUY\n",
+             "sum.txt": "IF " + "+".join(["1"] * 330) + " > 0 THEN BUY\n",
+             "ma.txt": "# period\nIF MA1" + "0" * 400 + " > 0 THEN BUY\n",
+             "huge.txt": "IF CLOSE > 1 THEN BUY\n" * 450_000}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    result = run_cli("check", *(str(tmp_path / name) for name in files))
+    assert result.returncode == 1 and result.stderr == ""
+    assert result.stdout.splitlines() == [
+        f"{tmp_path / 'minus.txt'}:1:67: error: the condition is nested more than 64 levels deep "
+        "(parentheses, minus signs, NOT and calls all count); simplify it",
+        f"{tmp_path / 'sum.txt'}:1:4: error: a calculation has at most 32 terms, this one has 330; "
+        "split it or use an indicator",
+        f"{tmp_path / 'ma.txt'}:2:4: error: the period of MA has more than 20 digits",
+        f"{tmp_path / 'huge.txt'}:1:1: error: the file is 9,900,000 bytes long; "
+        "a strategy has at most 100,000 characters",
+    ]
+
+
 def test_check_exits_0_for_the_shipped_strategy():
     result = run_cli("check", "data/strategy.txt")
     assert (result.returncode, result.stdout) == (0, "")

@@ -134,3 +134,39 @@ def test_worker_view_tells_whether_the_saved_version_runs(db, loaded, error, ali
             store.set_meta(db, liveness.BEACON_KEY, str(NOW_MS), NOW_MS)
     view = strategies.worker_view(db, NOW_MS + 1000)
     assert view.has_loaded("abc") is is_loaded and view.is_alive is alive
+
+
+# -- a refused file on disk or in the editor: every page renders and says so ----------------------------
+
+CRASHERS = {  # texts that raised RecursionError / OverflowError inside the compiler (500 on every page)
+    "minus signs": ("IF " + "-" * 330 + "1 > 0 THEN BUY\n", "line 1, column 67", "nested more than 64 levels deep"),
+    "long sum": ("IF " + "+".join(["1"] * 330) + " > 0 THEN BUY\n", "line 1, column 4", "this one has 330"),
+    "long MA": ("IF MA1" + "0" * 400 + " > 0 THEN BUY\n", "line 1, column 4", "more than 20 digits"),
+    "too long": ("IF CLOSE > 1 THEN BUY\n" * 5000, "line 1, column 1", "110,000 characters long; at most 100,000"),
+}
+
+
+@pytest.mark.parametrize("name", CRASHERS)
+def test_pages_render_and_say_a_file_on_disk_is_refused(operator, path, name):
+    text, where, message = CRASHERS[name]
+    path.write_text(text)
+    dashboard = operator.get("/")
+    assert dashboard.status_code == 200
+    assert "The strategy file does not compile" in dashboard.get_data(as_text=True)
+    assert operator.get("/api/v1/chart").status_code == 200
+    editor = operator.get("/admin/algo")
+    page = editor.get_data(as_text=True)
+    assert editor.status_code == 200 and "the worker would refuse this text" in page
+    assert f"{where}</a>: " in page and message in page
+
+
+@pytest.mark.parametrize("name", CRASHERS)
+def test_validate_and_save_refuse_such_a_text_with_its_position(operator, path, name):
+    text, where, message = CRASHERS[name]
+    before = path.read_text()
+    answer = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token})
+    assert answer.status_code == 200 and f"{where}</a>: " in answer.get_data(as_text=True)
+    answer = operator.post("/admin/algo", data={"strategy": text, "csrf_token": operator.csrf_token})
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 422 and "Not saved" in page and message in page
+    assert path.read_text() == before

@@ -144,3 +144,22 @@ def test_a_failing_event_receiver_never_stops_trading(db, make_trader):
     finally:
         events.decision_made.disconnect(broken)
     assert rows(db, "SELECT count(*) FROM decisions") == [(2,)]
+
+
+def test_a_fixed_strategy_is_announced_even_at_the_same_version_and_a_new_breakage_again(db, make_trader, data_dir):
+    good = "IF CLOSE > 0 THEN BUY\n"
+    trader = make_trader(good)
+    seen = []
+    events.strategy_reloaded.connect(lambda sender, policy: seen.append(("reloaded", policy.version)), weak=False)
+    events.strategy_invalid.connect(lambda sender, error: seen.append(("invalid", error.line)), weak=False)
+    try:
+        version = trader.check_strategy().version
+        for text in ("IF CLOSE > 0 THEN SELLX\n", good, "\nIF CLOSE > THEN BUY\n", good):  # sizes differ: seen at once
+            (data_dir / "strategy.txt").write_text(text)
+            assert trader.check_strategy().version == version  # the good text runs all along
+        assert trader.check_strategy().version == version  # nothing changed: nothing announced
+    finally:
+        events.strategy_reloaded.receivers.clear()
+        events.strategy_invalid.receivers.clear()
+    assert seen == [("reloaded", version), ("invalid", 1), ("reloaded", version), ("invalid", 2), ("reloaded", version)]
+    assert rows(db, "SELECT value FROM meta WHERE key = 'strategy_error'") == [("",)]

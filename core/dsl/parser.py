@@ -4,12 +4,18 @@ Each non-blank line is one rule and is parsed on its own (lark, LALR), so an err
 hides the errors of the next. The parse tree is then checked and turned into `nodes`: names resolved
 against the indicator registry, argument counts and ranges checked, conditions and values kept apart.
 Nothing in a strategy is ever executed as code.
+
+Limits keep every text cheap and every recursion shallow: the text's size is checked before anything
+is parsed, a line's length and nesting before lark runs, and the parse tree's depth, chain lengths and
+number sizes before it is turned into nodes. A fault nobody foresaw still becomes a StrategyError at
+its line: a strategy text is refused, it never crashes the process reading it.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import logging
 import re
 from pathlib import Path
 
@@ -23,9 +29,15 @@ from .nodes import (Action, All, Any, Arithmetic, Compare, Condition, Crosses, I
                     Not, Number, Rule, Series, Value)
 from .risk import Risk, collect, is_risk_statement
 
+MAX_CHARS = 100_000  # the whole text, checked before parsing (the editor's limit too)
 MAX_LINE_LENGTH = 1000
-MAX_NESTING = 32
+MAX_NESTING = 32  # parentheses
+MAX_DEPTH = 64  # levels of the parse tree: parentheses, minus signs, NOT, calls, operators
+MAX_TERMS = 32  # terms of one calculation such as 1 + 2 * 3 - 4
+MAX_DIGITS = 20  # digits of one number (a float64 holds about 16 significant ones anyway)
 MAX_RULES = 200
+
+log = logging.getLogger(__name__)
 
 _MA_SHORTHAND = re.compile(r"MA([0-9]+)")
 _GLUED_PERIOD = re.compile(r"([A-Z_]+?)([0-9]+)")
@@ -47,6 +59,9 @@ def parse_strategy(text: str) -> list[Rule]:
 
 def parse_program(text: str) -> tuple[list[Rule], Risk]:
     """Parse a whole strategy into its rules and risk statements; raise StrategyError listing every error."""
+    if len(text) > MAX_CHARS:
+        raise StrategyError([Diagnostic(1, 1, f"the strategy is {len(text):,} characters long; "
+                                              f"at most {MAX_CHARS:,} are allowed")])
     rules: list[Rule] = []
     errors: list[Diagnostic] = []
     risk_lines: list[tuple[int, str]] = []
@@ -58,7 +73,13 @@ def parse_program(text: str) -> tuple[list[Rule], Risk]:
             risk_lines.append((number, line))
             continue
         problems: list[Diagnostic] = []
-        rule = _parse_line(line, number, problems)
+        try:
+            rule = _parse_line(line, number, problems)
+        except Exception as exc:  # noqa: BLE001 - a parser bug must refuse the line, never crash the caller
+            log.exception("unexpected fault parsing line %d of a strategy", number)
+            problems = [Diagnostic(number, 1, f"this rule could not be read ({type(exc).__name__}); "
+                                              f"simplify it")]
+            rule = None
         errors.extend(problems)
         if rule is not None and not problems:
             rules.append(rule)
@@ -84,6 +105,10 @@ def _parse_line(line: str, number: int, problems: list[Diagnostic]) -> Rule | No
     except UnexpectedInput as exc:
         problems.append(Diagnostic(number, *_syntax_error(exc, line)))
         return None
+    size_error = _size_error(tree)
+    if size_error:
+        problems.append(Diagnostic(number, *size_error))
+        return None
     builder = _Builder(number, problems)
     _, condition, _, action_token = tree.children
     node = builder.condition(condition, "after IF")
@@ -103,6 +128,51 @@ def _nesting_error(line: str) -> tuple[int, str] | None:
         elif char == ")":
             depth -= 1
     return None
+
+
+def _size_error(tree: Tree) -> tuple[int, str] | None:
+    """The first place where the tree is too deep, a calculation too long or a number too big.
+
+    Iterative on purpose: this runs before any recursion over the tree, so it must not recurse itself.
+    """
+    stack: list[tuple[Tree, int, bool]] = [(child, 1, False) for child in reversed(tree.children)
+                                           if isinstance(child, Tree)]
+    while stack:
+        node, depth, is_left_term = stack.pop()
+        if depth > MAX_DEPTH:
+            return _start_column(node), (f"the condition is nested more than {MAX_DEPTH} levels deep "
+                                         f"(parentheses, minus signs, NOT and calls all count); simplify it")
+        if node.data == "arithmetic" and not is_left_term:
+            terms, left = 2, node.children[0]
+            while isinstance(left, Tree) and left.data == "arithmetic":
+                terms, left = terms + 1, left.children[0]
+            if terms > MAX_TERMS:
+                return _start_column(node), (f"a calculation has at most {MAX_TERMS} terms, this one has "
+                                             f"{terms}; split it or use an indicator")
+        for token in node.children:
+            if isinstance(token, Token) and _too_many_digits(token):
+                what = "the period of MA" if token.type == "NAME" else f"number {str(token)[:MAX_DIGITS]}..."
+                return token.column, f"{what} has more than {MAX_DIGITS} digits"
+        for index in range(len(node.children) - 1, -1, -1):
+            child = node.children[index]
+            if isinstance(child, Tree):
+                stack.append((child, depth + 1, node.data == "arithmetic" and index == 0))
+    return None
+
+
+def _too_many_digits(token: Token) -> bool:
+    if token.type == "NUMBER":
+        return len(token) - token.count(".") > MAX_DIGITS
+    shorthand = token.type == "NAME" and _MA_SHORTHAND.fullmatch(token.upper())
+    return bool(shorthand) and len(shorthand.group(1)) > MAX_DIGITS
+
+
+def _start_column(tree: Tree) -> int:
+    """Column of the first token under `tree`, found without recursion."""
+    node = tree
+    while isinstance(node, Tree):
+        node = next((child for child in node.children if child is not None), None)
+    return node.column if isinstance(node, Token) else 1
 
 
 # -- syntax errors: what lark expected, said in words -------------------------------------------

@@ -22,6 +22,7 @@ import numpy as np
 
 from core import indicators
 
+from .errors import Diagnostic, StrategyError
 from .nodes import Action, All, Any, Arithmetic, Compare, Crosses, Indicator, Negate, Not, Number, Rule, Series
 from .parser import parse_program
 from .risk import Risk
@@ -43,7 +44,10 @@ class Decision:
 
 
 class Policy:
-    """A compiled strategy. Build with `compile_strategy`; immutable and safe to share."""
+    """A compiled strategy. Build with `compile_strategy`; immutable and safe to share.
+
+    Raises StrategyError (at the rule's line) should compiling a rule fail in a way nobody foresaw.
+    """
 
     def __init__(self, rules: list[Rule], text: str, risk: Risk | None = None):
         self.rules = tuple(rules)
@@ -52,10 +56,17 @@ class Policy:
         self.version = hashlib.sha256(text.encode()).hexdigest()[:12]
         self._steps: list[Step] = []
         self._slots: dict[object, int] = {}
-        self._rule_slots = [self._compile(rule.condition) for rule in self.rules]
+        self._rule_slots: list[int] = []
+        warmups = [0]
+        for rule in self.rules:
+            try:
+                self._rule_slots.append(self._compile(rule.condition))
+                warmups.append(_warmup(rule.condition))
+            except Exception as exc:  # a compiler bug must refuse the rule, never crash the caller
+                raise StrategyError([Diagnostic(rule.line, 1, f"this rule could not be compiled "
+                                                              f"({type(exc).__name__}); simplify it")]) from exc
         self._actions = np.array([int(rule.action) for rule in self.rules], dtype=np.int8)
-        self.warmup = max([_warmup(rule.condition) for rule in self.rules]
-                          + [_warmup(Indicator("ATR", (float(n),))) for n in self.risk.atr_periods], default=0)
+        self.warmup = max(warmups + [_warmup(Indicator("ATR", (float(n),))) for n in self.risk.atr_periods])
         # The live decision needs the warm-up plus one previous candle for CROSSES.
         self.window = min(max(self.warmup + 2, MIN_WINDOW), MAX_WINDOW)
 
