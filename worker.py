@@ -18,10 +18,11 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, binance, events, heartbeat, liveness, logs, maintenance, store
+from core import alerts, binance, controls, events, heartbeat, liveness, logs, maintenance, store
 from core.binance_feed import Backfill, StreamTime, open_feed
 from core.brokers import make_broker
 from core.candles import Tick
+from core import config
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
 from core.policy_loader import PolicyLoader
@@ -29,8 +30,9 @@ from core.trader import Trader
 
 log = logging.getLogger("omniwise.worker")
 ROOT = Path(__file__).resolve().parent
-BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
+BUNDLED_REPLAY = config.BUNDLED_REPLAY
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
+CONTROLS_EVERY_S = 1  # a flatten is carried out, and a new signal re-checked, within this
 ORDER_CHECK_S = 30  # exchange brokers settle orders whose outcome is open this often
 
 
@@ -62,11 +64,14 @@ class Worker:
         self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(guarded, self.beat)
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
         self.scheduler.every(60).seconds.do(guarded, self.report)
+        self.scheduler.every(CONTROLS_EVERY_S).seconds.do(guarded, self.obey_operator)
+        self._latest_signal_id: int | None = None
         self.scheduler.every(1).days.do(guarded, self.prune)
         if settings.broker != "paper":
             self.scheduler.every(ORDER_CHECK_S).seconds.do(guarded, broker.recover)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
+        events.order_filled.connect(self.on_position_changed, sender=broker)
 
     def beat(self) -> None:
         liveness.beat(self.db, int(self.clock() * 1000))
@@ -80,6 +85,22 @@ class Worker:
         elif verdict.state == heartbeat.MISMATCH and not verdict.in_grace and self.settings.on_mismatch == "follow":
             signal = heartbeat.current_signal(self.db, self.settings.symbol)
             self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
+
+    def obey_operator(self) -> None:
+        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
+        request_id = controls.waiting_flatten(self.db)
+        if request_id is not None:
+            result = self.trader.flatten()
+            controls.finish_flatten(self.db, request_id, result, int(self.clock() * 1000))
+            log.warning("flatten by the operator: %s", result)
+        (latest,) = self.db.execute("SELECT max(id) FROM external_signals WHERE outcome = 'accepted'").fetchone()
+        if latest != self._latest_signal_id:
+            self._latest_signal_id = latest
+            self.check_heartbeat()
+
+    def on_position_changed(self, sender, order) -> None:
+        """A fill changed the position: the heartbeat must not show the old one for up to a minute."""
+        self.check_heartbeat()
 
     def prune(self) -> None:
         """The daily retention job: drop rows older than the OMNIWISE_KEEP_* limits."""

@@ -34,10 +34,23 @@ def queue(db: Database, subject: str, state: str, message: str, now_ms: int, is_
 
 def recent(db: Database, limit: int = 20) -> list[dict]:
     """The newest alerts first, with their delivery state."""
-    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error "
-                        "FROM alerts ORDER BY id DESC LIMIT ?", [limit])
+    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error, "
+                        "acknowledged_at_ms FROM alerts ORDER BY id DESC LIMIT ?", [limit])
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def acknowledge(db: Database, alert_id: int, now_ms: int) -> bool:
+    """The operator has seen an alert: its episode is not repeated any more. False for an unknown id."""
+    with db.conn:
+        return db.execute("UPDATE alerts SET acknowledged_at_ms = coalesce(acknowledged_at_ms, ?) WHERE id = ?",
+                          [now_ms, alert_id]).rowcount == 1
+
+
+def is_acknowledged(db: Database, subject: str, since_ms: int) -> bool:
+    """True when an alert of `subject` raised since `since_ms` (the episode's start) was acknowledged."""
+    return db.execute("SELECT 1 FROM alerts WHERE subject = ? AND created_at_ms >= ? AND acknowledged_at_ms "
+                      "IS NOT NULL LIMIT 1", [subject, since_ms]).fetchone() is not None
 
 
 def backoff_s(attempts: int) -> float:

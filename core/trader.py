@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import brokers, events, store
+from core import brokers, controls, events, store
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
@@ -76,6 +76,7 @@ class Trader:
         # Seconds each closed candle took, the newest 10,000: bounded however fast a replay runs.
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
         self._policy_version: str | None = None
+        self.last_price: float | None = None  # the latest trade's price: what a flatten is paper-filled at
         self._error_seen: object = None
 
     # -- start ----------------------------------------------------------------------------------
@@ -112,6 +113,7 @@ class Trader:
                 self.on_candle(candle)
             # This tick opened the new minute: its price is the new candle's open, the fill price.
             self._fill_pending(tick.price, tick.time_ms - tick.time_ms % 60_000)
+        self.last_price = tick.price
 
     def close_due(self, now_ms: int) -> None:
         """Close the current candle (and empty minutes) once the clock is past the minute end."""
@@ -124,6 +126,7 @@ class Trader:
         if last is not None and candle.open_time_ms <= last:
             return  # already traded (a replay after a restart, or a repeated candle)
         started = time.perf_counter()
+        self.last_price = candle.close
         policy = self._policy()
         now_ms = int(self.clock() * 1000)
         filled, order = [], None
@@ -152,7 +155,10 @@ class Trader:
                 ":action, :target, :position_before, :rule_index, :rule_text, :strategy_version, :reason, "
                 ":created_at_ms)", row).lastrowid
             if target is not None and position_side not in (target, "unknown"):
-                order = self.broker.submit(row["id"], SIDE_FOR_TARGET[target], now_ms)
+                if target == "long" and controls.is_paused(self.db):  # paused: exits only
+                    log.info("no entry on candle %s: trading is paused", _iso(candle.open_time_ms))
+                else:
+                    order = self.broker.submit(row["id"], SIDE_FOR_TARGET[target], now_ms)
         if order is not None:
             self.broker.execute(order)  # only after the commit: the order's row exists before it is sent
         self.latencies_s.append(time.perf_counter() - started)
@@ -197,6 +203,8 @@ class Trader:
             position = self.broker.position()
             if self.broker.has_pending() or position.side == target or (target == "flat" and position.side != "long"):
                 return None
+            if target == "long" and controls.is_paused(self.db):
+                return None  # paused: the operator allows no entry, not even a correction
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO decisions(symbol, candle_open_time_ms, action, target, position_before, "
                 "rule_text, strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'follow', ?)",
@@ -208,6 +216,37 @@ class Trader:
         log.warning("following the external signal %s: %s", signal, reason)
         events.emit(events.order_placed, self.broker, order=order)
         return order
+
+    def flatten(self) -> str:
+        """Close the position now (the operator's flatten): a decision of its own with reason 'manual' and its
+        order, filled at once by an exchange, or by paper at the latest trade's price. Returns what it did."""
+        now_ms = int(self.clock() * 1000)
+        with store.transaction(self.db):
+            # An entry still waiting for the next price would undo the flatten: it is cancelled first.
+            cancelled = self.db.execute(
+                "UPDATE orders SET status = 'cancelled', error = 'cancelled by a flatten' WHERE broker = ? "
+                "AND symbol = ? AND status = 'pending' AND side = 'BUY'", [self.broker.name, self.symbol]).rowcount
+            position = self.broker.position()
+            if position.side == "flat" or self.broker.has_pending():
+                return ("nothing to close, the position is flat" if position.side == "flat"
+                        else "a closing order is already waiting") + (f"; {cancelled} waiting entry cancelled"
+                                                                      if cancelled else "")
+            side = "SELL" if position.side == "long" else "BUY"
+            # Keyed by the request's own time, not a candle's: two flattens within one candle are two decisions.
+            decision_id = self.db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, 'flat', ?, 'flatten by the operator', ?, "
+                "'manual', ?)", [self.symbol, now_ms, side, position.side, self._policy_version, now_ms]).lastrowid
+            order = self.broker.submit(decision_id, side, now_ms)
+        self.broker.execute(order)
+        events.emit(events.order_placed, self.broker, order=order)
+        if self.broker.has_pending() and self.last_price is not None:
+            self._fill_pending(self.last_price, now_ms)
+        row = self.db.execute("SELECT status, qty, price, error FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        status, qty, price, error = row
+        if status == "filled":
+            return f"{side} {qty:.8g} {self.symbol} at {price:.8g}"
+        return f"{side} order {status}" + (f": {error}" if error else "")
 
     def _fill_pending(self, price: float, time_ms: int) -> None:
         if not self.broker.has_pending():

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 def test_settings_defaults_follow_the_design():
     s = load_settings({}, env_file=None)
-    assert (s.data_dir, s.symbol, s.feed, s.replay_speed, s.broker) == (Path("data"), "BTCUSDT", "replay", 60, "paper")
+    assert (s.data_dir, s.symbol, s.feed, s.replay_speed, s.broker) == (Path("data"), "XRPETH", "replay", 60, "paper")
     assert (s.heartbeat_interval_s, s.heartbeat_grace_s, s.signal_ttl_s, s.alert_urls) == (60, 90, 600, ())
 
 
@@ -25,6 +25,27 @@ def test_settings_read_environment_over_env_file(tmp_path):
     s = load_settings({"OMNIWISE_REPLAY_SPEED": "10", "BINANCE_API_SECRET": "s3cret"}, env_file=env_file)
     assert (s.symbol, s.replay_speed, s.alert_urls) == ("ETHBTC", 10, ("json://a", "json://b"))
     assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("replay_file, symbol", [
+    ("XRPETH-aggTrades-2019-10-11.csv", "XRPETH"),
+    ("/anywhere/ETHBTC-1m.csv", "ETHBTC"),
+    ("btcusdt-1m-2024-01.csv", "BTCUSDT"),
+    ("SOLUSDT-trades-2025-03-01.csv", "SOLUSDT"),
+])
+def test_the_symbol_follows_the_replay_file_name_when_not_set(replay_file, symbol):
+    assert load_settings({"OMNIWISE_REPLAY_FILE": replay_file}, env_file=None).symbol == symbol
+    given = {"OMNIWISE_REPLAY_FILE": replay_file, "OMNIWISE_SYMBOL": "bnbbtc"}
+    assert load_settings(given, env_file=None).symbol == "BNBBTC"  # a set symbol wins
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"OMNIWISE_FEED": "binance"}, "OMNIWISE_FEED=binance needs OMNIWISE_SYMBOL"),
+    ({"OMNIWISE_REPLAY_FILE": "my-prices.csv"}, "does not start with a market"),
+])
+def test_a_symbol_that_cannot_be_known_is_asked_for(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ, env_file=None)
 
 
 @pytest.mark.parametrize("name, value, message", [
