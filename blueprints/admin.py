@@ -6,6 +6,8 @@ import time
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
+from blueprints import htmx
+from blueprints.db import get_db
 from core import auth, backtest, strategies, tradingview
 from core.dsl import StrategyError
 
@@ -21,8 +23,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 
 
 def _db():
-    from omniwise import get_db
-
     return get_db()
 
 
@@ -42,7 +42,7 @@ def guard():
     if request.endpoint not in PUBLIC and not session.get("operator"):
         if request.path.startswith("/api/"):
             return {"error": "log in first"}, 401
-        if request.headers.get("HX-Request"):  # a fragment of an expired session: send the whole page to login
+        if htmx:  # a fragment of an expired session: send the whole page to login
             return "", 401, {"HX-Redirect": url_for("admin.login")}
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
     if request.method not in SAFE_METHODS and request.endpoint not in NO_CSRF:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,17 @@ def test_core_never_imports_flask():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 6  # the walk really imported the core modules
+
+
+def test_blueprints_never_import_the_script_that_assembles_them():
+    # Flask's tutorial shape: the request's db lives in the web package (blueprints/db.py), so no import loop.
+    code = ("import pkgutil, importlib, sys, blueprints\n"
+            "for m in pkgutil.walk_packages(blueprints.__path__, 'blueprints.'): importlib.import_module(m.name)\n"
+            "assert 'omniwise' not in sys.modules and 'worker' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for path in (ROOT / "blueprints").glob("*.py"):  # nor later, from inside a view
+        assert not re.search(r"^\s*(from omniwise |import omniwise)", path.read_text(), re.M), path
 
 
 def run_cli(*args, cwd=ROOT):
