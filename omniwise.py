@@ -42,10 +42,12 @@ def create_app(settings: Settings | None = None) -> Flask:
     if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
-    from blueprints import admin, status
+    from blueprints import admin, alerts as alerts_bp, controls, formats, status, trades
 
     app.register_blueprint(admin.bp)
     app.register_blueprint(status.bp)
+    for blueprint in (formats.bp, trades.bp, controls.bp, alerts_bp.bp):
+        app.register_blueprint(blueprint)
     from blueprints import signals as signals_bp
 
     app.register_blueprint(signals_bp.bp)

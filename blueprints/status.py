@@ -24,19 +24,6 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@bp.app_template_filter("utc")
-def utc(time_ms: int | None, short: bool = False) -> str:
-    """A time in ms as 'YYYY-MM-DD HH:MM:SS' UTC ('MM-DD HH:MM:SS' when short)."""
-    layout = "%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S"
-    return "" if time_ms is None else time.strftime(layout, time.gmtime(time_ms / 1000))
-
-
-@bp.app_template_filter("ago")
-def ago(iso_time: str | None, now_ms: int) -> str:
-    """How long ago an ISO time of the status report was, in words."""
-    return dashboard.age(iso_time, now_ms)
-
-
 @bp.get("/")
 def index():
     """The dashboard: status, chart, recent activity; its fragments refresh themselves."""

@@ -114,7 +114,7 @@ def account(db: Database, symbol: str, price: float | None, now_ms: int,
     cash, qty = _paper_balance(db, symbol)
     if cash is None:  # an exchange account: the position is what the fills left
         qty = sum(o["qty"] if o["side"] == "BUY" else -o["qty"] for o in orders)
-    value = qty * price if price is not None else None
+    value = qty * price if price is not None else (0.0 if qty == 0 else None)  # flat needs no price
     equity = cash + value if cash is not None and value is not None else None
     return Account(
         cash=cash, position_qty=qty, position_value=value, equity=equity,
@@ -140,6 +140,24 @@ def equity_curve(orders: list[dict], start_balance: float, price: float | None, 
     for point in points:  # the chart wants one value per second, ascending: the last fill of a second wins
         deduped[point["time"]] = point["value"]
     return [{"time": t, "value": v} for t, v in sorted(deduped.items())][-MAX_EQUITY_POINTS:]
+
+
+QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY")
+
+
+def quote_asset(symbol: str) -> str:
+    """The asset a market is priced in (XRPETH -> ETH, BTCUSDT -> USDT); "quote" when it cannot be told."""
+    for asset in QUOTE_ASSETS:
+        if symbol.upper().endswith(asset) and len(symbol) > len(asset):
+            return asset
+    return "quote"
+
+
+def last_price(db: Database, symbol: str) -> float | None:
+    """The newest candle's close: what an open position is valued at."""
+    row = db.execute("SELECT close FROM candles WHERE symbol = ? ORDER BY open_time_ms DESC LIMIT 1",
+                     [symbol]).fetchone()
+    return row[0] if row else None
 
 
 def _paper_balance(db: Database, symbol: str) -> tuple[float | None, float]:
