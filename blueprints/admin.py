@@ -176,7 +176,7 @@ def restore(version: str):
 def webhook():
     """What to give TradingView: the webhook URL, its secret and alert messages to paste."""
     token = current_app.extensions["omniwise.webhook"].token
-    return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(),
+    return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
                            url=url_for("signals.external_signal", token=token, _external=True))
 
 
