@@ -115,7 +115,7 @@ class Worker:
 
     def on_strategy_loaded(self, sender, policy) -> None:
         verdict = heartbeat.Verdict(heartbeat.VALID, f"strategy version {policy.version} loaded, "
-                                                     f"{len(policy.rules)} rules")
+                                                     f"{len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}")
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
     def report(self) -> None:

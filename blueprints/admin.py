@@ -115,7 +115,7 @@ def save():
         policy = strategies.save_strategy(_strategy_path(), text, _db(), _now_ms())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
-    flash(f"Saved version {policy.version}: {len(policy.rules)} rules.", "good")
+    flash(f"Saved version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
 
@@ -153,7 +153,7 @@ def loaded():
 def history():
     """Saved versions, newest first, each with its diff against the current text."""
     current = strategies.read_strategy(_strategy_path())
-    entries = [(version, strategies.diff(current, version.text))
+    entries = [(version, strategies.diff(version.text, current))  # read old -> new
                for version in strategies.versions(_db())]
     return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current))
 
@@ -168,7 +168,7 @@ def restore(version: str):
     except StrategyError as exc:
         flash(f"Version {version} cannot be restored: {exc}", "bad")
         return redirect(url_for("admin.history"))
-    flash(f"Restored version {policy.version}: {len(policy.rules)} rules.", "good")
+    flash(f"Restored version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
 
@@ -178,6 +178,10 @@ def webhook():
     token = current_app.extensions["omniwise.webhook"].token
     return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
                            url=url_for("signals.external_signal", token=token, _external=True))
+
+
+def _rules(policy) -> str:
+    return "1 rule" if len(policy.rules) == 1 else f"{len(policy.rules)} rules"
 
 
 def _local_path(target: str | None) -> str | None:

@@ -181,14 +181,15 @@ def test_the_editor_says_when_the_worker_runs_the_saved_version(operator, settin
     assert "hx-trigger" not in fragment  # done: it stops polling
 
 
-def test_history_diffs_against_the_current_text_and_restores(operator, settings, db):
+def test_versions_diff_old_to_new_and_restore(operator, settings, db):
     shipped = settings.strategy_path.read_text()
     operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
     page = operator.get("/admin/algo/history").get_data(as_text=True)
     old = strategies.version_of(shipped)
     assert page.count('class="version"') == 2 and f"/admin/algo/history/{old}/restore" in page
-    assert '<span class="del">-IF CLOSE &gt; OPEN THEN BUY</span>' in page
-    assert '<span class="add">+IF MA4 &gt; MA9 THEN BUY</span>' in page
+    # read old -> new: the shipped version's lines went, the saved one came
+    assert '<span class="add">+IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert '<span class="del">-IF MA4 &gt; MA9 THEN BUY</span>' in page
     answer = operator.post(f"/admin/algo/history/{old}/restore", data={"csrf_token": operator.csrf_token})
     assert answer.status_code == 302 and settings.strategy_path.read_text() == shipped
     assert f"Restored version {old}" in operator.get("/admin/algo").get_data(as_text=True)
@@ -244,7 +245,7 @@ def test_webhook_panel_shows_the_url_the_secret_and_messages_to_paste(operator):
     page = operator.get("/admin/webhook").get_data(as_text=True)
     assert f'value="http://localhost/api/v1/external-signal/{TOKEN}"' in page and f'value="{TOKEN}"' in page
     assert "{{strategy.market_position}}" in page and "{{timenow}}" in page and "{{ticker}}" in page
-    assert page.count('class="copy"') == 6
+    assert page.count('class="copy"') == 8  # URL, secret, the recipe's Pine line and message, 4 messages
 
 
 def test_pages_carry_security_headers(operator):
