@@ -39,8 +39,8 @@ def table():
 @bp.get("/api/v1/equity")
 def equity():
     """Equity after each fill and now, in the quote asset, for the chart (times in UTC seconds)."""
-    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
+    db, settings = get_db(), current_app.config["SETTINGS"]
     start = settings.paper_balance if settings.broker == "paper" else 0.0  # an exchange account: P&L from 0
-    curve = account.equity_curve(account.filled_orders(db, settings.symbol), start,
-                                 account.last_price(db, settings.symbol), now_ms)
+    price, at_ms = account.last_close(db, settings.symbol) or (None, _now_ms())
+    curve = account.equity_curve(account.filled_orders(db, settings.symbol), start, price, at_ms)
     return {"asset": account.quote_asset(settings.symbol), "start": start, "points": curve}

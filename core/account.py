@@ -126,8 +126,10 @@ def account(db: Database, symbol: str, price: float | None, now_ms: int,
 
 
 def equity_curve(orders: list[dict], start_balance: float, price: float | None, now_ms: int) -> list[dict]:
-    """Equity after each fill (valued at the fill's price) and now at `price`; times in UTC seconds."""
-    cash, qty, points = start_balance, 0.0, []
+    """The start balance a minute before the first fill, equity after each fill (valued at the fill's price),
+    and at `now_ms` (the last candle's close: a replay's clock, not the wall's) at `price`; times in UTC seconds."""
+    cash, qty = start_balance, 0.0
+    points = [{"time": orders[0]["filled_at_ms"] // 1000 - 60, "value": start_balance}] if orders else []
     for order in orders:
         if order["side"] == "BUY":
             cash, qty = cash - order["quote"], qty + order["qty"]
@@ -155,9 +157,15 @@ def quote_asset(symbol: str) -> str:
 
 def last_price(db: Database, symbol: str) -> float | None:
     """The newest candle's close: what an open position is valued at."""
-    row = db.execute("SELECT close FROM candles WHERE symbol = ? ORDER BY open_time_ms DESC LIMIT 1",
+    last = last_close(db, symbol)
+    return last[0] if last else None
+
+
+def last_close(db: Database, symbol: str) -> tuple[float, int] | None:
+    """The newest candle's close and its close time in ms, or None before the first candle."""
+    row = db.execute("SELECT close, close_time_ms FROM candles WHERE symbol = ? ORDER BY open_time_ms DESC LIMIT 1",
                      [symbol]).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1] + 1) if row else None
 
 
 def _paper_balance(db: Database, symbol: str) -> tuple[float | None, float]:

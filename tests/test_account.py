@@ -62,8 +62,9 @@ def test_equity_curve_steps_at_each_fill_and_ends_at_the_last_price(db, paper):
     trade(db, paper, "BUY", 2.0, T0 + 60_000)
     trade(db, paper, "SELL", 2.2, T0 + 120_000)
     curve = account.equity_curve(account.filled_orders(db, SYMBOL), 1000.0, 2.3, T0 + 180_000)
-    assert [p["time"] for p in curve] == [(T0 + 60_000) // 1000, (T0 + 120_000) // 1000, (T0 + 180_000) // 1000]
-    assert [p["value"] for p in curve] == pytest.approx([499.5 * 2.0, 1097.8011, 1097.8011])
+    assert [p["time"] for p in curve] == [T0 // 1000, (T0 + 60_000) // 1000, (T0 + 120_000) // 1000,
+                                          (T0 + 180_000) // 1000]
+    assert [p["value"] for p in curve] == pytest.approx([1000.0, 499.5 * 2.0, 1097.8011, 1097.8011])
 
 
 def test_an_empty_account_is_its_start_balance(db, paper):

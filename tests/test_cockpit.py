@@ -75,7 +75,8 @@ def test_equity_curve_ends_at_the_equity_now(operator, traded):
     assert data["start"] == 10_000 and data["asset"] == "USDT"
     assert data["points"][-1]["value"] == pytest.approx(operator.get("/api/v1/status").json["account"]["equity"])
     times = [p["time"] for p in data["points"]]
-    assert times == sorted(set(times)) and len(times) == 6
+    assert times == sorted(set(times)) and len(times) == 7  # start, 5 fills, the last candle's close
+    assert data["points"][0]["value"] == 10_000
 
 
 def test_pause_resume_and_flatten_need_the_csrf_token_and_are_recorded(operator, db):
