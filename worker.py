@@ -72,6 +72,7 @@ class Worker:
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
         events.order_filled.connect(self.on_position_changed, sender=broker)
+        events.order_placed.connect(self.on_position_changed, sender=broker)  # exchanges fill as they place
 
     def beat(self) -> None:
         liveness.beat(self.db, int(self.clock() * 1000))
@@ -100,7 +101,8 @@ class Worker:
 
     def on_position_changed(self, sender, order) -> None:
         """A fill changed the position: the heartbeat must not show the old one for up to a minute."""
-        self.check_heartbeat()
+        if not self.trader.broker.has_pending():  # a paper order waiting for the next price changed nothing yet
+            self.check_heartbeat()
 
     def prune(self) -> None:
         """The daily retention job: drop rows older than the OMNIWISE_KEEP_* limits."""
