@@ -93,6 +93,13 @@ def finish_flatten(db: Database, request_id: int, result: str, now_ms: int) -> N
         alerts.queue(db, "trading", "flattened", f"FLATTEN by the operator: {result}", now_ms, is_failure=False)
 
 
+def last_flatten(db: Database) -> dict | None:
+    """The newest flatten the worker carried out: requested_at_ms, done_at_ms, result; None before the first."""
+    row = db.execute("SELECT requested_at_ms, done_at_ms, result FROM trading_controls WHERE action = 'flatten' "
+                     "AND done_at_ms IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+    return None if row is None else dict(zip(("requested_at_ms", "done_at_ms", "result"), row))
+
+
 def history(db: Database, limit: int = 10) -> list[dict]:
     """The newest requests first: action, requested_at_ms, done_at_ms, result."""
     cursor = db.execute("SELECT id, action, requested_at_ms, done_at_ms, result FROM trading_controls "

@@ -33,6 +33,7 @@ def overview(db: Database, settings, now_ms: int) -> dict:
     report["candle"] = candle
     report["position"]["unrealised_pnl"] = unrealised_pnl(report["position"], candle.close if candle else None)
     report["trading_since_ms"] = controls.trading_state(db).since_ms  # the tiles write times from ms
+    report["last_flatten"] = controls.last_flatten(db)
     state = heartbeat.state_of(db, "position")
     report["heartbeat_pending_until_ms"] = state["pending_until_ms"] if state else None
     return report

@@ -119,6 +119,7 @@ def test_the_worker_carries_out_a_flatten_request_records_and_alerts_it(settings
         assert alerts.recent(db, 1)[0]["message"].startswith("FLATTEN by the operator: SELL ")
         assert worker.trader.broker.position().side == "flat"
         assert controls.trading_state(db).flatten_requested_ms is None
+        assert controls.last_flatten(db) == {"requested_at_ms": NOW_MS, "done_at_ms": NOW_MS, "result": row["result"]}
         # checked every second, so a flatten waits at most that long
         assert CONTROLS_EVERY_S == 1 and any(job.job_func.args == (worker.obey_operator,) and job.interval == 1
                                              and job.unit == "seconds" for job in worker.scheduler.jobs)

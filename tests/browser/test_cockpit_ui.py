@@ -92,7 +92,12 @@ def test_pause_then_flatten_closes_the_position_within_seconds_and_resume(op, co
                       what="the worker to carry out the flatten")
     took_s = time.monotonic() - requested
     expect(op.locator("#position-tile")).to_contain_text("flat", timeout=10_000)
+    expect(op.locator("#last-flatten")).to_contain_text("Flattened ")
     assert took_s < 5, took_s  # the worker checks every second; the rest is the page and a loaded machine
+    ((worker_ms,),) = query(cockpit.data_dir, "SELECT done_at_ms - requested_at_ms FROM trading_controls "
+                                              "WHERE action = 'flatten'")
+    print(f"flatten: request to done in the worker {worker_ms} ms, click to result {took_s:.2f} s")
+    assert worker_ms < 3000, worker_ms  # every second, plus a replay item's slack on a loaded machine
     wait_until(lambda: any("FLATTEN by the operator" in m for m in cockpit.sink.messages()), timeout_s=15,
                what="the flatten's alert")
     if done[0][0].startswith("SELL"):  # it closed a position: a manual exit on /trades
