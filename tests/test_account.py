@@ -71,3 +71,37 @@ def test_an_empty_account_is_its_start_balance(db, paper):
     money = account.account(db, SYMBOL, None, T0, start_balance=1000.0)
     assert (money.cash, money.position_value, money.equity, money.realized_pnl, money.fees) == (1000.0, 0.0, 1000.0, 0, 0)
     assert account.equity_curve([], 1000.0, 2.0, T0) == [{"time": T0 // 1000, "value": 1000.0}]
+
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prices=st.lists(st.floats(min_value=1e-6, max_value=1e6, allow_nan=False), min_size=1, max_size=40),
+       fee_rate=st.sampled_from([0.0, 0.00075, 0.001, 0.01]))
+def test_round_trips_always_add_up_to_the_paper_balance(tmp_path_factory, prices, fee_rate):
+    # Prices over twelve orders of magnitude, long chains of trades: the P&L of the round trips must
+    # equal what the paper broker's own balance did, trip by trip.
+    from core import store
+
+    database = store.connect(tmp_path_factory.mktemp("prop") / "omniwise.db")
+    try:
+        broker = brokers.PaperBroker(database, SYMBOL, start_balance=1000.0, fee_rate=fee_rate)
+        balances, buys = [1000.0], 0
+        for i, price in enumerate(prices):
+            side = "BUY" if i % 2 == 0 else "SELL"
+            trade(database, broker, side, price, T0 + i * 60_000)
+            (status,) = database.execute("SELECT status FROM orders ORDER BY id DESC LIMIT 1").fetchone()
+            if status == "filled":  # a chain of losses can leave dust the broker will not sell: rejected
+                buys += side == "BUY"
+                if side == "SELL":
+                    balances.append(broker.account()[0])
+        trips = account.round_trips(account.filled_orders(database, SYMBOL))
+        assert len(trips) == buys
+        closed = [t for t in trips if t.exit_time_ms is not None]
+        assert len(closed) == len(balances) - 1 and len(trips) - len(closed) <= 1
+        for trip, before, after in zip(closed, balances, balances[1:]):
+            assert trip.pnl == pytest.approx(after - before, rel=1e-9, abs=1e-12)
+            assert trip.fees >= 0 and (fee_rate == 0 or trip.fees > 0)
+    finally:
+        database.close()
