@@ -221,6 +221,10 @@ class Trader:
         """Close the position now (the operator's flatten): a decision of its own with reason 'manual' and its
         order, filled at once by an exchange, or by paper at the latest trade's price. Returns what it did."""
         now_ms = int(self.clock() * 1000)
+        try:
+            self.broker.position()  # a fresh read: inside the transaction an exchange broker answers its last one
+        except brokers.BrokerError as exc:
+            return f"nothing done, the position could not be read: {exc}"
         with store.transaction(self.db):
             # An entry still waiting for the next price would undo the flatten: it is cancelled first.
             cancelled = self.db.execute(
@@ -231,7 +235,7 @@ class Trader:
                 return ("nothing to close, the position is flat" if position.side == "flat"
                         else "a closing order is already waiting") + (f"; {cancelled} waiting entry cancelled"
                                                                       if cancelled else "")
-            side = "SELL" if position.side == "long" else "BUY"
+            side = SIDE_FOR_TARGET["flat"]  # brokers take targets: SELL means be flat, closing a short too
             # Keyed by the request's own time, not a candle's: two flattens within one candle are two decisions.
             decision_id = self.db.execute(
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "

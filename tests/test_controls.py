@@ -125,3 +125,26 @@ def test_the_worker_carries_out_a_flatten_request_records_and_alerts_it(settings
                                              and job.unit == "seconds" for job in worker.scheduler.jobs)
     finally:
         worker.db.close()
+
+
+def test_flatten_of_a_futures_short_buys_it_back_reduce_only_at_the_exchange(db, data_dir):
+    # The real python-binance client against the exchange stand-in: a flatten is the target "flat", never a BUY
+    # that would turn the short into a long.
+    from core.binance_brokers import BinanceFuturesBroker
+    from core.binance import FUTURES
+    from tests.test_binance_brokers import broker_for
+    from tests.exchange.standin import start_standin
+
+    exchange = start_standin(speed=1)
+    try:
+        exchange.futures_amount, exchange.futures_entry = -50, exchange.last_price()
+        broker = broker_for(exchange, db, BinanceFuturesBroker, FUTURES)
+        (data_dir / "strategy.txt").write_text("IF CLOSE < 0 THEN BUY\n")
+        trader = Trader(db, "XRPETH", PolicyLoader(data_dir / "strategy.txt"), broker, clock=lambda: NOW_MS / 1000)
+        assert trader.flatten().startswith("SELL 50 XRPETH at ")
+        (client_id,) = db.execute("SELECT client_order_id FROM orders").fetchone()
+        (sent,) = exchange.orders_for(client_id)
+        assert (sent["side"], sent["params"]["quantity"], sent["params"]["reduceOnly"]) == ("BUY", "50", "true")
+        assert broker.position().side == "flat"
+    finally:
+        exchange.close()
