@@ -167,6 +167,15 @@ def test_times_say_utc_and_carry_the_year_when_it_is_not_this_year():
     assert utc(now, short=True, now_ms=now) == "11-30 00:53:20"
 
 
+def test_the_login_page_says_where_the_password_comes_from_and_how_to_reset_it(client, db):
+    from core import auth
+
+    auth.set_password(db, "x" * 12, 1_700_000_000_000)
+    page = client.get("/login").get_data(as_text=True)
+    assert "OMNIWISE_ADMIN_PASSWORD" in page and "python omniwise.py init" in page
+    assert "python omniwise.py set-password" in page
+
+
 def test_the_ledgers_stale_is_called_superseded_on_the_dashboard(operator, db):
     from core import signals
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Session-scoped fixtures defined 
 
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
-PAGES = ["/", "/trades", "/admin/algo", "/admin/algo/history", "/admin/webhook", "/alerts", "/admin/flatten"]
+PAGES = ["/", "/trades", "/admin/algo", "/admin/algo/history", "/admin/webhook", "/alerts", "/admin/flatten", "/login"]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +129,16 @@ def test_acknowledge_an_alert_and_send_a_test_notification(op, cockpit):
     expect(op.get_by_role("status").first).to_have_text("The test notification was delivered to every alert URL.")
     assert "TEST: a test notification from Omniwise; alerts reach you this way" in cockpit.sink.messages()
     expect(op.locator("table.alerts tbody tr").first).to_contain_text("sent")
+
+
+def test_not_saved_clears_once_the_text_is_valid(op, cockpit):
+    op.goto(cockpit.url + "/admin/algo")
+    op.locator("#strategy").fill("IF MA4 > MA9 BUY\n")
+    op.get_by_role("button", name="Save").click()
+    expect(op.locator("#not-saved")).to_contain_text("Not saved")
+    op.locator("#strategy").fill("IF MA4 > MA9 THEN BUY\n")
+    expect(op.locator("#validation")).to_contain_text("Valid: 1 rule,")
+    expect(op.locator("#not-saved")).to_have_count(0)
 
 
 @pytest.mark.parametrize("path", PAGES)
