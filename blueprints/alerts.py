@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from blueprints.db import get_db
-from core import alerts
+from core import alerts, heartbeat
 
 bp = Blueprint("alerts", __name__)
 
@@ -19,7 +19,8 @@ def _now_ms() -> int:
 @bp.get("/alerts")
 def index():
     """The newest alerts with whether each was delivered, and the test button."""
-    return render_template("alerts/index.html", alerts=alerts.recent(get_db(), 100),
+    db = get_db()
+    return render_template("alerts/index.html", alerts=alerts.recent(db, 100), open_episodes=heartbeat.open_episodes(db),
                            has_urls=bool(current_app.config["SETTINGS"].alert_urls))
 
 

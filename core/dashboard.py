@@ -67,6 +67,7 @@ def recent_activity(db: Database, limit: int = RECENT_ROWS) -> dict[str, list[di
         "signals": _rows(db, "SELECT id, received_at_ms, source, signal, signal_time_ms, symbol, outcome "
                              "FROM external_signals ORDER BY id DESC LIMIT ?", limit),
         "alerts": alerts.recent(db, limit),
+        "open_episodes": heartbeat.open_episodes(db),
     }
 
 

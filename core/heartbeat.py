@@ -183,6 +183,13 @@ def state_of(db: Database, subject: str) -> dict | None:
     return None if row is None else dict(zip(("state", "reason", "since_ms", "checked_at_ms", "pending_until_ms"), row))
 
 
+def open_episodes(db: Database) -> dict[str, int]:
+    """Subjects in a bad state now, with since when: their alerts can still be acknowledged."""
+    marks = ", ".join("?" * len(FAILURES))
+    return dict(db.execute(f"SELECT subject, since_ms FROM heartbeat WHERE state IN ({marks})",
+                           sorted(FAILURES)).fetchall())
+
+
 def _message(subject: str, state: str, reason: str) -> str:
     title = _TITLES.get(subject, subject.upper())
     if state in FAILURES:

@@ -101,9 +101,16 @@ def test_acknowledging_an_alert_marks_it_seen(operator, db):
                      1_700_000_000_000)
     (alert,) = alerts.recent(db)
     page = operator.get("/alerts").get_data(as_text=True)
-    assert f'/alerts/{alert["id"]}/acknowledge' in page and "not sent" in page
+    assert f'/alerts/{alert["id"]}/acknowledge' in page and ">queued<" in page
     answer = operator.post(f'/alerts/{alert["id"]}/acknowledge', data={"csrf_token": operator.csrf_token})
     assert answer.status_code == 302 and alerts.recent(db)[0]["acknowledged_at_ms"] is not None
+    assert ">seen<" in operator.get("/alerts").get_data(as_text=True)
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.OK, "signal is SELL and position is flat"),
+                     1_700_000_060_000)
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.MISMATCH, "signal is SELL but position is long"),
+                     1_700_000_120_000)
+    page = operator.get("/alerts").get_data(as_text=True)
+    assert page.count("/acknowledge") == 1  # only the episode that lasts; the recovery and the past are done
     assert operator.post("/alerts/999/acknowledge", data={"csrf_token": operator.csrf_token}).status_code == 404
 
 

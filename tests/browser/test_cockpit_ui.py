@@ -115,12 +115,17 @@ def test_pause_then_flatten_closes_the_position_within_seconds_and_resume(op, co
 
 
 def test_acknowledge_an_alert_and_send_a_test_notification(op, cockpit):
-    cockpit.post_signal("SELL" if query(cockpit.data_dir, "SELECT 1 FROM paper_accounts WHERE base_qty > 0")
-                        else "BUY", int(time.time() * 1000), source="BrowserCheck")  # disagrees with the position
-    wait_until(lambda: query(cockpit.data_dir, "SELECT id FROM alerts WHERE subject = 'position' AND state = 'mismatch'"),
-               cockpit.worker, timeout_s=20, what="a mismatch alert")
+    # Paused and flat, a BUY signal is a mismatch that lasts (grace 0): its alert can be acknowledged.
+    op.get_by_role("button", name="Pause").click()
+    op.get_by_role("link", name="Flatten…").click()
+    op.get_by_role("button", name="Yes, flatten now").click()
+    expect(op.locator("#position-tile")).to_contain_text("flat", timeout=10_000)
+    cockpit.post_signal("BUY", int(time.time() * 1000), source="BrowserCheck")
+    wait_until(lambda: query(cockpit.data_dir, "SELECT state FROM heartbeat WHERE subject = 'position'")
+               == [("mismatch",)], cockpit.worker, timeout_s=20, what="a lasting mismatch")
     op.get_by_role("link", name="Alerts", exact=True).click()
     row = op.locator("table.alerts tbody tr").filter(has=op.get_by_role("button", name="Acknowledge")).first
+    expect(row).to_contain_text("signal is BUY but no long position")
     alert_id = row.get_attribute("id")
     row.get_by_role("button", name="Acknowledge").click()
     expect(op.get_by_role("status").first).to_contain_text("Acknowledged")
@@ -129,6 +134,9 @@ def test_acknowledge_an_alert_and_send_a_test_notification(op, cockpit):
     expect(op.get_by_role("status").first).to_have_text("The test notification was delivered to every alert URL.")
     assert "TEST: a test notification from Omniwise; alerts reach you this way" in cockpit.sink.messages()
     expect(op.locator("table.alerts tbody tr").first).to_contain_text("sent")
+    op.goto(cockpit.url + "/")
+    op.get_by_role("button", name="Resume").click()
+    expect(op.locator("#trading-tile")).to_contain_text("on")
 
 
 def test_not_saved_clears_once_the_text_is_valid(op, cockpit):
