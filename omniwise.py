@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import click
-from flask import Flask, current_app, g
+from flask import Flask
 from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -46,33 +46,26 @@ def create_app(settings: Settings | None = None) -> Flask:
         logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
             auth.ensure_password(db, settings.admin_password, _now_ms())
-    app.teardown_appcontext(close_db)
+    from blueprints import db as web_db
+    from blueprints import htmx
+
+    web_db.init_app(app)
+    htmx.init_app(app)
     if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
-    from blueprints import admin, status
+    from blueprints import admin, alerts as alerts_bp, controls, formats, status, trades
 
     app.register_blueprint(admin.bp)
     app.register_blueprint(status.bp)
+    for blueprint in (formats.bp, trades.bp, controls.bp, alerts_bp.bp):
+        app.register_blueprint(blueprint)
     from blueprints import signals as signals_bp
 
     app.register_blueprint(signals_bp.bp)
     for command in COMMANDS:
         app.cli.add_command(command)
     return app
-
-
-def get_db():
-    """The request's database connection, opened on first use."""
-    if "db" not in g:
-        g.db = store.open_db(current_app.config["SETTINGS"].db_path)
-    return g.db
-
-
-def close_db(exc: BaseException | None = None) -> None:
-    db = g.pop("db", None)
-    if db is not None:
-        db.close()
 
 
 # -- command line -------------------------------------------------------------------------------

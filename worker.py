@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, events, heartbeat, liveness, logs, maintenance, signals, store
+from core import alerts, config, controls, events, heartbeat, liveness, logs, maintenance, signals, store
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
@@ -32,8 +32,9 @@ from core.trader import Trader
 
 log = logging.getLogger("omniwise.worker")
 ROOT = Path(__file__).resolve().parent
-BUNDLED_REPLAY = ROOT / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
+BUNDLED_REPLAY = config.BUNDLED_REPLAY
 JOBS_EVERY_N_ITEMS = 256  # run due jobs at least this often while replaying as fast as possible
+CONTROLS_EVERY_S = 1  # a flatten is carried out, and a new signal re-checked, within this
 ORDER_CHECK_S = 30  # exchange brokers settle open orders and read the position this often
 STRATEGY_CHECK_S = 2  # the strategy file is looked at this often even when no candle closes
 UNKNOWN_CHECK_S = 5  # and ask Binance about orders of unknown outcome this often
@@ -87,6 +88,8 @@ class Worker:
         self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(guarded, self.beat)
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
         self.scheduler.every(60).seconds.do(guarded, self.report)
+        self.scheduler.every(CONTROLS_EVERY_S).seconds.do(guarded, self.obey_operator)
+        self._latest_signal_id: int | None = None
         self.scheduler.every(1).days.do(guarded, self.prune)
         # Between candles too (a replay that has ended, a quiet market): a broken or fixed file is alerted.
         self.scheduler.every(STRATEGY_CHECK_S).seconds.do(guarded, self.trader.check_strategy)
@@ -95,6 +98,8 @@ class Worker:
             self.scheduler.every(UNKNOWN_CHECK_S).seconds.do(guarded, broker.settle)
         events.strategy_invalid.connect(self.on_strategy_invalid, sender=self.trader)
         events.strategy_reloaded.connect(self.on_strategy_loaded, sender=self.trader)
+        events.order_filled.connect(self.on_position_changed, sender=broker)
+        events.order_placed.connect(self.on_position_changed, sender=broker)  # exchanges fill as they place
 
     def beat(self) -> None:
         liveness.beat(self.db, int(self.clock() * 1000))
@@ -109,6 +114,23 @@ class Worker:
             signal = heartbeat.current_signal(self.db, self.settings.symbol)
             self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
 
+    def obey_operator(self) -> None:
+        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
+        request_id = controls.waiting_flatten(self.db)
+        if request_id is not None:
+            result = self.trader.flatten()
+            controls.finish_flatten(self.db, request_id, result, int(self.clock() * 1000))
+            log.warning("flatten by the operator: %s", result)
+        (latest,) = self.db.execute("SELECT max(id) FROM external_signals WHERE outcome = 'accepted'").fetchone()
+        if latest != self._latest_signal_id:
+            self._latest_signal_id = latest
+            self.check_heartbeat()
+
+    def on_position_changed(self, sender, order) -> None:
+        """A fill changed the position: the heartbeat must not show the old one for up to a minute."""
+        if not self.trader.broker.has_pending():  # a paper order waiting for the next price changed nothing yet
+            self.check_heartbeat()
+
     def prune(self) -> None:
         """The daily retention job: drop rows older than the OMNIWISE_KEEP_* limits."""
         keep = maintenance.Retention(self.settings.keep_candles_days, self.settings.keep_decisions_days,
@@ -122,7 +144,7 @@ class Worker:
 
     def on_strategy_loaded(self, sender, policy) -> None:
         reason = (f"{self.settings.strategy_path} is missing: HOLD on every candle" if self.loader.missing
-                  else f"strategy version {policy.version} loaded, {len(policy.rules)} rules")
+                  else f"strategy version {policy.version} loaded, {len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}")
         verdict = heartbeat.Verdict(heartbeat.VALID, reason)
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 

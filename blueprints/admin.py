@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
+from blueprints import htmx
+from blueprints.db import get_db
 from core import auth, backtest, logs, strategies, tradingview
 from core.dsl import StrategyError
 
@@ -30,8 +32,6 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline';
 
 
 def _db():
-    from omniwise import get_db
-
     return get_db()
 
 
@@ -54,7 +54,7 @@ def guard():
     if request.endpoint not in PUBLIC and not session.get("operator"):
         if request.path.startswith("/api/"):
             return {"error": "log in first"}, 401
-        if request.headers.get("HX-Request"):  # a fragment of an expired session: send the whole page to login
+        if htmx:  # a fragment of an expired session: send the whole page to login
             return "", 401, {"HX-Redirect": url_for("admin.login")}
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
     if request.method not in SAFE_METHODS and request.endpoint not in NO_CSRF:
@@ -183,7 +183,7 @@ def save():
         flash(f"Not saved: cannot write {_strategy_path()} or its database ({reason}). Make the data folder "
               "writable by the user running Omniwise, then save again; the running strategy is unchanged.", "bad")
         return _editor_page(text, *strategies.check(text)), 503
-    flash(f"Saved version {policy.version}: {len(policy.rules)} rules.", "good")
+    flash(f"Saved version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
 
@@ -223,7 +223,7 @@ def history():
     current = strategies.read_strategy(_strategy_path())
     pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
     page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
-    entries = [(version, *_shown(strategies.diff(current, version.text)), *_shown(version.text.splitlines()))
+    entries = [(version, *_shown(strategies.diff(version.text, current)), *_shown(version.text.splitlines()))
                for version in strategies.versions(_db(), HISTORY_PAGE_SIZE, (page - 1) * HISTORY_PAGE_SIZE)]
     return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current),
                            page=page, pages=pages)
@@ -257,7 +257,7 @@ def restore(version: str):
     except OSError as exc:
         flash(f"Version {version} not restored: cannot write {_strategy_path()} ({exc.strerror or exc}).", "bad")
         return redirect(url_for("admin.history"))
-    flash(f"Restored version {policy.version}: {len(policy.rules)} rules.", "good")
+    flash(f"Restored version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
 
@@ -265,8 +265,12 @@ def restore(version: str):
 def webhook():
     """What to give TradingView: the webhook URL, its secret and alert messages to paste."""
     token = current_app.extensions["omniwise.webhook"].token
-    return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(),
+    return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
                            url=url_for("signals.external_signal", token=token, _external=True))
+
+
+def _rules(policy) -> str:
+    return "1 rule" if len(policy.rules) == 1 else f"{len(policy.rules)} rules"
 
 
 def _local_path(target: str | None) -> str | None:

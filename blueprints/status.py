@@ -6,6 +6,7 @@ import time
 
 from flask import Blueprint, current_app, render_template, request, session
 
+from blueprints.db import get_db
 from core import dashboard, signals, store, strategies
 from core.policy_loader import PolicyLoader
 from core.status import is_healthy, status_report
@@ -23,24 +24,9 @@ def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@bp.app_template_filter("utc")
-def utc(time_ms: int | None, short: bool = False) -> str:
-    """A time in ms as 'YYYY-MM-DD HH:MM:SS' UTC ('MM-DD HH:MM:SS' when short)."""
-    layout = "%m-%d %H:%M:%S" if short else "%Y-%m-%d %H:%M:%S"
-    return "" if time_ms is None else time.strftime(layout, time.gmtime(time_ms / 1000))
-
-
-@bp.app_template_filter("ago")
-def ago(iso_time: str | None, now_ms: int) -> str:
-    """How long ago an ISO time of the status report was, in words."""
-    return dashboard.age(iso_time, now_ms)
-
-
 @bp.get("/")
 def index():
     """The dashboard: status, chart, recent activity; its fragments refresh themselves."""
-    from omniwise import get_db
-
     db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
     loader = current_app.extensions["omniwise.policy"]
     return render_template("status/index.html", report=dashboard.overview(db, settings, now_ms),
@@ -51,8 +37,6 @@ def index():
 @bp.get("/dashboard/summary")
 def summary():
     """The #summary fragment: worker, market, position, signal, heartbeat."""
-    from omniwise import get_db
-
     now_ms = _now_ms()
     return render_template("status/_summary.html", now_ms=now_ms,
                            report=dashboard.overview(get_db(), current_app.config["SETTINGS"], now_ms))
@@ -61,16 +45,12 @@ def summary():
 @bp.get("/dashboard/activity")
 def activity():
     """The #activity fragment: recent decisions, orders, signals and alerts."""
-    from omniwise import get_db
-
     return render_template("status/_activity.html", activity=dashboard.recent_activity(get_db()))
 
 
 @bp.get("/api/v1/chart")
 def chart():
     """Candles, the strategy's moving averages and trade/signal markers, for the dashboard's chart."""
-    from omniwise import get_db
-
     policy = current_app.extensions["omniwise.policy"].current()
     return dashboard.chart(get_db(), current_app.config["SETTINGS"].symbol, policy)
 
@@ -78,8 +58,6 @@ def chart():
 @bp.get("/healthz")
 def healthz():
     """200 when the worker is alive and the heartbeat is ok, 503 otherwise (for uptime monitors)."""
-    from omniwise import get_db
-
     db = get_db()  # a database that cannot be opened answers 503 JSON too (blueprints/admin.py)
     report = status_report(db, current_app.config["SETTINGS"], int(time.time() * 1000), alert_limit=0)
     is_db_writable = store.is_writable(db)
@@ -92,8 +70,6 @@ def healthz():
 @bp.get("/api/v1/status")
 def api_status():
     """The status report as JSON, for the webhook's token holder or the logged-in operator."""
-    from omniwise import get_db
-
     if not is_operator():
         return {"error": "give the webhook token (X-Omniwise-Token header or ?token=) or log in"}, 401
     return status_report(get_db(), current_app.config["SETTINGS"], int(time.time() * 1000))

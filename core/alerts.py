@@ -16,6 +16,7 @@ log = logging.getLogger("omniwise.alerts")
 
 CLAIM_MS = 60_000  # a claimed alert is left to its claimer this long
 MAX_BACKOFF_S = 3600
+NEVER_MS = 2**62  # the next attempt of an alert that is not retried
 
 Notifier = Callable[[str, str], None]  # (title, body); raises AlertDeliveryError when not delivered
 
@@ -34,10 +35,47 @@ def queue(db: Database, subject: str, state: str, message: str, now_ms: int, is_
 
 def recent(db: Database, limit: int = 20) -> list[dict]:
     """The newest alerts first, with their delivery state."""
-    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error "
-                        "FROM alerts ORDER BY id DESC LIMIT ?", [limit])
+    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error, "
+                        "acknowledged_at_ms FROM alerts ORDER BY id DESC LIMIT ?", [limit])
     names = [c[0] for c in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def acknowledge(db: Database, alert_id: int, now_ms: int) -> bool:
+    """The operator has seen an alert: its episode is not repeated any more. False for an unknown id."""
+    with db.conn:
+        return db.execute("UPDATE alerts SET acknowledged_at_ms = coalesce(acknowledged_at_ms, ?) WHERE id = ?",
+                          [now_ms, alert_id]).rowcount == 1
+
+
+def is_acknowledged(db: Database, subject: str, since_ms: int) -> bool:
+    """True when an alert of `subject` raised since `since_ms` (the episode's start) was acknowledged."""
+    return db.execute("SELECT 1 FROM alerts WHERE subject = ? AND created_at_ms >= ? AND acknowledged_at_ms "
+                      "IS NOT NULL LIMIT 1", [subject, since_ms]).fetchone() is not None
+
+
+def send_test(db: Database, notify: Notifier | None, now_ms: int) -> tuple[bool, str]:
+    """Send a test notification at once (not through the outbox) and keep it as an alert with its outcome.
+    Returns (delivered, what happened in words)."""
+    message = "TEST: a test notification from Omniwise; alerts reach you this way"
+    with db.conn:
+        # claimed at once, so the outbox of either process leaves it to this request
+        alert_id = db.execute("INSERT INTO alerts(created_at_ms, subject, state, message, next_attempt_ms, attempts, "
+                              "delivered_at_ms, claimed_until_ms) VALUES (?, 'test', 'test', ?, ?, 1, ?, ?)",
+                              [now_ms, message, now_ms, now_ms if notify is None else None,
+                               now_ms + CLAIM_MS]).lastrowid
+    if notify is None:
+        return False, "No OMNIWISE_ALERT_URLS are set: alerts are written to the log only, nothing was sent."
+    try:
+        notify("Omniwise: test", message)
+    except AlertDeliveryError as exc:
+        with db.conn:  # not retried: a test is about now
+            db.execute("UPDATE alerts SET last_error = ?, next_attempt_ms = ? WHERE id = ?",
+                       [str(exc)[:500], NEVER_MS, alert_id])
+        return False, f"The test notification was not delivered: {exc}"
+    with db.conn:
+        db.execute("UPDATE alerts SET delivered_at_ms = ? WHERE id = ?", [now_ms, alert_id])
+    return True, "The test notification was delivered to every alert URL."
 
 
 def backoff_s(attempts: int) -> float:

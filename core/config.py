@@ -5,12 +5,16 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
 from dotenv import dotenv_values
 
 PREFIX = "OMNIWISE_"
+BUNDLED_REPLAY = Path(__file__).resolve().parent.parent / "data" / "replay" / "XRPETH-aggTrades-2019-10-11.csv"
+# data.binance.vision names files SYMBOL-aggTrades-DATE.csv or SYMBOL-1m-DATE.csv
+_SYMBOL_IN_FILE_NAME = re.compile(r"^([A-Za-z0-9]{2,20})-(?:aggTrades|trades|\d+[smhdwM])[-.]")
 
 
 class ConfigError(Exception):
@@ -183,6 +187,8 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
     for name, field in (("BINANCE_API_KEY", "binance_api_key"), ("BINANCE_API_SECRET", "binance_api_secret")):
         if values.get(name):
             kwargs[field] = values[name]
+    if "symbol" not in kwargs:
+        kwargs["symbol"] = _default_symbol(kwargs.get("feed", "replay"), kwargs.get("replay_file") or BUNDLED_REPLAY)
     settings = Settings(**kwargs)
     if settings.broker != "paper" and settings.feed != "binance":
         raise ConfigError(f"{PREFIX}BROKER={settings.broker} places real orders: it needs {PREFIX}FEED=binance "
@@ -191,3 +197,20 @@ def load_settings(environ: Mapping[str, str] | None = None, env_file: str | Path
         raise ConfigError(f"{PREFIX}TESTNET=no with {PREFIX}BROKER={settings.broker} trades real money: confirm it "
                           f"with {PREFIX}LIVE_TRADING={LIVE_TRADING_OPT_IN}, or keep the testnet")
     return settings
+
+
+def symbol_of_file(path: Path) -> str | None:
+    """The market a Binance public-data file is named after (XRPETH-aggTrades-2019-10-11.csv -> XRPETH), or None."""
+    match = _SYMBOL_IN_FILE_NAME.match(Path(path).name)
+    return match.group(1).upper() if match else None
+
+
+def _default_symbol(feed: str, replay_file: Path) -> str:
+    if feed == "binance":
+        raise ConfigError(f"{PREFIX}FEED=binance needs {PREFIX}SYMBOL, the market to trade (e.g. BTCUSDT)")
+    symbol = symbol_of_file(replay_file)
+    if symbol is None:
+        raise ConfigError(f"{PREFIX}SYMBOL is not set and the replay file name {Path(replay_file).name!r} does not "
+                          "start with a market (as in XRPETH-aggTrades-2019-10-11.csv): set "
+                          f"{PREFIX}SYMBOL to the market the file holds")
+    return symbol

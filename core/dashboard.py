@@ -12,7 +12,7 @@ import datetime
 import numpy as np
 from sqlite_utils import Database
 
-from core import alerts, indicators
+from core import alerts, controls, heartbeat, indicators
 from core.candles import Candle
 from core.dsl import Policy
 from core.dsl.nodes import Indicator, Series
@@ -32,6 +32,10 @@ def overview(db: Database, settings, now_ms: int) -> dict:
     candle = last_candle(db, settings.symbol)
     report["candle"] = candle
     report["position"]["unrealised_pnl"] = unrealised_pnl(report["position"], candle.close if candle else None)
+    report["trading_since_ms"] = controls.trading_state(db).since_ms  # the tiles write times from ms
+    report["last_flatten"] = controls.last_flatten(db)
+    state = heartbeat.state_of(db, "position")
+    report["heartbeat_pending_until_ms"] = state["pending_until_ms"] if state else None
     return report
 
 
@@ -63,6 +67,7 @@ def recent_activity(db: Database, limit: int = RECENT_ROWS) -> dict[str, list[di
         "signals": _rows(db, "SELECT id, received_at_ms, source, signal, signal_time_ms, symbol, outcome "
                              "FROM external_signals ORDER BY id DESC LIMIT ?", limit),
         "alerts": alerts.recent(db, limit),
+        "open_episodes": heartbeat.open_episodes(db),
     }
 
 

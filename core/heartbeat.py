@@ -55,6 +55,8 @@ class Verdict:
     state: str
     reason: str
     in_grace: bool = False
+    pending_until_ms: int | None = None  # a mismatch in its grace counts from then on
+    is_quiet: bool = False  # nothing to tell anyone: no signal was ever received
 
 
 def current_signal(db: Database, symbol: str) -> SignalView | None:
@@ -76,8 +78,8 @@ def reconcile(signal: SignalView | None, position: Position | None, now_ms: int,
     """Compare the external signal with the position: ok, mismatch, stale or unknown."""
     if position is None:
         return Verdict(UNKNOWN, "the position could not be read from the broker")
-    if signal is None:
-        return Verdict(STALE, "no external signal has been received yet")
+    if signal is None:  # nothing was ever promised: no alarm before the first signal
+        return Verdict(UNKNOWN, "no external signal has been received yet", is_quiet=True)
     age_s = (now_ms - signal.received_at_ms) / 1000
     if age_s > settings.ttl_s:
         return Verdict(STALE, f"the last signal ({signal.signal} from {signal.source}) is {_duration(age_s)} old, "
@@ -89,8 +91,9 @@ def reconcile(signal: SignalView | None, position: Position | None, now_ms: int,
         reason = "signal is SELL but position is long"
     else:
         return Verdict(OK, f"signal is {signal.signal} and position is {position.side}")
-    in_grace = (now_ms - signal.since_ms) / 1000 < settings.grace_s
-    return Verdict(MISMATCH, reason, in_grace=in_grace)
+    pending_until_ms = signal.since_ms + int(settings.grace_s * 1000)
+    in_grace = now_ms < pending_until_ms
+    return Verdict(MISMATCH, reason, in_grace=in_grace, pending_until_ms=pending_until_ms if in_grace else None)
 
 
 def check_position(db: Database, broker, symbol: str, now_ms: int, settings: HeartbeatSettings) -> Verdict:
@@ -145,11 +148,14 @@ def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: 
         old_state, since_ms, last_alert_ms = row if row else (None, now_ms, None)
         new_state = verdict.state
         if verdict.in_grace:  # a new signal gets time to be followed: nothing changes yet
-            new_state = old_state or OK
+            new_state = old_state or UNKNOWN
         change = None
+        was_alerted = last_alert_ms is not None and last_alert_ms >= since_ms  # the episode ending now was told
         if new_state != old_state:
             alert_id = None
-            if new_state in FAILURES or (old_state in FAILURES and new_state not in FAILURES):
+            if verdict.is_quiet or verdict.in_grace:
+                pass
+            elif new_state in FAILURES or (old_state in FAILURES and new_state not in FAILURES and was_alerted):
                 alert_id = alerts.queue(db, subject, new_state, _message(subject, new_state, verdict.reason),
                                         now_ms, is_failure=new_state in FAILURES)
                 last_alert_ms = now_ms
@@ -157,24 +163,35 @@ def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: 
                        "VALUES (?, ?, ?, ?, ?)", [subject, old_state, new_state, verdict.reason, now_ms])
             since_ms = now_ms
             change = Change(subject, old_state, new_state, verdict.reason, alert_id)
-        elif new_state in REPEATED and last_alert_ms is not None and now_ms - last_alert_ms >= repeat_s * 1000:
+        elif (new_state in REPEATED and last_alert_ms is not None and now_ms - last_alert_ms >= repeat_s * 1000
+              and not alerts.is_acknowledged(db, subject, since_ms)):
             message = _message(subject, new_state, verdict.reason) + f" (still, for {_duration((now_ms - since_ms) / 1000)})"
             alerts.queue(db, subject, new_state, message, now_ms, is_failure=True)
             last_alert_ms = now_ms
         reason = verdict.reason if not verdict.in_grace else f"{verdict.reason}; within the grace period"
-        db.execute("INSERT INTO heartbeat(subject, state, reason, since_ms, checked_at_ms, last_alert_ms) "
-                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET state = excluded.state, "
-                   "reason = excluded.reason, since_ms = excluded.since_ms, checked_at_ms = excluded.checked_at_ms, "
-                   "last_alert_ms = excluded.last_alert_ms",
-                   [subject, new_state, reason, since_ms, now_ms, last_alert_ms])
+        db.execute("INSERT INTO heartbeat(subject, state, reason, since_ms, checked_at_ms, last_alert_ms, "
+                   "pending_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(subject) DO UPDATE SET "
+                   "state = excluded.state, reason = excluded.reason, since_ms = excluded.since_ms, "
+                   "checked_at_ms = excluded.checked_at_ms, last_alert_ms = excluded.last_alert_ms, "
+                   "pending_until_ms = excluded.pending_until_ms",
+                   [subject, new_state, reason, since_ms, now_ms, last_alert_ms,
+                    verdict.pending_until_ms if verdict.in_grace else None])
     return change
 
 
 def state_of(db: Database, subject: str) -> dict | None:
-    """The stored state of a subject: state, reason, since_ms, checked_at_ms; None before the first check."""
-    row = db.execute("SELECT state, reason, since_ms, checked_at_ms FROM heartbeat WHERE subject = ?",
-                     [subject]).fetchone()
-    return None if row is None else dict(zip(("state", "reason", "since_ms", "checked_at_ms"), row))
+    """The stored state of a subject: state, reason, since_ms, checked_at_ms, pending_until_ms (a mismatch in
+    its grace); None before the first check."""
+    row = db.execute("SELECT state, reason, since_ms, checked_at_ms, pending_until_ms FROM heartbeat "
+                     "WHERE subject = ?", [subject]).fetchone()
+    return None if row is None else dict(zip(("state", "reason", "since_ms", "checked_at_ms", "pending_until_ms"), row))
+
+
+def open_episodes(db: Database) -> dict[str, int]:
+    """Subjects in a bad state now, with since when: their alerts can still be acknowledged."""
+    marks = ", ".join("?" * len(FAILURES))
+    return dict(db.execute(f"SELECT subject, since_ms FROM heartbeat WHERE state IN ({marks})",
+                           sorted(FAILURES)).fetchall())
 
 
 def _message(subject: str, state: str, reason: str) -> str:

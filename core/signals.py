@@ -185,6 +185,8 @@ def read_fields(body: bytes, content_type: str | None) -> dict[str, object]:
         raise SignalError("the body is empty", f"send JSON like {EXAMPLE}")
     if is_form and not text.lstrip().startswith("{"):
         return _form_fields(text)
+    if mimetype in ("", "text/plain") and text.strip().lower() in SIGNAL_WORDS:
+        return {"signal": text.strip()}  # a bare word: TradingView's {{strategy.order.action}} as the whole message
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:

@@ -6,7 +6,7 @@ import datetime
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, heartbeat, liveness, signals
+from core import account, alerts, brokers, controls, heartbeat, liveness, signals
 
 
 def iso(time_ms: int | None) -> str | None:
@@ -23,6 +23,8 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
     position = brokers.load_position(db)
     latest = signals.latest_signal(db, settings.symbol)
     state = heartbeat.state_of(db, "position")
+    start_balance = settings.paper_balance if settings.broker == "paper" else None
+    money = account.account(db, settings.symbol, account.last_price(db, settings.symbol), now_ms, start_balance)
     return {
         "symbol": settings.symbol,
         "broker": settings.broker,
@@ -37,9 +39,12 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
                    "stale": latest is None or now_ms - latest.received_at_ms > settings.signal_ttl_s * 1000},
         "heartbeat": {"state": state["state"] if state else None, "reason": state["reason"] if state else None,
                       "since": iso(state["since_ms"]) if state else None,
-                      "checked_at": iso(state["checked_at_ms"]) if state else None},
+                      "checked_at": iso(state["checked_at_ms"]) if state else None,
+                      "pending_until": iso(state["pending_until_ms"]) if state else None},
         "alerts": [{"created_at": iso(a["created_at_ms"]), "state": a["state"], "message": a["message"],
                     "delivered": a["delivered_at_ms"] is not None} for a in alerts.recent(db, alert_limit)],
+        "account": money.as_json() | {"asset": account.quote_asset(settings.symbol)},
+        "trading": controls.trading_state(db).as_json(iso),
     }
 
 

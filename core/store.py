@@ -117,6 +117,17 @@ def m006_risk_exits(db: Database) -> None:
     db.execute("ALTER TABLE orders ADD COLUMN size_share REAL")
 
 
+@migrations()
+def m007_cockpit(db: Database) -> None:
+    # The operator's pause, resume and flatten requests: the worker obeys them, both processes show them.
+    db.execute("""CREATE TABLE trading_controls (
+        id INTEGER PRIMARY KEY, action TEXT NOT NULL CHECK (action IN ('pause', 'resume', 'flatten')),
+        requested_at_ms INTEGER NOT NULL, done_at_ms INTEGER, result TEXT)""")
+    # An acknowledged alert silences the repeats of its episode; a mismatch in its grace has a deadline.
+    db.execute("ALTER TABLE alerts ADD COLUMN acknowledged_at_ms INTEGER")
+    db.execute("ALTER TABLE heartbeat ADD COLUMN pending_until_ms INTEGER")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import alerts, brokers, events, exits, open_trade, store
+from core import alerts, brokers, controls, events, exits, open_trade, store
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
@@ -77,6 +77,7 @@ class Trader:
         # Seconds each closed candle took, the newest 10,000: bounded however fast a replay runs.
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
         self._policy_version: str | None = None
+        self.last_price: float | None = None  # the latest trade's price: what a flatten is paper-filled at
         self._error_seen: object = None
         self.open_trade = open_trade.OpenTrade()  # the risk state of the position (stored in risk_state)
         self._last_policy: Policy | None = None
@@ -118,6 +119,7 @@ class Trader:
                 self.on_candle(candle)
             # This tick opened the new minute: its price is the new candle's open, the fill price.
             self._fill_pending(tick.price, tick.time_ms - tick.time_ms % 60_000)
+        self.last_price = tick.price
         if self.buffer.duplicate_ticks + self.buffer.late_ticks == dropped_before:
             self._check_tick(tick)
 
@@ -132,6 +134,7 @@ class Trader:
         if last is not None and candle.open_time_ms <= last:
             return  # already traded (a replay after a restart, or a repeated candle)
         started = time.perf_counter()
+        self.last_price = candle.close
         policy = self.check_strategy()
         self._last_policy = policy
         now_ms = int(self.clock() * 1000)
@@ -179,7 +182,10 @@ class Trader:
                 ":action, :target, :position_before, :rule_index, :rule_text, :strategy_version, :reason, "
                 ":created_at_ms)", row).lastrowid
             if row["target"] is not None and position_side not in (target, "unknown"):
-                order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
+                if target == "long" and controls.is_paused(self.db):  # paused: exits only
+                    log.info("no entry on candle %s: trading is paused", _iso(candle.open_time_ms))
+                else:
+                    order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
             if dataclasses.astuple(self.open_trade) != state_before:
                 open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
         for sent in (exit_order, order):
@@ -333,6 +339,8 @@ class Trader:
             position = self.broker.position()
             if self.broker.has_pending() or position.side == target or (target == "flat" and position.side != "long"):
                 return None
+            if target == "long" and controls.is_paused(self.db):
+                return None  # paused: the operator allows no entry, not even a correction
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO decisions(symbol, candle_open_time_ms, action, target, position_before, "
                 "rule_text, strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'follow', ?)",
@@ -344,6 +352,41 @@ class Trader:
         log.warning("following the external signal %s: %s", signal, reason)
         events.emit(events.order_placed, self.broker, order=order)
         return order
+
+    def flatten(self) -> str:
+        """Close the position now (the operator's flatten): a decision of its own with reason 'manual' and its
+        order, filled at once by an exchange, or by paper at the latest trade's price. Returns what it did."""
+        now_ms = int(self.clock() * 1000)
+        try:
+            self.broker.position()  # a fresh read: inside the transaction an exchange broker answers its last one
+        except brokers.BrokerError as exc:
+            return f"nothing done, the position could not be read: {exc}"
+        with store.transaction(self.db):
+            # An entry still waiting for the next price would undo the flatten: it is cancelled first.
+            cancelled = self.db.execute(
+                "UPDATE orders SET status = 'cancelled', error = 'cancelled by a flatten' WHERE broker = ? "
+                "AND symbol = ? AND status = 'pending' AND side = 'BUY'", [self.broker.name, self.symbol]).rowcount
+            position = self.broker.position()
+            if position.side == "flat" or self.broker.has_pending():
+                return ("nothing to close, the position is flat" if position.side == "flat"
+                        else "a closing order is already waiting") + (f"; {cancelled} waiting entry cancelled"
+                                                                      if cancelled else "")
+            side = SIDE_FOR_TARGET["flat"]  # brokers take targets: SELL means be flat, closing a short too
+            # Keyed by the request's own time, not a candle's: two flattens within one candle are two decisions.
+            decision_id = self.db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, 'flat', ?, 'flatten by the operator', ?, "
+                "'manual', ?)", [self.symbol, now_ms, side, position.side, self._policy_version, now_ms]).lastrowid
+            order = self.broker.submit(decision_id, side, now_ms)
+        self.broker.execute(order)
+        events.emit(events.order_placed, self.broker, order=order)
+        if self.broker.has_pending() and self.last_price is not None:
+            self._fill_pending(self.last_price, now_ms)
+        row = self.db.execute("SELECT status, qty, price, error FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        status, qty, price, error = row
+        if status == "filled":
+            return f"{side} {qty:.8g} {self.symbol} at {price:.8g}"
+        return f"{side} order {status}" + (f": {error}" if error else "")
 
     def _fill_pending(self, price: float, time_ms: int) -> None:
         if not self.broker.has_pending():

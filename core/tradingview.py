@@ -1,13 +1,18 @@
-"""Ready-to-paste TradingView alert set-ups for the signal webhook.
+"""Ready-to-paste TradingView alert set-ups for the signal webhook, and how long a signal stays fresh.
 
 TradingView fills the {{...}} placeholders when the alert fires and posts the message as written
-(text/plain unless it is valid JSON), so each message is JSON the webhook parses as it stands.
+(text/plain unless it is valid JSON). A strategy alert fires only when an order fills, so on its own
+the signal grows older than the TTL while the position is held, and the heartbeat calls it stale. The
+recipe adds one line to the strategy that also alerts once per bar close with the position, so the
+signal is never older than one bar.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+
+DELIVERY_ALLOWANCE_S = 60  # TradingView's delay before an alert arrives, generously
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +22,13 @@ class AlertMessage:
     title: str
     when: str
     text: str
+
+
+# Added to the strategy's Pine script: the position as a bare word on every closed bar.
+PINE_EVERY_BAR = ('if barstate.isconfirmed\n'
+                  '    alert(strategy.position_size > 0 ? "long" : strategy.position_size < 0 ? "short" : "flat", '
+                  'alert.freq_once_per_bar_close)')
+RECIPE_MESSAGE = "{{strategy.market_position}}"  # fills send long/flat/short as the whole message
 
 
 def _message(signal: str) -> str:
@@ -36,3 +48,20 @@ def alert_messages() -> list[AlertMessage]:
                      _message("SELL")),
     ]
 
+
+def ttl_for_bar_s(bar_s: float) -> float:
+    """The OMNIWISE_SIGNAL_TTL a once-per-bar alert needs: two bars (one alert may get lost) and the delivery."""
+    return 2 * bar_s + DELIVERY_ALLOWANCE_S
+
+
+def longest_bar_s(ttl_s: float) -> float:
+    """The longest chart bar whose once-per-bar alert keeps a signal fresh under `ttl_s`."""
+    return max(0.0, (ttl_s - DELIVERY_ALLOWANCE_S) / 2)
+
+
+BAR_LENGTHS_S = (("1 min", 60), ("5 min", 300), ("15 min", 900), ("1 h", 3600), ("4 h", 14_400), ("1 day", 86_400))
+
+
+def ttl_table() -> list[tuple[str, int]]:
+    """(bar length, TTL in seconds) for the common chart intervals."""
+    return [(name, int(ttl_for_bar_s(bar_s))) for name, bar_s in BAR_LENGTHS_S]

@@ -39,7 +39,14 @@
 
   textarea.addEventListener("input", renderGutter);
   textarea.addEventListener("scroll", () => { gutter.scrollTop = textarea.scrollTop; });
-  document.body.addEventListener("htmx:afterSettle", () => { readErrorLines(); renderGutter(); });
+  document.body.addEventListener("htmx:afterSettle", () => {
+    readErrorLines();
+    renderGutter();
+    // "Not saved" was about the errors: once the text is valid, only the Save button is left to press.
+    const refused = document.getElementById("not-saved");
+    const box = document.getElementById("validation");
+    if (refused && box && box.classList.contains("is-valid")) refused.remove();
+  });
   document.addEventListener("click", (event) => {
     const link = event.target.closest("a.goto");
     if (!link) return;

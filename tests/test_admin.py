@@ -198,14 +198,15 @@ def test_the_editor_says_when_the_worker_runs_the_saved_version(operator, settin
     assert "hx-trigger" not in fragment  # done: it stops polling
 
 
-def test_history_diffs_against_the_current_text_and_restores(operator, settings, db):
+def test_versions_diff_old_to_new_and_restore(operator, settings, db):
     shipped = settings.strategy_path.read_text()
     operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
     page = operator.get("/admin/algo/history").get_data(as_text=True)
     old = strategies.version_of(shipped)
     assert page.count('class="version"') == 2 and f"/admin/algo/history/{old}/restore" in page
-    assert '<span class="del">-IF CLOSE &gt; OPEN THEN BUY</span>' in page
-    assert '<span class="add">+IF MA4 &gt; MA9 THEN BUY</span>' in page
+    # read old -> new: the shipped version's lines went, the saved one came
+    assert '<span class="add">+IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert '<span class="del">-IF MA4 &gt; MA9 THEN BUY</span>' in page
     answer = operator.post(f"/admin/algo/history/{old}/restore", data={"csrf_token": operator.csrf_token})
     assert answer.status_code == 302 and settings.strategy_path.read_text() == shipped
     assert f"Restored version {old}" in operator.get("/admin/algo").get_data(as_text=True)
@@ -238,12 +239,12 @@ def test_dashboard_shows_market_position_signal_heartbeat_and_activity(operator,
     with db.conn:
         brokers.save_position(db, brokers.Position("long", 2.0, 100.0), NOW_MS)
     page = operator.get("/").get_data(as_text=True)
-    for text in ("Worker", "down", "paper", "102.5", "long 2", "entry 100", "+5 (+2.50 %)", "BUY", "from TradingView",
+    for text in ("Worker", "down", "paper", "102.5", "long 2", "entry 100", ">+5<", ">+2.50 %<", "BUY", "from TradingView",
                  "not checked", "Recent activity", "100.25", 'hx-trigger="every 3s"', 'hx-trigger="every 5s"',
                  'id="chart"', "IF MA4 &gt; MA9 THEN BUY"):
         assert text in page, text
     summary = operator.get("/dashboard/summary").get_data(as_text=True)
-    assert summary.lstrip().startswith('<section id="summary"') and "+5 (+2.50 %)" in summary
+    assert summary.lstrip().startswith('<section id="summary"') and ">+2.50 %<" in summary
     activity = operator.get("/dashboard/activity").get_data(as_text=True)
     assert activity.lstrip().startswith('<section id="activity"') and "100.25" in activity
 
@@ -261,7 +262,7 @@ def test_webhook_panel_shows_the_url_the_secret_and_messages_to_paste(operator):
     page = operator.get("/admin/webhook").get_data(as_text=True)
     assert f'value="http://localhost/api/v1/external-signal/{TOKEN}"' in page and f'value="{TOKEN}"' in page
     assert "{{strategy.market_position}}" in page and "{{timenow}}" in page and "{{ticker}}" in page
-    assert page.count('class="copy"') == 6
+    assert page.count('class="copy"') == 8  # URL, secret, the recipe's Pine line and message, 4 messages
 
 
 def test_pages_carry_security_headers(operator):

@@ -44,7 +44,9 @@ def test_make_run_starts_both_processes_and_the_dashboard_shows_candles(tmp_path
             return report if report["worker"]["alive"] and report["position"]["side"] else None
 
         report = wait_until(status, run, timeout_s=60, what="a live worker in /api/v1/status")
-        assert report["heartbeat"]["state"] in ("ok", "mismatch", "stale")
+        # no signal was ever received: unknown, and no alarm on a first start
+        assert report["heartbeat"]["state"] == "unknown" and report["alerts"] == []
+        assert report["symbol"] == "XRPETH"  # the bundled replay file's market, OMNIWISE_SYMBOL unset
 
         def has_candles():
             import sqlite3
@@ -66,6 +68,7 @@ def test_make_run_starts_both_processes_and_the_dashboard_shows_candles(tmp_path
         cookie = headers["Set-Cookie"].split(";")[0]
         status_code, _, dashboard = get(port, "/", cookie=cookie)
         assert status_code == 200 and "alive" in dashboard and "0.001" in dashboard  # XRP/ETH prices on show
+        assert "XRPETH" in dashboard and "BTCUSDT" not in dashboard and "Money, ETH" in dashboard
     finally:
         os.killpg(run.pid, signal.SIGINT)
         output, _ = run.communicate(timeout=30)

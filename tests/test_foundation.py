@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from tests.conftest import ROOT
 
 def test_settings_defaults_follow_the_design():
     s = load_settings({}, env_file=None)
-    assert (s.data_dir, s.symbol, s.feed, s.replay_speed, s.broker) == (Path("data"), "BTCUSDT", "replay", 60, "paper")
+    assert (s.data_dir, s.symbol, s.feed, s.replay_speed, s.broker) == (Path("data"), "XRPETH", "replay", 60, "paper")
     assert (s.heartbeat_interval_s, s.heartbeat_grace_s, s.signal_ttl_s, s.alert_urls) == (60, 90, 600, ())
 
 
@@ -25,6 +26,27 @@ def test_settings_read_environment_over_env_file(tmp_path):
     s = load_settings({"OMNIWISE_REPLAY_SPEED": "10", "BINANCE_API_SECRET": "s3cret"}, env_file=env_file)
     assert (s.symbol, s.replay_speed, s.alert_urls) == ("ETHBTC", 10, ("json://a", "json://b"))
     assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("replay_file, symbol", [
+    ("XRPETH-aggTrades-2019-10-11.csv", "XRPETH"),
+    ("/anywhere/ETHBTC-1m.csv", "ETHBTC"),
+    ("btcusdt-1m-2024-01.csv", "BTCUSDT"),
+    ("SOLUSDT-trades-2025-03-01.csv", "SOLUSDT"),
+])
+def test_the_symbol_follows_the_replay_file_name_when_not_set(replay_file, symbol):
+    assert load_settings({"OMNIWISE_REPLAY_FILE": replay_file}, env_file=None).symbol == symbol
+    given = {"OMNIWISE_REPLAY_FILE": replay_file, "OMNIWISE_SYMBOL": "bnbbtc"}
+    assert load_settings(given, env_file=None).symbol == "BNBBTC"  # a set symbol wins
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"OMNIWISE_FEED": "binance"}, "OMNIWISE_FEED=binance needs OMNIWISE_SYMBOL"),
+    ({"OMNIWISE_REPLAY_FILE": "my-prices.csv"}, "does not start with a market"),
+])
+def test_a_symbol_that_cannot_be_known_is_asked_for(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ, env_file=None)
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -65,6 +87,17 @@ def test_core_never_imports_flask():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) >= 6  # the walk really imported the core modules
+
+
+def test_blueprints_never_import_the_script_that_assembles_them():
+    # Flask's tutorial shape: the request's db lives in the web package (blueprints/db.py), so no import loop.
+    code = ("import pkgutil, importlib, sys, blueprints\n"
+            "for m in pkgutil.walk_packages(blueprints.__path__, 'blueprints.'): importlib.import_module(m.name)\n"
+            "assert 'omniwise' not in sys.modules and 'worker' not in sys.modules\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for path in (ROOT / "blueprints").glob("*.py"):  # nor later, from inside a view
+        assert not re.search(r"^\s*(from omniwise |import omniwise)", path.read_text(), re.M), path
 
 
 def run_cli(*args, cwd=ROOT):

@@ -29,7 +29,7 @@ def signal(word: str, age_s: float, run_s: float | None = None) -> SignalView:
     (signal("BUY", 30), FLAT, MISMATCH, True, "no long position"),  # fresh: still in its grace
     (signal("BUY", 10, run_s=300), FLAT, MISMATCH, False, "no long position"),  # repeated BUY: no new grace
     (signal("BUY", 601), LONG, STALE, False, "more than the 10 min allowed"),
-    (None, FLAT, STALE, False, "no external signal has been received yet"),
+    (None, FLAT, UNKNOWN, False, "no external signal has been received yet"),
     (signal("BUY", 120), None, UNKNOWN, False, "could not be read"),
     (None, None, UNKNOWN, False, "could not be read"),
 ])
@@ -128,3 +128,55 @@ def test_a_claimed_alert_is_not_sent_twice(db):
     db.conn.commit()
     sent = []
     assert alerts.deliver_due(db, lambda t, b: sent.append(b), NOW) == 0 and sent == []
+
+
+# -- an honest heartbeat: no alarm before the first signal, a visible grace, acknowledged repeats --------------
+
+
+def test_before_any_signal_the_state_is_unknown_and_nobody_is_alerted(db):
+    verdict = reconcile(None, FLAT, NOW, SETTINGS)
+    heartbeat.record(db, "position", verdict, NOW)
+    heartbeat.record(db, "position", reconcile(None, FLAT, NOW + 60 * S, SETTINGS), NOW + 60 * S)
+    assert heartbeat.state_of(db, "position")["state"] == UNKNOWN
+    assert alert_messages(db) == []
+    # the first signal agrees with the position: ok, and no "recovered" for an alarm nobody heard
+    heartbeat.record(db, "position", reconcile(signal("SELL", 5), FLAT, NOW + 120 * S, SETTINGS), NOW + 120 * S)
+    assert changes(db) == [(None, UNKNOWN), (UNKNOWN, OK)] and alert_messages(db) == []
+
+
+def test_a_first_signal_that_disagrees_is_alerted_once_its_grace_is_over(db):
+    heartbeat.record(db, "position", reconcile(None, FLAT, NOW, SETTINGS), NOW)
+    fresh = reconcile(signal("BUY", 30), FLAT, NOW, SETTINGS)  # arrived 30 s ago, grace 90 s
+    assert fresh.in_grace and fresh.pending_until_ms == NOW + 60 * S
+    heartbeat.record(db, "position", fresh, NOW)
+    state = heartbeat.state_of(db, "position")
+    assert (state["state"], state["pending_until_ms"]) == (UNKNOWN, NOW + 60 * S) and alert_messages(db) == []
+    heartbeat.record(db, "position", reconcile(signal("BUY", 91), FLAT, NOW + 61 * S, SETTINGS), NOW + 61 * S)
+    state = heartbeat.state_of(db, "position")
+    assert (state["state"], state["pending_until_ms"]) == (MISMATCH, None)
+    assert alert_messages(db) == ["HEARTBEAT FAILURE: signal is BUY but no long position (position is flat)"]
+
+
+def test_grace_of_a_new_signal_is_pending_until_its_deadline_not_ok(db):
+    heartbeat.record(db, "position", Verdict(OK, "signal is SELL and position is flat"), NOW)
+    heartbeat.record(db, "position", reconcile(signal("BUY", 10), FLAT, NOW, SETTINGS), NOW)
+    assert heartbeat.state_of(db, "position")["pending_until_ms"] == NOW + 80 * S
+
+
+def test_an_acknowledged_mismatch_is_not_repeated_until_the_next_episode(db):
+    bad = Verdict(MISMATCH, "signal is SELL but position is long")
+    heartbeat.record(db, "position", bad, NOW, repeat_s=1800)
+    (first,) = alerts.recent(db)
+    assert alerts.acknowledge(db, first["id"], NOW + 60 * S)
+    for minute in range(1, 95):
+        heartbeat.record(db, "position", bad, NOW + minute * 60 * S, repeat_s=1800)
+    assert len(alert_messages(db)) == 1  # without the acknowledgement: at 0, 30, 60 and 90 minutes
+    heartbeat.record(db, "position", Verdict(OK, "signal is SELL and position is flat"), NOW + 100 * 60 * S)
+    heartbeat.record(db, "position", bad, NOW + 101 * 60 * S, repeat_s=1800)
+    heartbeat.record(db, "position", bad, NOW + 131 * 60 * S, repeat_s=1800)  # a new episode repeats again
+    assert alert_messages(db)[-2:] == ["HEARTBEAT FAILURE: signal is SELL but position is long",
+                                       "HEARTBEAT FAILURE: signal is SELL but position is long (still, for 30 min)"]
+
+
+def test_acknowledging_an_unknown_alert_says_so(db):
+    assert alerts.acknowledge(db, 999, NOW) is False

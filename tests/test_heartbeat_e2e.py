@@ -39,7 +39,8 @@ def test_mismatch_alerts_once_then_recovers_when_the_strategy_follows(data_dir, 
         def arrived(text):
             return wait_until(lambda: any(text in m for m in sink.messages()), worker, timeout_s=30, what=text)
 
-        arrived("HEARTBEAT FAILURE: no external signal has been received yet")
+        wait_until(lambda: query(data_dir, "SELECT state FROM heartbeat WHERE subject = 'position'") == [("unknown",)],
+                   worker, what="the first check, before any signal")  # unknown, and nobody alerted
         server.post_signal("BUY", int(time.time() * 1000))
         arrived("HEARTBEAT FAILURE: signal is BUY but no long position")
 
@@ -61,14 +62,13 @@ def test_mismatch_alerts_once_then_recovers_when_the_strategy_follows(data_dir, 
         server.kill()  # first: stop_worker raises when the worker had died, and the server must not leak
         stop_worker(worker)
     assert [m.split(" (")[0] for m in sink.messages()] == [  # one alert per episode, one recovery each
-        "HEARTBEAT FAILURE: no external signal has been received yet",
         "HEARTBEAT FAILURE: signal is BUY but no long position",
         "HEARTBEAT RECOVERED: signal is BUY and position is long",
         "HEARTBEAT FAILURE: signal is SELL but position is long",
         "HEARTBEAT RECOVERED: signal is SELL and position is flat",
     ]
     changes = query(data_dir, "SELECT old_state, new_state FROM heartbeat_changes WHERE subject = 'position' ORDER BY id")
-    assert changes == [(None, "stale"), ("stale", "mismatch"), ("mismatch", "ok"), ("ok", "mismatch"), ("mismatch", "ok")]
+    assert changes == [(None, "unknown"), ("unknown", "mismatch"), ("mismatch", "ok"), ("ok", "mismatch"), ("mismatch", "ok")]
 
 
 def test_follow_mode_moves_the_position_to_the_signal(data_dir, sink):
@@ -107,3 +107,26 @@ def test_apprise_delivery_to_a_failing_receiver_is_retried_and_recorded(db):
         assert sink.refused == 2 and sink.messages() == ["HEARTBEAT FAILURE: signal is BUY but no long position"]
     finally:
         sink.close()
+
+
+def test_a_new_signal_and_a_fill_are_checked_at_once_not_at_the_next_interval(data_dir):
+    # The interval is an hour: only the re-checks on a new signal and on a fill can move the state.
+    write_strategy(data_dir, NEVER)
+    server = Server(data_dir, OMNIWISE_SYMBOL="XRPETH").start()
+    worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=600, heartbeat_interval=3600,
+                          heartbeat_grace=0, webhook_token=TOKEN)  # the symbol comes from the file's name
+
+    def position_state():
+        rows = query(data_dir, "SELECT state FROM heartbeat WHERE subject = 'position'")
+        return rows[0][0] if rows else None
+
+    try:
+        wait_until(lambda: position_state() == "unknown", worker, what="the start's check")
+        assert query(data_dir, "SELECT count(*) FROM alerts WHERE subject = 'position'") == [(0,)]
+        server.post_signal("BUY", int(time.time() * 1000))
+        wait_until(lambda: position_state() == "mismatch", worker, timeout_s=10, what="a re-check on the new signal")
+        write_strategy(data_dir, "IF CLOSE > 0 THEN BUY\n")
+        wait_until(lambda: position_state() == "ok", worker, timeout_s=20, what="a re-check on the fill")
+    finally:
+        server.kill()
+        stop_worker(worker)

@@ -158,6 +158,16 @@ def test_webhook_names_an_anonymous_sender_webhook(client, db, clock):
     assert ledger(db)[0]["source"] == "webhook"
 
 
+@pytest.mark.parametrize("body, signal", [
+    ("buy", "BUY"), ("sell", "SELL"), ("long", "BUY"), ("flat", "SELL"), ("short", "SELL"), (" BUY\r\n", "BUY"),
+])
+def test_a_bare_word_as_tradingview_sends_strategy_order_action_is_a_signal(client, db, clock, body, signal):
+    answer = post(client, body, content_type="text/plain; charset=utf-8")
+    assert answer.status_code == 200, answer.json
+    (row,) = ledger(db)
+    assert (row["signal"], row["signal_time_ms"], row["outcome"]) == (signal, NOW_MS, "accepted")
+
+
 # -- duplicates, stale signals, the latest signal ---------------------------------------------------
 
 
@@ -231,7 +241,8 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
     pytest.param(dict(url=URL, body='{"signal": "BUY", "token": "' + TOKEN + '"', content_type="text/plain"), 401,
                  "could not be read either", False, id="broken JSON hides its token"),
     # 400: the body is not a usable signal (recorded, since the token was right)
-    pytest.param(dict(body="BUY", content_type="text/plain"), 400, "not valid JSON", True, id="plain word"),
+    pytest.param(dict(body="BUY NOW", content_type="text/plain"), 400, "not valid JSON", True, id="plain words"),
+    pytest.param(dict(body="hold", content_type="text/plain"), 400, "not valid JSON", True, id="plain unknown word"),
     pytest.param(dict(body='{"signal": "BUY",}'), 400, "not valid JSON", True, id="trailing comma"),
     pytest.param(dict(body=""), 400, "empty", True, id="empty body"),
     pytest.param(dict(body="[1, 2]"), 400, "not an object", True, id="JSON array"),

@@ -73,10 +73,10 @@ def test_restoring_an_older_version_from_the_history(operator_page, live):
     page.goto(live.url + "/admin/algo")
     page.locator("#strategy").fill("IF CLOSE > OPEN THEN BUY\n")
     page.get_by_role("button", name="Save").click()
-    page.get_by_role("link", name="History").first.click()
+    page.get_by_role("link", name="Versions").first.click()
     entry = page.locator(f"#v-{strategies.version_of(original)}")
-    entry.get_by_text("Diff against the current text").click()
-    expect(entry.locator("pre.diff .del")).to_have_text(["-IF CLOSE > OPEN THEN BUY"])
+    entry.get_by_text("Changes from this version to the current text").click()
+    expect(entry.locator("pre.diff .add")).to_have_text(["+IF CLOSE > OPEN THEN BUY"])  # old -> new
     entry.get_by_role("button", name="Restore").click()
     expect(page.get_by_role("status").first).to_contain_text(f"Restored version {strategies.version_of(original)}")
     assert path.read_text() == original

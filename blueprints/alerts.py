@@ -1,0 +1,46 @@
+"""Alerts for the operator: every alert with its delivery, acknowledging one, a test notification."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
+
+from blueprints.db import get_db
+from core import alerts, heartbeat
+
+bp = Blueprint("alerts", __name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@bp.get("/alerts")
+def index():
+    """The newest alerts with whether each was delivered, and the test button."""
+    db = get_db()
+    return render_template("alerts/index.html", alerts=alerts.recent(db, 100), open_episodes=heartbeat.open_episodes(db),
+                           has_urls=bool(current_app.config["SETTINGS"].alert_urls))
+
+
+@bp.post("/alerts/<alert_id>/acknowledge")
+def acknowledge(alert_id: str):
+    """Seen: this alert's episode is not repeated any more."""
+    if not alert_id.isdigit() or not alerts.acknowledge(get_db(), int(alert_id), _now_ms()):
+        abort(404, f"There is no alert {alert_id}.")
+    flash("Acknowledged: its repeats are silenced until the state changes.", "good")
+    return redirect(request.referrer if _is_local(request.referrer) else url_for("alerts.index"))
+
+
+@bp.post("/alerts/test")
+def send_test():
+    """Send a test notification through Apprise now and show what became of it."""
+    settings = current_app.config["SETTINGS"]
+    delivered, detail = alerts.send_test(get_db(), alerts.apprise_notifier(settings.alert_urls), _now_ms())
+    flash(detail, "good" if delivered else "bad")
+    return redirect(url_for("alerts.index"))
+
+
+def _is_local(url: str | None) -> bool:
+    return bool(url) and url.startswith(request.host_url)

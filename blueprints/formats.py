@@ -1,0 +1,81 @@
+"""How the pages write numbers and times: UTC always (the year when it is not this year), signed money, percents."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint
+from markupsafe import Markup
+
+from core import dashboard
+
+bp = Blueprint("formats", __name__)
+
+
+@bp.app_template_filter("utc")
+def utc(time_ms: int | None, short: bool = False, now_ms: int | None = None) -> str:
+    """'YYYY-MM-DD HH:MM:SS UTC'; short: 'MM-DD HH:MM:SS' in this year, else 'YYYY-MM-DD HH:MM' (a column
+    headed UTC)."""
+    if time_ms is None:
+        return ""
+    moment = time.gmtime(time_ms / 1000)
+    if not short:
+        return time.strftime("%Y-%m-%d %H:%M:%S UTC", moment)
+    this_year = time.gmtime((now_ms if now_ms is not None else time.time_ns() // 1_000_000) / 1000).tm_year
+    return time.strftime("%m-%d %H:%M:%S" if moment.tm_year == this_year else "%Y-%m-%d %H:%M", moment)
+
+
+@bp.app_template_filter("hms")
+def hms(time_ms: int | None) -> str:
+    """A time of day, 'HH:MM:SS UTC'."""
+    return "" if time_ms is None else time.strftime("%H:%M:%S UTC", time.gmtime(time_ms / 1000))
+
+
+@bp.app_template_filter("ago")
+def ago(iso_time: str | None, now_ms: int) -> str:
+    """How long ago an ISO time of the status report was, in words."""
+    return dashboard.age(iso_time, now_ms)
+
+
+@bp.app_template_filter("num")
+def num(value: float | None, digits: int = 8) -> str:
+    """A number with `digits` significant digits and thousands separators: 7,063,664.1."""
+    return "" if value is None else format(value, f",.{digits}g")
+
+
+@bp.app_template_filter("signed")
+def signed(value: float | None, digits: int = 6) -> Markup:
+    """Money won or lost: green with +, red with -, plain when it rounds to nothing."""
+    if value is None:
+        return Markup("")
+    text = format(value, f"+,.{digits}g")
+    if abs(value) < 10 ** -(digits + 2):
+        return Markup('<span class="muted">0</span>')
+    return Markup('<span class="{}">{}</span>').format("good" if value > 0 else "bad", text)
+
+
+@bp.app_template_filter("pct")
+def pct(value: float | None) -> Markup:
+    """A percent with two decimals; one that rounds to 0.00 (a fee-only loss) is not painted red."""
+    if value is None:
+        return Markup("")
+    text = f"{value:+.2f}"
+    if text in ("+0.00", "-0.00"):
+        return Markup('<span class="muted">{} %</span>').format(f"{value:+.3g}" if value else "0.00")
+    return Markup('<span class="{}">{} %</span>').format("good" if value > 0 else "bad", text)
+
+
+@bp.app_template_filter("plural")
+def plural(count: int, word: str) -> str:
+    """'1 rule', '3 rules'."""
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+# The ledger's "stale" (older than its source's newest signal) is not the heartbeat's "stale" (too old to trust).
+LEDGER_OUTCOMES = {"stale": "superseded"}
+
+
+@bp.app_template_filter("outcome")
+def outcome(word: str) -> str:
+    """A signal ledger outcome in the operator's words."""
+    return LEDGER_OUTCOMES.get(word, word)

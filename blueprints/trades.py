@@ -1,0 +1,46 @@
+"""The account's round trips with P&L, fees and exit reason, and its equity curve."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, render_template
+
+from blueprints.db import get_db
+from core import account
+
+bp = Blueprint("trades", __name__)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _page_data() -> dict:
+    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
+    orders = account.filled_orders(db, settings.symbol)
+    start = settings.paper_balance if settings.broker == "paper" else None
+    return {"trips": account.round_trips(orders)[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
+            "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol), now_ms, start)}
+
+
+@bp.get("/trades")
+def index():
+    """Round trips newest first, the money tile and the equity curve."""
+    return render_template("trades/index.html", **_page_data())
+
+
+@bp.get("/trades/table")
+def table():
+    """The #trades fragment, refreshed in place."""
+    return render_template("trades/_trades.html", **_page_data())
+
+
+@bp.get("/api/v1/equity")
+def equity():
+    """Equity after each fill and now, in the quote asset, for the chart (times in UTC seconds)."""
+    db, settings = get_db(), current_app.config["SETTINGS"]
+    start = settings.paper_balance if settings.broker == "paper" else 0.0  # an exchange account: P&L from 0
+    price, at_ms = account.last_close(db, settings.symbol) or (None, _now_ms())
+    curve = account.equity_curve(account.filled_orders(db, settings.symbol), start, price, at_ms)
+    return {"asset": account.quote_asset(settings.symbol), "start": start, "points": curve}

@@ -1,0 +1,177 @@
+"""The account in money: round trips with their P&L and fees, equity over time, the balance now.
+
+Everything is derived from the filled orders (the ledger both the paper and the Binance brokers keep),
+in the quote asset. A round trip opens with a fill while flat and closes with the opposite fill; its
+P&L is what the closing side received minus what the opening side spent, both after fees, so the sum
+of the round trips is exactly the change of the paper balance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from sqlite_utils import Database
+
+DAY_MS = 86_400_000
+MAX_EQUITY_POINTS = 2_000  # the curve's newest fills; older history thins out of the chart, not out of the totals
+# The decision that caused a closing order says why it closed, until orders carry their own exit_reason.
+EXIT_REASONS = {"strategy": "rule", "manual": "manual", "follow": "follow"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundTrip:
+    """One entry and its exit (exit fields None while the trade is open). Money in the quote asset."""
+
+    side: str  # "long" or "short"
+    entry_time_ms: int
+    entry_price: float
+    qty: float
+    entry_quote: float  # spent on a long's entry (fee included), received on a short's
+    fees: float
+    exit_time_ms: int | None = None
+    exit_price: float | None = None
+    exit_quote: float | None = None
+    exit_reason: str | None = None
+
+    @property
+    def pnl(self) -> float | None:
+        """Realised P&L after both fees; None while open."""
+        if self.exit_quote is None:
+            return None
+        return self.exit_quote - self.entry_quote if self.side == "long" else self.entry_quote - self.exit_quote
+
+    @property
+    def pnl_pct(self) -> float | None:
+        """P&L in percent of the quote the entry committed."""
+        pnl = self.pnl
+        return None if pnl is None or not self.entry_quote else pnl / self.entry_quote * 100
+
+
+def filled_orders(db: Database, symbol: str) -> list[dict]:
+    """Filled orders of `symbol`, oldest first, with the reason of the decision behind each."""
+    reason = "coalesce(o.exit_reason, d.reason)" if _has_column(db, "orders", "exit_reason") else "d.reason"
+    cursor = db.execute(
+        f"SELECT o.id, o.side, o.qty, o.price, o.quote, coalesce(o.fee_quote, 0), o.filled_at_ms, {reason} "
+        "FROM orders o LEFT JOIN decisions d ON d.id = o.decision_id "
+        "WHERE o.symbol = ? AND o.status = 'filled' AND o.filled_at_ms IS NOT NULL ORDER BY o.filled_at_ms, o.id",
+        [symbol])
+    names = ("id", "side", "qty", "price", "quote", "fee_quote", "filled_at_ms", "reason")
+    return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def round_trips(orders: list[dict]) -> list[RoundTrip]:
+    """Pair the fills into round trips, oldest first; the last one may still be open."""
+    trips: list[RoundTrip] = []
+    open_trip: RoundTrip | None = None
+    for order in orders:
+        if open_trip is None:
+            open_trip = RoundTrip("long" if order["side"] == "BUY" else "short", order["filled_at_ms"],
+                                  order["price"], order["qty"], order["quote"], order["fee_quote"])
+            continue
+        opening_side = "BUY" if open_trip.side == "long" else "SELL"
+        if order["side"] == opening_side:  # adding to the position (never done by Omniwise itself)
+            open_trip = dataclasses.replace(open_trip, qty=open_trip.qty + order["qty"],
+                                            entry_quote=open_trip.entry_quote + order["quote"],
+                                            fees=open_trip.fees + order["fee_quote"])
+            continue
+        reason = order["reason"]
+        trips.append(dataclasses.replace(open_trip, exit_time_ms=order["filled_at_ms"], exit_price=order["price"],
+                                         exit_quote=order["quote"], fees=open_trip.fees + order["fee_quote"],
+                                         exit_reason=EXIT_REASONS.get(reason, reason)))
+        open_trip = None
+    if open_trip is not None:
+        trips.append(open_trip)
+    return trips
+
+
+@dataclasses.dataclass(frozen=True)
+class Account:
+    """The account at a price: what the operator asks first. Quote asset throughout."""
+
+    cash: float | None  # free quote balance (paper); None where the exchange holds it
+    position_qty: float
+    position_value: float | None  # qty at the last price
+    equity: float | None
+    realized_pnl: float
+    realized_pnl_today: float
+    fees: float
+    fees_today: float
+    start_balance: float | None
+    trades: int  # closed round trips
+
+    def as_json(self) -> dict:
+        """The shape of /api/v1/status's `account`."""
+        return dataclasses.asdict(self)
+
+
+def account(db: Database, symbol: str, price: float | None, now_ms: int,
+            start_balance: float | None = None) -> Account:
+    """The account of `symbol` valued at `price` (the last close); `start_balance` is the paper account's."""
+    orders = filled_orders(db, symbol)
+    trips = round_trips(orders)
+    day_start_ms = now_ms - now_ms % DAY_MS
+    closed = [t for t in trips if t.exit_time_ms is not None]
+    cash, qty = _paper_balance(db, symbol)
+    if cash is None:  # an exchange account: the position is what the fills left
+        qty = sum(o["qty"] if o["side"] == "BUY" else -o["qty"] for o in orders)
+    value = qty * price if price is not None else (0.0 if qty == 0 else None)  # flat needs no price
+    equity = cash + value if cash is not None and value is not None else None
+    return Account(
+        cash=cash, position_qty=qty, position_value=value, equity=equity,
+        realized_pnl=sum(t.pnl for t in closed),
+        realized_pnl_today=sum(t.pnl for t in closed if t.exit_time_ms >= day_start_ms),
+        fees=sum(o["fee_quote"] for o in orders),
+        fees_today=sum(o["fee_quote"] for o in orders if o["filled_at_ms"] >= day_start_ms),
+        start_balance=start_balance if cash is not None else None, trades=len(closed))
+
+
+def equity_curve(orders: list[dict], start_balance: float, price: float | None, now_ms: int) -> list[dict]:
+    """The start balance a minute before the first fill, equity after each fill (valued at the fill's price),
+    and at `now_ms` (the last candle's close: a replay's clock, not the wall's) at `price`; times in UTC seconds."""
+    cash, qty = start_balance, 0.0
+    points = [{"time": orders[0]["filled_at_ms"] // 1000 - 60, "value": start_balance}] if orders else []
+    for order in orders:
+        if order["side"] == "BUY":
+            cash, qty = cash - order["quote"], qty + order["qty"]
+        else:
+            cash, qty = cash + order["quote"], qty - order["qty"]
+        points.append({"time": order["filled_at_ms"] // 1000, "value": cash + qty * order["price"]})
+    if price is not None and (not points or now_ms // 1000 > points[-1]["time"]):
+        points.append({"time": now_ms // 1000, "value": cash + qty * price})
+    deduped: dict[int, float] = {}
+    for point in points:  # the chart wants one value per second, ascending: the last fill of a second wins
+        deduped[point["time"]] = point["value"]
+    return [{"time": t, "value": v} for t, v in sorted(deduped.items())][-MAX_EQUITY_POINTS:]
+
+
+QUOTE_ASSETS = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "DAI", "BTC", "ETH", "BNB", "EUR", "TRY", "BRL", "JPY")
+
+
+def quote_asset(symbol: str) -> str:
+    """The asset a market is priced in (XRPETH -> ETH, BTCUSDT -> USDT); "quote" when it cannot be told."""
+    for asset in QUOTE_ASSETS:
+        if symbol.upper().endswith(asset) and len(symbol) > len(asset):
+            return asset
+    return "quote"
+
+
+def last_price(db: Database, symbol: str) -> float | None:
+    """The newest candle's close: what an open position is valued at."""
+    last = last_close(db, symbol)
+    return last[0] if last else None
+
+
+def last_close(db: Database, symbol: str) -> tuple[float, int] | None:
+    """The newest candle's close and its close time in ms, or None before the first candle."""
+    row = db.execute("SELECT close, close_time_ms FROM candles WHERE symbol = ? ORDER BY open_time_ms DESC LIMIT 1",
+                     [symbol]).fetchone()
+    return (row[0], row[1] + 1) if row else None
+
+
+def _paper_balance(db: Database, symbol: str) -> tuple[float | None, float]:
+    row = db.execute("SELECT quote_balance, base_qty FROM paper_accounts WHERE symbol = ?", [symbol]).fetchone()
+    return (row[0], row[1]) if row else (None, 0.0)
+
+
+def _has_column(db: Database, table: str, column: str) -> bool:
+    return any(row[1] == column for row in db.execute(f"PRAGMA table_info({table})").fetchall())
