@@ -24,7 +24,9 @@ def test_backup_while_the_worker_writes_is_consistent_and_complete(data_dir, tmp
         dest = tmp_path / "backups" / "omniwise-copy.db"
         result = runner.invoke(args=["backup", str(dest)])
         assert result.exit_code == 0, result.output
-        still_writing = count(data_dir, "candles")
+        # In-process the backup takes milliseconds: wait for the worker's next candle rather than race it.
+        still_writing = wait_until(lambda: count(data_dir, "candles") > len(committed) and count(data_dir, "candles"),
+                                   worker, timeout_s=30, what="a candle written after the backup began")
     finally:
         output = stop_worker(worker)
     copy = sqlite3.connect(dest)
