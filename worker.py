@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, config, controls, events, heartbeat, liveness, logs, maintenance, signals, store
+from core import alerts, config, controls, events, fault_policy, heartbeat, liveness, logs, maintenance, signals, store
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
@@ -222,21 +222,20 @@ class Worker:
         log.info("replay finished: %d ticks skipped as already traded", trader.skipped_ticks)
 
     def trade_live(self) -> None:
-        """Trade Binance's stream until stopped. Should the loop fail, the feed starts again after a pause:
-        the process never exits on a fault (a supervisor restarting it would only loop)."""
-        failures = 0
-        while not self.stop.is_set():
-            feed = open_feed(self.settings, self.rest, self.trader.window.last_open_time_ms, self.stop,
-                             self.on_stream_state)
-            try:
-                self.trade(feed)
-            except Exception as exc:  # noqa: BLE001 - an unforeseen fault must not end trading for good
-                failures += 1
-                log.exception("live trading failed (%d in a row); the feed starts again", failures)
-                with self.db.conn:
-                    alerts.queue(self.db, "worker", "error", f"WORKER FAILURE: live trading failed and starts "
-                                 f"again: {type(exc).__name__}: {exc}", int(self.clock() * 1000), is_failure=True)
-                self.wait(min(60.0, 2.0 ** failures))
+        """Trade Binance's stream until stopped. A failure is handled by core/fault_policy.py's table:
+        the feed starts again after a pause, unless starting again cannot help."""
+
+        def run() -> None:
+            self.trade(open_feed(self.settings, self.rest, self.trader.window.last_open_time_ms, self.stop,
+                                 self.on_stream_state))
+
+        fault_policy.keep_running(run, self.stop, fault_policy.FaultCounter(self.clock), self.wait,
+                                  self.alert_failure)
+
+    def alert_failure(self, message: str) -> None:
+        """Queue a worker failure alert."""
+        with self.db.conn:
+            alerts.queue(self.db, "worker", "error", message, int(self.clock() * 1000), is_failure=True)
 
     def on_stream_state(self, is_up: bool, reason: str) -> None:
         """Record the live feed's state; a change is alerted (the stream down, and back)."""

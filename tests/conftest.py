@@ -58,6 +58,12 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def runner(app, data_dir: Path):
+    """The app's command line run in this process (Flask's test_cli_runner), on the test's data folder."""
+    return app.test_cli_runner(env={"OMNIWISE_DATA_DIR": str(data_dir)})
+
+
 OPERATOR_PASSWORD = "correct horse battery staple"
 
 

@@ -36,9 +36,18 @@ def reap() -> None:
 
 
 def free_port() -> int:
+    """A port that was free a moment ago (for programs that cannot take a socket; it can race)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def listening_socket() -> socket.socket:
+    """A socket listening on a free port of 127.0.0.1: the port is held from here on, so nothing can race."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    return listener
 
 
 def wait_until(condition, process: subprocess.Popen | None = None, timeout_s: float = 60.0, what: str = "condition"):
@@ -81,10 +90,17 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "Server":
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "omniwise.py"), "serve", "--port", str(self.port)], cwd=self.data_dir,
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+        # gunicorn is handed a socket already listening, as systemd's socket activation does (fd 3,
+        # LISTEN_FDS=1, LISTEN_PID its own pid; `exec` keeps bash's pid): no free port can be taken
+        # by another process between choosing it and binding it.
+        with listening_socket() as listener:
+            self.port = listener.getsockname()[1]
+            fd = listener.fileno()
+            self.process = subprocess.Popen(
+                ["/bin/bash", "-c", f'LISTEN_PID=$$ exec "$@" 3<&{fd}', "bash",
+                 sys.executable, str(ROOT / "omniwise.py"), "serve", "--port", str(self.port)],
+                cwd=self.data_dir, env={**self.env, "LISTEN_FDS": "1"}, pass_fds=(fd,),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
         STARTED.append(self.process)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:  # poll until it answers, no fixed sleep

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from core import auth, store
-from tests.conftest import ROOT
 
 NOW_MS = 1_800_000_000_000
 
@@ -99,37 +95,31 @@ def test_csrf_tokens_must_match_the_sessions(expected, given, is_valid):
     assert auth.is_csrf_token_valid(expected, given) is is_valid
 
 
-def run_cli(data_dir, *args, stdin: str | None = None, **env):
-    environment = {"PATH": "/usr/bin:/bin", "OMNIWISE_DATA_DIR": str(data_dir), **env}
-    return subprocess.run([sys.executable, str(ROOT / "omniwise.py"), *args], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, env=environment)
-
-
-def test_init_prints_a_generated_password_once(tmp_path):
-    first = run_cli(tmp_path / "data", "init")
-    assert first.returncode == 0, first.stderr
+def test_init_prints_a_generated_password_once(runner, data_dir):
+    first = runner.invoke(args=["init"])
+    assert first.exit_code == 0, first.output
     line = next(line for line in first.stdout.splitlines() if line.startswith("Operator password"))
     password = line.rsplit(": ", 1)[1]
-    second = run_cli(tmp_path / "data", "init")
+    second = runner.invoke(args=["init"])
     assert "Operator password" not in second.stdout
-    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+    with store.connect(data_dir / "omniwise.db") as db:
         assert auth.is_password_right(db, password)
 
 
-def test_init_with_a_configured_password_prints_none(tmp_path):
-    result = run_cli(tmp_path / "data", "init", OMNIWISE_ADMIN_PASSWORD="given")
-    assert result.returncode == 0 and "Operator password" not in result.stdout
-    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+def test_init_with_a_configured_password_prints_none(runner, data_dir):
+    result = runner.invoke(args=["init"], env={"OMNIWISE_ADMIN_PASSWORD": "given"})
+    assert result.exit_code == 0 and "Operator password" not in result.stdout
+    with store.connect(data_dir / "omniwise.db") as db:
         assert auth.is_password_right(db, "given")
 
 
-def test_set_password_reads_standard_input(tmp_path):
-    result = run_cli(tmp_path / "data", "set-password", stdin="new one\n")
-    assert (result.returncode, result.stdout.strip()) == (0, "Password set."), result.stderr
-    with store.connect(tmp_path / "data" / "omniwise.db") as db:
+def test_set_password_reads_standard_input(runner, data_dir):
+    result = runner.invoke(args=["set-password"], input="new one\n")
+    assert (result.exit_code, result.stdout.strip()) == (0, "Password set."), result.output
+    with store.connect(data_dir / "omniwise.db") as db:
         assert auth.is_password_right(db, "new one")
-    empty = run_cli(tmp_path / "data", "set-password", stdin="\n")
-    assert empty.returncode == 1 and "must not be empty" in empty.stderr
+    empty = runner.invoke(args=["set-password"], input="\n")
+    assert empty.exit_code == 1 and "must not be empty" in empty.stderr
 
 
 def test_thirty_concurrent_wrong_passwords_on_the_real_server_get_five_checked(tmp_path):

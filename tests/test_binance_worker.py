@@ -15,7 +15,7 @@ from core import status
 from core.candles import Candle
 from core.config import load_settings
 from tests.exchange.standin import API_KEY, API_SECRET, DAY_START_MS, start_standin
-from tests.processes import ROOT, query, stop_worker, wait_until
+from tests.processes import ROOT, STARTED, query, stop_worker, wait_until
 
 MINUTE_MS = 60_000
 HOUR_MS = 3_600_000
@@ -32,9 +32,11 @@ def worker_env(data_dir, standin, **settings) -> dict[str, str]:
 
 
 def start_worker(data_dir, standin, **settings) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT,
-                            env=worker_env(data_dir, standin, **settings), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    worker = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], cwd=ROOT,
+                              env=worker_env(data_dir, standin, **settings), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    STARTED.append(worker)  # the reaper kills it should the test fail before stopping it
+    return worker
 
 
 def newest_candle_ms(data_dir) -> int:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from decimal import ROUND_HALF_EVEN, Decimal
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +15,11 @@ from core.candles import (E8, MINUTE_MS, Candle, Tick, TickBuffer, candles_from_
 from core.dsl import compile_strategy
 from core.feeds import read_agg_trades
 
-from .conftest import ROOT, SHARED_DATA
+from .conftest import SHARED_DATA
 
 AGG_TRADES = SHARED_DATA / "binance" / "XRPETH-aggTrades-2019-10-11.csv"
 KLINES = SHARED_DATA / "binance" / "XRPETH-1m-2019-10-11.csv"
 T0 = 1_570_752_000_000  # 2019-10-11 00:00 UTC
-PYTHON = ROOT / ".venv" / "bin" / "python"
 
 
 def tick(time_ms: int, agg_id: int, price: float = 1.0, qty: float = 1.0, *, is_buyer_maker: bool = False,
@@ -54,31 +50,27 @@ def test_candles_from_xrpeth_agg_trades_equal_binance_klines_in_every_column():
     assert sum(candle.volume == 0 for candle in candles) == 418
 
 
-def test_candles_command_writes_binance_klines_text_for_every_row(tmp_path):
+def test_candles_command_writes_binance_klines_text_for_every_row(runner, tmp_path):
     out = tmp_path / "klines.csv"
-    python = PYTHON if PYTHON.exists() else Path(sys.executable)
 
-    result = subprocess.run([str(python), "omniwise.py", "candles", "--agg-trades", str(AGG_TRADES), "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = runner.invoke(args=["candles", "--agg-trades", str(AGG_TRADES), "--out", str(out)])
 
-    assert result.returncode == 0, result.stderr
+    assert result.exit_code == 0, result.output
     with open(out, newline="") as file:
         assert_same_rows(list(csv.reader(file)), binance_rows())
     assert out.read_bytes() == KLINES.read_bytes()
 
 
-def test_candles_command_prints_file_and_line_of_a_bad_row_and_writes_nothing(tmp_path):
+def test_candles_command_prints_file_and_line_of_a_bad_row_and_writes_nothing(runner, tmp_path):
     bad = tmp_path / "aggTrades.csv"
     lines = AGG_TRADES.read_text().splitlines()[:10]
     lines[6] = lines[6].replace("0.00141", "0.0O141")
     bad.write_text("\n".join(lines) + "\n")
     out = tmp_path / "klines.csv"
-    python = PYTHON if PYTHON.exists() else Path(sys.executable)
 
-    result = subprocess.run([str(python), "omniwise.py", "candles", "--agg-trades", str(bad), "--out", str(out)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    result = runner.invoke(args=["candles", "--agg-trades", str(bad), "--out", str(out)])
 
-    assert result.returncode == 1
+    assert result.exit_code == 1
     assert result.stdout.startswith(f"{bad}:7: error: price '0.0O141")
     assert not out.exists()
 

@@ -9,7 +9,7 @@ import re
 import signal
 import subprocess
 
-from tests.processes import ROOT, free_port, wait_until
+from tests.processes import ROOT, STARTED, free_port, wait_until
 
 TOKEN = "first-run-token-0123456789"
 
@@ -35,6 +35,7 @@ def test_make_run_starts_both_processes_and_the_dashboard_shows_candles(tmp_path
     env.pop("MAKEFLAGS", None)
     run = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"], cwd=ROOT, env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    STARTED.append(run)  # the reaper kills the group should the test fail before stopping it
     try:
         def status():
             try:

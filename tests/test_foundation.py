@@ -104,13 +104,13 @@ def run_cli(*args, cwd=ROOT):
     return subprocess.run([sys.executable, str(ROOT / "omniwise.py"), *args], cwd=cwd, capture_output=True, text=True)
 
 
-def test_check_prints_compiler_style_errors_and_exits_1(tmp_path):
+def test_check_prints_compiler_style_errors_and_exits_1(runner, tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("IF MA4 > MA9 THEN BUY\n")
     bad = tmp_path / "bad.txt"
     bad.write_text("# mine\nIF MA4 > MA9 BUY\nIF EMAA(9) > 1 THEN SELL\n")
-    result = run_cli("check", str(good), str(bad))
-    assert result.returncode == 1
+    result = runner.invoke(args=["check", str(good), str(bad)])
+    assert result.exit_code == 1
     assert result.stdout.splitlines() == [
         f"{bad}:2:14: error: missing THEN before BUY",
         f"{bad}:3:4: error: unknown name 'EMAA': did you mean EMA?",
@@ -137,9 +137,9 @@ def test_check_refuses_deep_long_and_huge_texts_with_positions_never_a_traceback
     ]
 
 
-def test_check_exits_0_for_the_shipped_strategy():
-    result = run_cli("check", "data/strategy.txt")
-    assert (result.returncode, result.stdout) == (0, "")
+def test_check_exits_0_for_the_shipped_strategy(runner):
+    result = runner.invoke(args=["check", str(ROOT / "data" / "strategy.txt")])
+    assert (result.exit_code, result.output) == (0, "")
 
 
 def test_flask_cli_runs_the_same_check(tmp_path):

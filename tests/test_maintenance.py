@@ -4,30 +4,29 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
-import sys
 
 import pytest
 
 from core import maintenance
 from core.maintenance import DAY_MS, BackupError, Retention
-from tests.conftest import ROOT, SHARED_DATA
+from tests.conftest import SHARED_DATA
 from tests.processes import count, query, start_worker, stop_worker, wait_until
 
 AGG_TRADES = SHARED_DATA / "binance" / "XRPETH-aggTrades-2019-10-11.csv"
 
 
-def test_backup_while_the_worker_writes_is_consistent_and_complete(data_dir, tmp_path):
+def test_backup_while_the_worker_writes_is_consistent_and_complete(data_dir, tmp_path, runner):
     worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=3000, symbol="XRPETH", log_level="INFO")
     try:
         wait_until(lambda: count(data_dir, "candles") >= 100, worker, what="100 candles")
         committed = {row[0] for row in query(data_dir, "SELECT open_time_ms FROM candles")}
         decided = {row[0] for row in query(data_dir, "SELECT id FROM decisions")}
         dest = tmp_path / "backups" / "omniwise-copy.db"
-        result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backup", str(dest)], cwd=ROOT,
-                                capture_output=True, text=True, env={"OMNIWISE_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin"})
-        assert result.returncode == 0, result.stderr
-        still_writing = count(data_dir, "candles")
+        result = runner.invoke(args=["backup", str(dest)])
+        assert result.exit_code == 0, result.output
+        # In-process the backup takes milliseconds: wait for the worker's next candle rather than race it.
+        still_writing = wait_until(lambda: count(data_dir, "candles") > len(committed) and count(data_dir, "candles"),
+                                   worker, timeout_s=30, what="a candle written after the backup began")
     finally:
         output = stop_worker(worker)
     copy = sqlite3.connect(dest)
