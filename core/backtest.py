@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core import fills
+from core.metrics import Metrics, compute_metrics
 from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
@@ -50,6 +51,7 @@ class BacktestResult:
     fee_rate: float
     fill: str
     equity: np.ndarray  # per candle, starting at 1.0
+    metrics: Metrics  # the standard figures (core.metrics)
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
@@ -58,8 +60,9 @@ class BacktestResult:
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
-            "fee": self.fee_rate, "fill": self.fill,
-            "trades": [dataclasses.asdict(t) | {"return_pct": _round(t.return_pct)} for t in self.trades],
+            "fee": self.fee_rate, "fill": self.fill, "metrics": self.metrics.as_json(),
+            "trades": [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
+                        "exit_price": t.exit_price, "return_pct": _round(t.return_pct)} for t in self.trades],
         }
 
 
@@ -70,7 +73,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     n = len(candles["close"])
     if n == 0:
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0))
+        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0),
+                              compute_metrics(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), [], [], 0, 0.0, 0.0))
     actions = policy.decide_all(candles)
     # The wanted position after each candle's decision: the last BUY/SELL so far (flat at first).
     acted = np.where(actions != Action.HOLD, np.arange(n), -1)
@@ -96,12 +100,23 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     trades = list(map(Trade, times[0::2].tolist(), entry_prices.tolist(), exit_times, exit_list, returns))
     in_market = _holding(n, entries, exits)
     closed = ratios if len(ratios) else None
+    buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     return BacktestResult(
-        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100,
-        buy_hold_return_pct=float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100,
+        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
         max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
-        exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity)
+        exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
+        metrics=_metrics(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct))
+
+
+def _metrics(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct) -> Metrics:
+    """The engine's trades in core.metrics' terms: the whole balance goes into each trade."""
+    balance = np.concatenate(([1.0], np.cumprod(ratios)))  # before each trade, the start being 1.0
+    closed_balance = balance[:len(ratios)]
+    exit_fees = closed_balance * (1 - fee_rate) * exit_prices / entry_prices[:len(ratios)] * fee_rate
+    fees_paid = float(np.sum(balance[:len(entry_prices)]) * fee_rate + np.sum(exit_fees))
+    return compute_metrics(equity, candles["open_time_ms"], in_market, ratios - 1, closed_balance * (ratios - 1),
+                           len(entry_prices), fees_paid, buy_hold_pct)
 
 
 def _equity(candles, entries, exits, entry_prices, ratios, fee_rate) -> np.ndarray:
