@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core import fills
-from core.metrics import Metrics, compute_metrics
+from core.metrics import Ledger, Metrics, compute_metrics
 from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
@@ -51,7 +51,8 @@ class BacktestResult:
     fee_rate: float
     fill: str
     equity: np.ndarray  # per candle, starting at 1.0
-    metrics: Metrics  # the standard figures (core.metrics)
+    ledger: Ledger  # what the metrics are computed from (core.metrics)
+    metrics: Metrics  # the standard figures
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
@@ -73,8 +74,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     n = len(candles["close"])
     if n == 0:
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0),
-                              compute_metrics(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), [], [], 0, 0.0, 0.0))
+        ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
+        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger, compute_metrics(ledger))
     actions = policy.decide_all(candles)
     # The wanted position after each candle's decision: the last BUY/SELL so far (flat at first).
     acted = np.where(actions != Action.HOLD, np.arange(n), -1)
@@ -101,22 +102,23 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     in_market = _holding(n, entries, exits)
     closed = ratios if len(ratios) else None
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
+    ledger = _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct)
     return BacktestResult(
         trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
         max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
-        metrics=_metrics(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct))
+        ledger=ledger, metrics=compute_metrics(ledger))
 
 
-def _metrics(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct) -> Metrics:
+def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct) -> Ledger:
     """The engine's trades in core.metrics' terms: the whole balance goes into each trade."""
     balance = np.concatenate(([1.0], np.cumprod(ratios)))  # before each trade, the start being 1.0
     closed_balance = balance[:len(ratios)]
     exit_fees = closed_balance * (1 - fee_rate) * exit_prices / entry_prices[:len(ratios)] * fee_rate
     fees_paid = float(np.sum(balance[:len(entry_prices)]) * fee_rate + np.sum(exit_fees))
-    return compute_metrics(equity, candles["open_time_ms"], in_market, ratios - 1, closed_balance * (ratios - 1),
-                           len(entry_prices), fees_paid, buy_hold_pct)
+    return Ledger(equity, candles["open_time_ms"], in_market, ratios - 1, closed_balance * (ratios - 1),
+                  len(entry_prices), fees_paid, buy_hold_pct)
 
 
 def _equity(candles, entries, exits, entry_prices, ratios, fee_rate) -> np.ndarray:
@@ -210,18 +212,13 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
     """The readable table `omniwise.py backtest` prints."""
     times = candles["open_time_ms"]
     closed = sum(1 for t in result.trades if t.exit_time is not None)
-    win_rate = "-" if result.win_rate_pct is None else f"{result.win_rate_pct:.1f} %"
     span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
     fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
     lines = [
         title,
         f"  candles       {result.candles:,} ({span})",
         f"  trades        {len(result.trades):,} ({closed:,} closed, {len(result.trades) - closed} open)",
-        f"  win rate      {win_rate}",
-        f"  return        {result.return_pct:+.2f} %",
-        f"  buy and hold  {result.buy_hold_return_pct:+.2f} %",
-        f"  max drawdown  {result.max_drawdown_pct:.2f} %",
-        f"  exposure      {result.exposure_pct:.1f} % of candles long",
+        *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only",
     ]
     if result.trades:
@@ -233,6 +230,21 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
             lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
                          f"{t.return_pct:>+8.2f}%")
     return "\n".join(lines)
+
+
+def metric_lines(m: Metrics) -> list[str]:
+    """The metrics as table lines, '-' where a figure is undefined."""
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+    return [
+        f"  return        {m.return_pct:+.2f} %   (buy and hold {m.buy_and_hold_pct:+.2f} %)",
+        f"  max drawdown  {m.max_drawdown_pct:.2f} %",
+        f"  win rate      {num(m.win_rate_pct, '.1f')} %   expectancy {num(m.expectancy_pct, '+.3f')} % a trade",
+        f"  profit factor {num(m.profit_factor, '.3f')}",
+        f"  exposure      {m.exposure_pct:.1f} % of candles long",
+        f"  sharpe        {num(m.sharpe, '.3f')}   sortino {num(m.sortino, '.3f')}   calmar {num(m.calmar, '.3f')}",
+        f"  fees paid     {m.fees_paid * 100:.2f} % of the starting balance",
+    ]
 
 
 def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500) -> str:

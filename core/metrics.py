@@ -44,23 +44,50 @@ class Metrics:
         return {name: _round(getattr(self, name)) for name in NAMES}
 
 
-def compute_metrics(equity: np.ndarray, open_time_ms: np.ndarray, in_market: np.ndarray,
-                    closed_returns: np.ndarray, closed_pnl: np.ndarray, trades: int, fees_paid: float,
-                    buy_and_hold_pct: float) -> Metrics:
-    """All figures of one backtest.
+@dataclasses.dataclass(frozen=True)
+class Ledger:
+    """What the metrics are computed from: a backtest's equity and its trades' results.
 
     `equity`: the account at each candle close, the start being 1.0; `in_market`: True where a position
     is held at the close; `closed_returns`: each closed trade's return as a fraction (0.02 = +2 %);
     `closed_pnl`: each closed trade's profit in units of the starting balance; `trades` counts the
     open trade too; `fees_paid` in units of the starting balance.
     """
+
+    equity: np.ndarray
+    open_time_ms: np.ndarray
+    in_market: np.ndarray
+    closed_returns: np.ndarray
+    closed_pnl: np.ndarray
+    trades: int
+    fees_paid: float
+    buy_and_hold_pct: float
+
+
+def join(ledgers: list[Ledger]) -> Ledger:
+    """Consecutive periods as one account: each period starts with the balance the one before ended with."""
+    scales = np.cumprod([1.0] + [float(ledger.equity[-1]) if len(ledger.equity) else 1.0 for ledger in ledgers])
+    hold = np.prod([1 + ledger.buy_and_hold_pct / 100 for ledger in ledgers])
+    return Ledger(
+        equity=np.concatenate([ledger.equity * scale for ledger, scale in zip(ledgers, scales)]),
+        open_time_ms=np.concatenate([ledger.open_time_ms for ledger in ledgers]),
+        in_market=np.concatenate([ledger.in_market for ledger in ledgers]),
+        closed_returns=np.concatenate([ledger.closed_returns for ledger in ledgers]),
+        closed_pnl=np.concatenate([ledger.closed_pnl * scale for ledger, scale in zip(ledgers, scales)]),
+        trades=sum(ledger.trades for ledger in ledgers),
+        fees_paid=float(sum(ledger.fees_paid * scale for ledger, scale in zip(ledgers, scales))),
+        buy_and_hold_pct=float(hold - 1) * 100)
+
+
+def compute_metrics(ledger: Ledger) -> Metrics:
+    """All figures of one backtest (formulas in the README, "Backtest metrics")."""
+    equity, open_time_ms = ledger.equity, ledger.open_time_ms
     n = len(equity)
     if n == 0:
         return Metrics(0.0, 0.0, 0.0, 0, None, None, None, 0.0, None, None, None, 0.0)
     return_pct = float(equity[-1] - 1) * 100
     drawdown_pct = max_drawdown_pct(equity)
-    closed_returns = np.asarray(closed_returns, dtype=np.float64)
-    closed_pnl = np.asarray(closed_pnl, dtype=np.float64)
+    closed_returns, closed_pnl = ledger.closed_returns, ledger.closed_pnl
     has_closed = len(closed_returns) > 0
     gross_loss = -float(np.sum(closed_pnl[closed_pnl < 0]))
     daily = daily_returns(equity, open_time_ms)
@@ -68,17 +95,17 @@ def compute_metrics(equity: np.ndarray, open_time_ms: np.ndarray, in_market: np.
     annual_pct = annualised_return_pct(float(equity[-1]), span_days)
     return Metrics(
         return_pct=return_pct,
-        buy_and_hold_pct=float(buy_and_hold_pct),
+        buy_and_hold_pct=float(ledger.buy_and_hold_pct),
         max_drawdown_pct=drawdown_pct,
-        trades=int(trades),
+        trades=int(ledger.trades),
         win_rate_pct=float(np.mean(closed_returns > 0)) * 100 if has_closed else None,
         profit_factor=float(np.sum(closed_pnl[closed_pnl > 0])) / gross_loss if gross_loss > 0 else None,
         expectancy_pct=float(np.mean(closed_returns)) * 100 if has_closed else None,
-        exposure_pct=float(np.mean(in_market)) * 100,
+        exposure_pct=float(np.mean(ledger.in_market)) * 100,
         sharpe=sharpe(daily),
         sortino=sortino(daily),
         calmar=annual_pct / drawdown_pct if annual_pct is not None and drawdown_pct > 0 else None,
-        fees_paid=float(fees_paid),
+        fees_paid=float(ledger.fees_paid),
     )
 
 
