@@ -62,9 +62,14 @@ class BacktestResult:
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
             "fee": self.fee_rate, "fill": self.fill, "metrics": self.metrics.as_json(),
-            "trades": [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
-                        "exit_price": t.exit_price, "return_pct": _round(t.return_pct)} for t in self.trades],
+            "trades": _trades_json(self.trades),
         }
+
+
+def _trades_json(trades: list[Trade]) -> list[dict]:
+    returns = np.round(np.array([t.return_pct for t in trades], dtype=np.float64), 6).tolist()
+    return [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
+             "exit_price": t.exit_price, "return_pct": r} for t, r in zip(trades, returns)]
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
