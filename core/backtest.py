@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core import fills
-from core.metrics import Ledger, Metrics, compute_metrics
+from core.metrics import Ledger, Metrics, compute_metrics, max_drawdown_pct
 from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
@@ -111,7 +111,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     return BacktestResult(
         trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
-        max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
+        max_drawdown_pct=max_drawdown_pct(equity),
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
         ledger=ledger, metrics=compute_metrics(ledger))
 
@@ -261,12 +261,14 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     index = np.arange(0, n, step)
     price_h, equity_h = height * 0.62, height * 0.3
 
-    def path(values: np.ndarray, top: float, h: float) -> str:
-        low, high = float(np.min(values)), float(np.max(values))
+    def points(values: np.ndarray, top: float, h: float, low: float, high: float) -> list[str]:
         span = (high - low) or 1.0
         xs = index / max(n - 1, 1) * (width - 20) + 10
         ys = top + h - (values[index] - low) / span * h
-        return "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+        return [f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys)]
+
+    def path(values: np.ndarray, top: float, h: float) -> str:
+        return "M" + " L".join(points(values, top, h, float(np.min(values)), float(np.max(values))))
 
     close = candles["close"]
     low, high = float(np.min(close)), float(np.max(close))
@@ -288,10 +290,19 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
         f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades</text>',
         f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
         *marks,
-        f'<path d="{path(result.equity, price_h + 30, equity_h - 20)}" fill="none" stroke="#2563eb" '
-        f'stroke-width="1.2"/>',
+        *_equity_with_drawdown(result.equity, points, price_h + 30, equity_h - 20),
         "</svg>",
     ])
+
+
+def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> list[str]:
+    """The equity line over a red band from each running peak down to it: the drawdown, seen at a glance."""
+    peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]  # the start counts as a peak
+    low, high = float(np.min(equity)), float(np.max(peaks))
+    top_edge, bottom_edge = points(peaks, top, h, low, high), points(equity, top, h, low, high)
+    band = " ".join(top_edge + bottom_edge[::-1])
+    return [f'<polygon class="drawdown" points="{band}" fill="#b42318" fill-opacity="0.18" stroke="none"/>',
+            f'<path class="equity" d="M{" L".join(bottom_edge)}" fill="none" stroke="#2563eb" stroke-width="1.2"/>']
 
 
 def _utc(time_ms: int) -> str:
