@@ -17,7 +17,7 @@ import click
 from core.dsl import StrategyError, compile_strategy, sweeps
 from core.metrics import NAMES
 
-RANK_CHOICES = tuple(name for name in NAMES)
+RANK_CHOICES = NAMES
 _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports its progress on stderr
 
 

@@ -118,7 +118,9 @@ def million(folder: Path, quick: bool) -> None:
     sweep.write_text(SWEEP_100)
     size_mib = big.stat().st_size / 2**20
     command = [sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(big), "--strategy"]
-    drop_cache = lambda: cache_path(big).unlink(missing_ok=True)  # noqa: E731
+    def drop_cache() -> None:
+        cache_path(big).unlink(missing_ok=True)
+
     cold_s = process_seconds(command + [str(seed), "--json"], 2, before=drop_cache)
     warm_s = process_seconds(command + [str(seed), "--json"], 5)
     import_s, web = imports_of_backtest(big, seed)

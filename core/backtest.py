@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core import fills
-from core.metrics import Ledger, Metrics, compute_metrics, max_drawdown_pct
+from core.metrics import Ledger, Metrics, compute_metrics
 from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
 
@@ -108,12 +108,13 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     closed = ratios if len(ratios) else None
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     ledger = _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct)
+    metrics = compute_metrics(ledger)
     return BacktestResult(
         trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if closed is None else float(np.mean(closed > 1)) * 100,
-        max_drawdown_pct=max_drawdown_pct(equity),
+        max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
-        ledger=ledger, metrics=compute_metrics(ledger))
+        ledger=ledger, metrics=metrics)
 
 
 def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct) -> Ledger:

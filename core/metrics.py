@@ -111,8 +111,8 @@ def compute_metrics(ledger: Ledger) -> Metrics:
 
 def max_drawdown_pct(equity: np.ndarray) -> float:
     """The largest fall from a peak (the starting balance 1.0 counts as one) to a later close, in %."""
-    peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]
-    return float(np.max(1 - equity / peaks)) * 100
+    peaks = np.maximum(np.maximum.accumulate(equity), 1.0)
+    return float(1 - np.min(equity / peaks)) * 100
 
 
 def daily_returns(equity: np.ndarray, open_time_ms: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ from core.metrics import LOWER_IS_BETTER, NAMES, Metrics, compute_metrics, join
 
 TOP_SHOWN = 20
 TOP_RECHECKED = 5
-RANKABLE = tuple(name for name in NAMES if name not in ("trades",)) + ("trades",)
+RANKABLE = NAMES
 
 Candles = Mapping[str, np.ndarray]
 
