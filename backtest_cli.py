@@ -47,6 +47,8 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
     if split is not None and walk_forward is not None:
         raise click.UsageError("choose one of --split and --walk-forward")
     is_sweep = sweeps.has_sweep(text)
+    if chart is not None and (is_sweep or split is not None or walk_forward is not None):
+        raise click.UsageError("--chart draws one backtest: not with a sweep, --split or --walk-forward")
     try:
         if is_sweep:
             sweeps.check_sweep(text)
