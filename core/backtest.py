@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from core import fills
-from core.metrics import Ledger, Metrics, compute_metrics
 from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
+from core.metrics import Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
 _CHUNK_ROWS = 200_000
