@@ -117,8 +117,11 @@ def max_drawdown_pct(equity: np.ndarray) -> float:
 
 def daily_returns(equity: np.ndarray, open_time_ms: np.ndarray) -> np.ndarray:
     """Each UTC day's return: its last close's equity over the day before's (the first day over 1.0)."""
-    day = open_time_ms // DAY_MS
-    last_of_day = np.concatenate((np.flatnonzero(np.diff(day)), [len(day) - 1]))
+    first_day, last_day = int(open_time_ms[0]) // DAY_MS, int(open_time_ms[-1]) // DAY_MS
+    midnights = np.arange(first_day + 1, last_day + 1, dtype=np.int64) * DAY_MS
+    # The candle before each midnight (a search per day, not a pass over every candle); a day without
+    # candles repeats the day before's and is dropped.
+    last_of_day = np.unique(np.append(np.searchsorted(open_time_ms, midnights) - 1, len(open_time_ms) - 1))
     closes = equity[last_of_day]
     return closes / np.concatenate(([1.0], closes[:-1])) - 1
 

@@ -86,3 +86,30 @@ def test_a_history_that_only_rises_has_no_downside_and_no_sortino():
 def test_drawdown_counts_the_starting_balance_as_a_peak():
     assert max_drawdown_pct(np.array([0.9, 0.8, 1.2, 0.6])) == pytest.approx(50.0)
     assert max_drawdown_pct(np.array([0.5, 0.9])) == pytest.approx(50.0)
+
+
+def test_daily_returns_take_each_days_last_close_and_skip_days_without_candles():
+    from core.metrics import daily_returns
+
+    # Day 0: two candles, day 1: none, day 2: one, day 5: two.
+    times = np.array([0, 3_600_000, 2 * DAY_MS + 5, 5 * DAY_MS, 5 * DAY_MS + 60_000], dtype=np.int64)
+    equity = np.array([1.1, 1.2, 0.9, 1.0, 1.35])
+    assert daily_returns(equity, times).tolist() == pytest.approx([0.2, 0.9 / 1.2 - 1, 1.35 / 0.9 - 1])
+
+
+def test_joined_periods_continue_from_the_balance_the_last_one_ended_with():
+    from core.metrics import Ledger, compute_metrics, join
+
+    first = Ledger(np.array([1.1, 1.2]), np.array([0, DAY_MS]), np.array([True, False]), np.array([0.2]),
+                   np.array([0.2]), 1, 0.01, 10.0)
+    second = Ledger(np.array([0.9, 1.5]), np.array([2 * DAY_MS, 3 * DAY_MS]), np.array([False, True]),
+                    np.array([-0.1]), np.array([-0.1]), 2, 0.02, -50.0)
+    joined = join([first, second])
+    assert joined.equity.tolist() == pytest.approx([1.1, 1.2, 1.08, 1.8])
+    assert joined.closed_pnl.tolist() == pytest.approx([0.2, -0.12])  # the second period started with 1.2
+    assert joined.fees_paid == pytest.approx(0.01 + 0.02 * 1.2)
+    assert joined.buy_and_hold_pct == pytest.approx((1.1 * 0.5 - 1) * 100)
+    m = compute_metrics(joined)
+    assert (m.trades, m.return_pct, m.exposure_pct) == (3, pytest.approx(80.0), 50.0)
+    assert m.max_drawdown_pct == pytest.approx(10.0)  # 1.2 down to 1.08
+    assert m.profit_factor == pytest.approx(0.2 / 0.12)
