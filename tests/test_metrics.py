@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from core.backtest import run_backtest
 from core.dsl import compile_strategy
@@ -113,3 +114,30 @@ def test_joined_periods_continue_from_the_balance_the_last_one_ended_with():
     assert (m.trades, m.return_pct, m.exposure_pct) == (3, pytest.approx(80.0), 50.0)
     assert m.max_drawdown_pct == pytest.approx(10.0)  # 1.2 down to 1.08
     assert m.profit_factor == pytest.approx(0.2 / 0.12)
+
+
+@settings(max_examples=120, deadline=None)
+@given(data=st.data(), count=st.integers(1, 400), scale=st.sampled_from([1e-8, 1.0, 1e12]),
+       step_ms=st.sampled_from([60_000, 3_600_000, DAY_MS, 40 * DAY_MS]))
+def test_any_history_gives_figures_in_their_ranges_or_none(data, count, scale, step_ms):
+    moves = data.draw(st.lists(st.floats(-0.5, 0.5), min_size=count, max_size=count))
+    closes = scale * np.exp(np.cumsum(moves))
+    opens = np.concatenate(([closes[0]], closes[:-1]))
+    gaps = data.draw(st.lists(st.integers(1, 3), min_size=count, max_size=count))  # minutes missing from the file
+    candles = {"open_time_ms": np.cumsum(np.array(gaps, dtype=np.int64) * step_ms), "open": opens,
+               "high": np.maximum(opens, closes), "low": np.minimum(opens, closes), "close": closes,
+               "volume": np.ones(count)}
+    fee = data.draw(st.sampled_from([0.0, 0.001, 0.05]))
+    result = run_backtest(candles, compile_strategy("IF CLOSE > SMA(3) THEN BUY\nIF CLOSE < SMA(5) THEN SELL"),
+                          fee_rate=fee)
+    m = result.metrics
+    assert m.return_pct == pytest.approx((result.equity[-1] - 1) * 100)
+    assert 0 <= m.max_drawdown_pct <= 100 and 0 <= m.exposure_pct <= 100 and m.fees_paid >= 0
+    assert m.trades == len(result.trades)
+    closed = [t.return_pct for t in result.trades if t.exit_time is not None]
+    assert (m.win_rate_pct is None) == (not closed)
+    assert (m.profit_factor is None) == (not any(r < 0 for r in closed))
+    for value in (m.sharpe, m.sortino, m.calmar, m.profit_factor, m.expectancy_pct):
+        assert value is None or np.isfinite(value)
+    if fee == 0.0:
+        assert m.fees_paid == 0.0
