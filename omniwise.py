@@ -5,8 +5,14 @@
 
 from __future__ import annotations
 
-import logging
 import sys
+
+if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs no web stack: skip loading it
+    import backtest_cli
+
+    backtest_cli.main()
+
+import logging
 import threading
 import time
 from pathlib import Path
@@ -16,9 +22,10 @@ from flask import Flask
 from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from backtest_cli import backtest_command
 from core import alerts, auth, heartbeat, liveness, logs, signals, store, strategies
 from core.config import ConfigError, Settings, load_settings
-from core.dsl import StrategyError, compile_strategy
+from core.dsl import StrategyError, compile_strategy, sweeps
 
 
 MAX_REQUEST_BYTES = 1 << 20  # the editor's 100,000 characters, several times over
@@ -73,12 +80,17 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 @click.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
-def check_command(files: tuple[Path, ...]) -> None:
+@click.option("--sweep", is_flag=True, help="accept sweeps ({4..12}) and check every value they take")
+def check_command(files: tuple[Path, ...], sweep: bool) -> None:
     """Check strategy files; print FILE:LINE:COL: error: MESSAGE for each error, exit 1 on any."""
     failed = False
     for path in files:
         try:
-            compile_strategy(strategies.read_within_limit(path))  # a huge file is refused unread
+            text = strategies.read_within_limit(path)  # a huge file is refused unread
+            if sweep and sweeps.has_sweep(text):
+                sweeps.check_sweep(text)
+            else:
+                compile_strategy(text)
         except (OSError, UnicodeDecodeError) as exc:
             click.echo(f"{path}:1:1: error: cannot read the file: {exc}")
             failed = True
@@ -111,51 +123,6 @@ def candles_command(agg_trades: Path, out: Path, until_ms: int | None) -> None:
         click.echo(f"{out}: error: cannot write: {exc}")
         sys.exit(1)
     click.echo(f"{len(candles)} candles written to {out}")
-
-
-@click.command("backtest")
-@click.option("--candles", "candles_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="klines CSV (Binance's 12 columns, or open_time,open,high,low,close,volume)")
-@click.option("--strategy", "strategy_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="strategy file")
-@click.option("--fee", default=0.001, show_default=True, type=click.FloatRange(0, 0.1), help="fee per side")
-@click.option("--fill", default="next-open", show_default=True, type=click.Choice(["next-open", "close"]),
-              help="fill at the next candle's open, or at the decision candle's close")
-@click.option("--json", "as_json", is_flag=True, help="print one JSON object instead of the table")
-@click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="also write an SVG chart here")
-def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: str, as_json: bool,
-                     chart: Path | None) -> None:
-    """Run a strategy over a history of candles with the worker's own policy and fill rule."""
-    import json
-
-    from core import backtest
-    from core.feeds import FeedError
-
-    try:
-        policy = compile_strategy(strategy_path.read_text(encoding="utf-8"))
-    except StrategyError as exc:
-        for error in exc.errors:
-            click.echo(error.format(str(strategy_path)), err=True)
-        sys.exit(1)
-    size = candles_path.stat().st_size
-    show_progress = sys.stderr.isatty() and size > 20_000_000
-    try:
-        if show_progress:
-            with click.progressbar(length=size, label="reading candles", file=sys.stderr) as bar:
-                candles = backtest.load_candles(candles_path, progress=lambda done: bar.update(done - bar.pos))
-        else:
-            candles = backtest.load_candles(candles_path)
-    except FeedError as exc:
-        click.echo(exc.format(), err=True)
-        sys.exit(1)
-    result = backtest.run_backtest(candles, policy, fee_rate=fee, fill=fill)
-    if chart is not None:
-        chart.write_text(backtest.render_svg(result, candles), encoding="utf-8")
-    if as_json:
-        click.echo(json.dumps(result.as_json() | {"strategy_version": policy.version}))
-    else:
-        title = f"Backtest of {strategy_path} (version {policy.version}) on {candles_path.name}"
-        click.echo(backtest.format_report(result, title, candles))
 
 
 @click.command("backup")

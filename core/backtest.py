@@ -21,6 +21,7 @@ import numpy as np
 from core import exits, fills
 from core.dsl import Policy
 from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
+from core.metrics import Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
 _CHUNK_ROWS = 200_000
@@ -52,6 +53,8 @@ class BacktestResult:
     fee_rate: float
     fill: str
     equity: np.ndarray  # account value at each candle's close, starting at 1.0 (cash set aside included)
+    ledger: Ledger  # what the metrics are computed from (core.metrics)
+    metrics: Metrics  # the standard figures
     size_share: float = 1.0  # share of equity each entry spent (SIZE)
     in_market: np.ndarray | None = None  # per candle: a position is held at its close
 
@@ -63,8 +66,15 @@ class BacktestResult:
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
             "fee": self.fee_rate, "fill": self.fill, "size_pct": _round(self.size_share * 100),
-            "trades": [dataclasses.asdict(t) | {"return_pct": _round(t.return_pct)} for t in self.trades],
+            "metrics": self.metrics.as_json(), "trades": _trades_json(self.trades),
         }
+
+
+def _trades_json(trades: list[Trade]) -> list[dict]:
+    returns = np.round(np.array([t.return_pct for t in trades], dtype=np.float64), 6).tolist()
+    return [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
+             "exit_price": t.exit_price, "exit_reason": t.exit_reason, "return_pct": r}
+            for t, r in zip(trades, returns)]
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
@@ -75,7 +85,9 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     n = len(candles["close"])
     size = policy.risk.size_share
     if n == 0:
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), size, np.zeros(0, bool))
+        ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
+        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
+                              compute_metrics(ledger), size, np.zeros(0, bool))
     found = exits.find_trades(candles, policy.decide_all(candles), policy.risk, fill)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
@@ -94,13 +106,28 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
                       np.where(closed, exit_times, None).tolist(), np.where(closed, found.exit_price, None).tolist(),
                       returns, reasons.tolist()))
     in_market = _holding(n, entries, exits_at)
+    buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
+    ledger = _ledger(candles, equity, in_market, entry_prices, found.exit_price[closed], ratios, fee_rate,
+                     buy_hold_pct, size)
+    metrics = compute_metrics(ledger)
     return BacktestResult(
-        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100,
-        buy_hold_return_pct=float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100,
+        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
-        max_drawdown_pct=float(np.max(1 - equity / np.maximum.accumulate(equity))) * 100,
+        max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
-        size_share=size, in_market=in_market)
+        ledger=ledger, metrics=metrics, size_share=size, in_market=in_market)
+
+
+def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct,
+            size: float = 1.0) -> Ledger:
+    """The engine's trades in core.metrics' terms: each entry spends `size` of the account's balance."""
+    balance = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # before each trade, the start 1.0
+    spent = balance[:len(entry_prices)] * size  # the money each entry put in
+    closed_spent = spent[:len(ratios)]
+    exit_fees = closed_spent * (1 - fee_rate) * exit_prices / entry_prices[:len(ratios)] * fee_rate
+    fees_paid = float(np.sum(spent) * fee_rate + np.sum(exit_fees))
+    return Ledger(equity, candles["open_time_ms"], in_market, ratios - 1, closed_spent * (ratios - 1),
+                  len(entry_prices), fees_paid, buy_hold_pct)
 
 
 def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> np.ndarray:
@@ -197,18 +224,13 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
     """The readable table `omniwise.py backtest` prints."""
     times = candles["open_time_ms"]
     closed = sum(1 for t in result.trades if t.exit_time is not None)
-    win_rate = "-" if result.win_rate_pct is None else f"{result.win_rate_pct:.1f} %"
     span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
     fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
     lines = [
         title,
         f"  candles       {result.candles:,} ({span})",
         f"  trades        {len(result.trades):,} ({closed:,} closed, {len(result.trades) - closed} open)",
-        f"  win rate      {win_rate}",
-        f"  return        {result.return_pct:+.2f} %",
-        f"  buy and hold  {result.buy_hold_return_pct:+.2f} %",
-        f"  max drawdown  {result.max_drawdown_pct:.2f} %",
-        f"  exposure      {result.exposure_pct:.1f} % of candles long",
+        *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
         + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
@@ -228,6 +250,21 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
     return "\n".join(lines)
 
 
+def metric_lines(m: Metrics) -> list[str]:
+    """The metrics as table lines, '-' where a figure is undefined."""
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+    return [
+        f"  return        {m.return_pct:+.2f} %   (buy and hold {m.buy_and_hold_pct:+.2f} %)",
+        f"  max drawdown  {m.max_drawdown_pct:.2f} %",
+        f"  win rate      {num(m.win_rate_pct, '.1f')} %   expectancy {num(m.expectancy_pct, '+.3f')} % a trade",
+        f"  profit factor {num(m.profit_factor, '.3f')}",
+        f"  exposure      {m.exposure_pct:.1f} % of candles long",
+        f"  sharpe        {num(m.sharpe, '.3f')}   sortino {num(m.sortino, '.3f')}   calmar {num(m.calmar, '.3f')}",
+        f"  fees paid     {m.fees_paid * 100:.2f} % of the starting balance",
+    ]
+
+
 def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500) -> str:
     """A self-contained SVG chart: close prices with entries and exits, and the equity curve below."""
     n = result.candles
@@ -237,12 +274,14 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     index = np.arange(0, n, step)
     price_h, equity_h = height * 0.62, height * 0.3
 
-    def path(values: np.ndarray, top: float, h: float) -> str:
-        low, high = float(np.min(values)), float(np.max(values))
+    def points(values: np.ndarray, top: float, h: float, low: float, high: float) -> list[str]:
         span = (high - low) or 1.0
         xs = index / max(n - 1, 1) * (width - 20) + 10
         ys = top + h - (values[index] - low) / span * h
-        return "M" + " L".join(f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys))
+        return [f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys)]
+
+    def path(values: np.ndarray, top: float, h: float) -> str:
+        return "M" + " L".join(points(values, top, h, float(np.min(values)), float(np.max(values))))
 
     close = candles["close"]
     low, high = float(np.min(close)), float(np.max(close))
@@ -268,8 +307,7 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
         f'{" · exits: " + legend if legend else ""}</text>',
         f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
         *marks,
-        f'<path d="{path(result.equity, price_h + 30, equity_h - 20)}" fill="none" stroke="#2563eb" '
-        f'stroke-width="1.2"/>',
+        *_equity_with_drawdown(result.equity, points, price_h + 30, equity_h - 20),
         "</svg>",
     ])
 
@@ -288,6 +326,16 @@ def _marker_shape(reason: str | None, x: float, y: float, colour: str) -> str:
         return (f'<polygon class="exit-trailing_stop" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y:.1f} {x:.1f},'
                 f'{y + 4:.1f} {x - 4:.1f},{y:.1f}" fill="#7a2e0e"/>')
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
+
+
+def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> list[str]:
+    """The equity line over a red band from each running peak down to it: the drawdown, seen at a glance."""
+    peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]  # the start counts as a peak
+    low, high = float(np.min(equity)), float(np.max(peaks))
+    top_edge, bottom_edge = points(peaks, top, h, low, high), points(equity, top, h, low, high)
+    band = " ".join(top_edge + bottom_edge[::-1])
+    return [f'<polygon class="drawdown" points="{band}" fill="#b42318" fill-opacity="0.18" stroke="none"/>',
+            f'<path class="equity" d="M{" L".join(bottom_edge)}" fill="none" stroke="#2563eb" stroke-width="1.2"/>']
 
 
 def _utc(time_ms: int) -> str:

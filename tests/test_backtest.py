@@ -76,7 +76,9 @@ def test_candle_files_in_seconds_ms_and_microseconds_load_the_same(tmp_path):
 
 
 def test_backtest_command_prints_the_contract_json(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(ETHBTC),
+    candles = tmp_path / ETHBTC.name  # a copy: the parsed-candle cache is written next to the file
+    candles.write_bytes(ETHBTC.read_bytes())
+    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(candles),
                              "--strategy", str(ROOT / "data" / "strategy.txt"), "--json"],
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr

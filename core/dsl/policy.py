@@ -22,6 +22,7 @@ import numpy as np
 
 from core import indicators
 
+from . import sweeps
 from .errors import Diagnostic, StrategyError
 from .nodes import Action, All, Any, Arithmetic, Compare, Crosses, Indicator, Negate, Not, Number, Rule, Series
 from .parser import parse_program
@@ -216,6 +217,7 @@ def _warmup(node) -> int:
 
 def compile_strategy(text: str) -> Policy:
     """Parse and compile a strategy text; raise StrategyError listing every error in it."""
+    sweeps.refuse_sweep(text)  # a sweep is a family of strategies: only the backtest expands it
     rules, risk = parse_program(text)
     return Policy(rules, text, risk)
 
