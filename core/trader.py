@@ -199,10 +199,8 @@ class Trader:
     # -- risk exits -----------------------------------------------------------------------------
 
     def _submit(self, decision_id: int, side: str, now_ms: int, policy: Policy) -> dict:
-        """Record the order of a decision; a paper BUY spends the strategy's SIZE share of the balance."""
-        if isinstance(self.broker, brokers.PaperBroker):
-            return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
-        return self.broker.submit(decision_id, side, now_ms)
+        """Record the order of a decision; a BUY spends the strategy's SIZE share of what the account can spend."""
+        return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
 
     def _after_fills(self, filled: list[dict], policy: Policy) -> None:
         """A filled BUY opens the trade's levels (ATR of the decision candle: the newest in the window,

@@ -178,15 +178,16 @@ class BinanceBroker:
             return self._position
         return self._read_account().position
 
-    def submit(self, decision_id: int, side: str, now_ms: int) -> dict:
-        """Record a market order for a decision, before it is sent. Call inside a transaction."""
+    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0) -> dict:
+        """Record a market order for a decision, before it is sent; a BUY spends `size_share` of what the
+        account can spend (SIZE). Call inside a transaction."""
         order = {"decision_id": decision_id, "client_order_id": exchange_client_id(self.prefix, decision_id),
                  "broker": self.name, "symbol": self.symbol, "side": side, "status": "sending",
-                 "created_at_ms": now_ms}
+                 "created_at_ms": now_ms, "size_share": size_share}
         order["id"] = self.db.execute(
-            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms) "
-            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms)",
-            order).lastrowid
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, "
+            "size_share) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, "
+            ":size_share)", order).lastrowid
         return order
 
     def execute(self, order: dict) -> None:
@@ -199,7 +200,8 @@ class BinanceBroker:
                 self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
                              "next decision decides again against Binance's account")
                 return
-            plan = self._plan(order["side"], self._read_account(), self._last_price())
+            share = Decimal(repr(order.get("size_share") or 1.0))
+            plan = self._plan(order["side"], self._read_account(), self._last_price(), share)
         except BrokerError as exc:
             self._settle(order, "not_sent", f"not sent: {exc}", is_failure=True)
             return
@@ -407,7 +409,7 @@ class BinanceBroker:
     def _read_account(self):
         raise NotImplementedError
 
-    def _plan(self, side: str, account, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         raise NotImplementedError
 
     def _fill_of(self, answer: dict) -> dict:
@@ -448,12 +450,14 @@ class BinanceSpotBroker(BinanceBroker):
             return self._last_price()
         return Decimal(self.rest.call("get_avg_price", symbol=self.symbol)["price"])
 
-    def _plan(self, side: str, account: SpotAccount, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account: SpotAccount, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         rules = self.rules
         if side == "BUY":
             if account.position.side == "long":
                 return Plan(None, "already long")
-            spend = account.quote_free if self.order_quote is None else min(account.quote_free, self.order_quote)
+            spend = account.quote_free * share  # SIZE: that share of the free quote balance
+            if self.order_quote is not None:
+                spend = min(spend, self.order_quote)
             average = self._average_price()
             if rules.max_notional is not None:
                 spend = min(spend, rules.max_notional)
@@ -588,7 +592,8 @@ class BinanceFuturesBroker(BinanceBroker):
                 [self.symbol, decision[0], decision[1], decision[2], f"close-short-{order['decision_id']}", now_ms])
             close = self.submit(cursor.lastrowid, "BUY", now_ms)
         close["created_at_ms"] = now_ms
-        problem = self.rules.problem(-account.amount, None)
+        max_qty = self.rules.max_qty
+        problem = self.rules.problem(-account.amount if max_qty is None else min(-account.amount, max_qty), None)
         if problem is not None:
             self._settle(close, "skipped", f"the short cannot be closed in one market order: {problem}",
                          is_failure=True)
@@ -601,6 +606,41 @@ class BinanceFuturesBroker(BinanceBroker):
                          f"{close['client_order_id']})", is_failure=True)
             return False
         return True
+
+    def _send(self, order: dict, params: dict) -> dict | None:
+        """Send a recorded order; a reduce-only close above Binance's largest market order (MARKET_LOT_SIZE
+        maxQty) goes in parts, each an order of its own decision (so its own client id, sent once), the
+        next only after the one before filled."""
+        qty, max_qty = Decimal(params.get("quantity", "0")), self.rules.max_qty
+        if params.get("reduceOnly") != "true" or max_qty is None or qty <= max_qty:
+            return super()._send(order, params)
+        part_max = self.rules.floor_qty(max_qty)
+        parts = [part_max] * int(qty // part_max) + ([qty % part_max] if qty % part_max else [])
+        answer = super()._send(order, {**params, "quantity": decimal_text(parts[0])})
+        for number, part in enumerate(parts[1:], start=2):
+            if answer is None or answer.get("status") != "FILLED":
+                left = decimal_text(sum(parts[number - 1:], ZERO))
+                with store.transaction(self.db):
+                    alerts.queue(self.db, "orders", "partial_close", f"ORDER FAILURE: {left} {self.rules.base_asset} of "
+                                 f"{self.symbol} not closed: part {number - 1} of {len(parts)} (order "
+                                 f"{order['client_order_id']}) did not fill; the next decision decides again",
+                                 int(self.clock() * 1000), is_failure=True)
+                return answer
+            answer = super()._send(self._part_order(order, number), {**params, "quantity": decimal_text(part)})
+        return answer
+
+    def _part_order(self, first: dict, number: int) -> dict:
+        """Record part `number` of a close as a decision of its own (reason `<reason>:part<number>`) and its order."""
+        now_ms = int(self.clock() * 1000)
+        with store.transaction(self.db):
+            decision = self.db.execute("SELECT symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                                       "strategy_version, reason FROM decisions WHERE id = ?",
+                                       [first["decision_id"]]).fetchone()
+            decision_id = self.db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*decision[:7], f"{decision[7]}:part{number}", now_ms]).lastrowid
+            return self.submit(decision_id, first["side"], now_ms)
 
     def _take_stream_updates(self) -> None:
         """Settle open orders from ORDER_TRADE_UPDATE events: they come even while order queries lag."""
@@ -640,12 +680,13 @@ class BinanceFuturesBroker(BinanceBroker):
         self._position = position
         return FuturesAccount(position, amount, available)
 
-    def _plan(self, side: str, account: FuturesAccount, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account: FuturesAccount, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         rules = self.rules
         if side == "SELL":
             if account.amount == 0:
                 return Plan(None, "already flat")
-            problem = rules.problem(abs(account.amount), None)
+            first_part = abs(account.amount) if rules.max_qty is None else min(abs(account.amount), rules.max_qty)
+            problem = rules.problem(first_part, None)  # a close above the market maximum is sent in parts
             if problem is not None:
                 return Plan(None, f"cannot close in one market order: {problem}; close it by hand", is_failure=True)
             close_side = "SELL" if account.amount > 0 else "BUY"
@@ -657,7 +698,7 @@ class BinanceFuturesBroker(BinanceBroker):
             return Plan(None, "still short after closing it", is_failure=True)
         if price is None:
             return Plan(None, "no price yet to size the order", is_failure=True)
-        margin = account.available * FUTURES_MARGIN_USE
+        margin = account.available * min(share, FUTURES_MARGIN_USE)  # SIZE: that share of the available margin
         if self.order_quote is not None:
             margin = min(margin, self.order_quote)
         open_qty = rules.floor_qty(margin * self.leverage / price)
