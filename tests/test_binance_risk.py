@@ -1,4 +1,4 @@
-"""binance-futures keeps the strategy's stop on the exchange: a Close-All STOP_MARKET (the Algo Service) at the
+"""Risk statements on Binance. binance-futures keeps the strategy's stop on the exchange: a Close-All STOP_MARKET (the Algo Service) at the
 effective stop level, moved when the level rises by 0.1 % or more, cancelled when flat, and recorded once when
 Binance triggers it. Through python-binance against the stand-in (tests/exchange/standin.py)."""
 
@@ -226,3 +226,19 @@ def test_trader_risk_exit_on_binance_futures_is_one_reduce_only_market_order_fro
     assert (sent["side"], sent["type"], sent["params"]["reduceOnly"], sent["params"]["quantity"]) == (
         "SELL", "MARKET", "true", "50")
     assert standin.futures_amount == 0
+
+
+def test_trader_entry_on_binance_futures_spends_its_size_share_and_places_the_stop_from_the_fill(
+        standin, db, futures_trader):
+    price = standin.last_price()
+    trader = futures_trader("IF CLOSE > 0 THEN BUY\nSTOP LOSS 2%\nSIZE 25%\n")
+    trader.resume()
+    t0 = (int(time.time() * 1000) // MINUTE - 10) * MINUTE
+    trader.on_candle(candle(t0, float(price)))  # BUY
+    (buy,) = [o for o in standin.orders if o["market"] == "futures"]
+    # 10 ETH available, SIZE 25 %, leverage 1, step 1 XRP: floor(2.5 / price)
+    assert buy["params"]["quantity"] == str(int(Decimal("2.5") / price))
+    fill = float(Decimal(buy["avgPrice"]))
+    assert trader.open_trade.entry_price == pytest.approx(fill, rel=1e-12)
+    (stop,) = live_stops(standin)
+    assert Decimal(stop["triggerPrice"]) == floor_tick(Decimal(repr(fill * (1 - 0.02))))
