@@ -1,6 +1,7 @@
-"""Risk statements on Binance. binance-futures keeps the strategy's stop on the exchange: a Close-All STOP_MARKET (the Algo Service) at the
-effective stop level, moved when the level rises by 0.1 % or more, cancelled when flat, and recorded once when
-Binance triggers it. Through python-binance against the stand-in (tests/exchange/standin.py)."""
+"""Risk statements on Binance: SIZE, one market order per risk exit, and (binance-futures) the stop kept on the
+exchange: a Close-All STOP_MARKET in the Algo Service at the effective stop level, moved when the level changes
+by 0.1 % or more, cancelled when flat, and recorded once when Binance triggers it. Through python-binance
+against the stand-in (tests/exchange/standin.py)."""
 
 from __future__ import annotations
 
@@ -242,3 +243,44 @@ def test_trader_entry_on_binance_futures_spends_its_size_share_and_places_the_st
     assert trader.open_trade.entry_price == pytest.approx(fill, rel=1e-12)
     (stop,) = live_stops(standin)
     assert Decimal(stop["triggerPrice"]) == floor_tick(Decimal(repr(fill * (1 - 0.02))))
+
+
+# -- end to end: worker.py on binance-futures, killed while Binance holds its stop -----------------------
+
+def test_worker_stop_holds_on_binance_while_the_worker_is_down_and_its_exit_is_recorded_once(data_dir):
+    from tests.exchange.standin import DAY_START_MS
+    from tests.processes import query, stop_worker, wait_until
+    from tests.test_binance_worker import start_worker
+
+    exchange = start_standin(start_ms=DAY_START_MS + 3 * 3_600_000, speed=300)
+    try:
+        entry = hold_long(exchange, 50)  # bought earlier, by hand or by an earlier run
+        (data_dir / "strategy.txt").write_text("IF CLOSE > 1000 THEN BUY\nSTOP LOSS 1%\n")
+        settings = {"broker": "binance-futures", "binance_futures_url": exchange.futures_url,
+                    "binance_futures_stream_url": exchange.futures_stream_url}
+        worker = start_worker(data_dir, exchange, **settings)
+        try:
+            (stop,) = wait_until(lambda: live_stops(exchange), worker, timeout_s=60, what="the stop on Binance")
+        finally:
+            worker.kill()  # a crash: nothing is cancelled on the way out
+            worker.communicate(timeout=20)
+        assert Decimal(stop["triggerPrice"]) == floor_tick(entry * Decimal("0.99"))
+        exchange.trigger_stops(Decimal(stop["triggerPrice"]) - TICK)  # a trade through it while the worker is down
+        assert exchange.futures_amount == 0
+        orders_at_binance = len(exchange.orders)
+        worker = start_worker(data_dir, exchange, **settings)
+        try:
+            exits_done = wait_until(lambda: query(
+                data_dir, "SELECT d.reason, o.client_order_id, o.status, o.qty FROM decisions d JOIN orders o "
+                          "ON o.decision_id = d.id WHERE d.reason = 'stop_loss'"), worker, timeout_s=60,
+                what="the stop's exit recorded")
+            newest = query(data_dir, "SELECT max(open_time_ms) FROM candles")[0][0]
+            wait_until(lambda: query(data_dir, "SELECT max(open_time_ms) FROM candles")[0][0] >= newest + 180_000,
+                       worker, timeout_s=60, what="three more minutes")
+            again = query(data_dir, "SELECT count(*) FROM decisions WHERE reason = 'stop_loss'")[0][0]
+        finally:
+            stop_worker(worker)
+        assert exits_done == [("stop_loss", stop["clientAlgoId"], "filled", 50.0)] and again == 1
+        assert len(exchange.orders) == orders_at_binance and live_stops(exchange) == []  # no second exit
+    finally:
+        exchange.close()
