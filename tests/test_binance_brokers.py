@@ -505,7 +505,7 @@ def test_a_part_of_a_split_close_with_unknown_outcome_is_never_resent_and_stops_
     assert standin.orders == [] and order_row(db, third)["status"] == "unknown"
     assert order_posts(standin, "/fapi/v1/order") == 3 + 3 + 1  # part 1 of the third close only
     assert order_row(db, second)["status"] == "filled"
-    assert any("not closed: part 1 of 3" in m for m in order_alerts(db))
+    assert any("part 1 of 3" in m and "150 XRP in the parts after it not sent" in m for m in order_alerts(db))
 
 
 @pytest.mark.parametrize("order_quote, expected_quote", [(None, "0.4"), ("0.3", "0.3"), ("0.5", "0.4")])

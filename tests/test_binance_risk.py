@@ -14,7 +14,7 @@ import pytest
 from core import store
 from core.binance.brokers import STOP_KEY, BinanceFuturesBroker
 from core.binance.rest import FUTURES, BinanceRest, ExchangeRejected
-from core.candles import Candle
+from core.candles import Candle, Tick
 from core.policy_loader import PolicyLoader
 from core.trader import Trader
 from tests.exchange.standin import start_standin
@@ -209,6 +209,26 @@ def test_trader_keeps_the_trailing_stop_on_binance_and_records_its_exit_once(sta
     (message,) = [m for (m,) in db.execute("SELECT message FROM alerts WHERE subject = 'trade'")]
     assert "exited by trailing stop" in message and "stop kept on the exchange" in message
     assert live_stops(standin) == [] and json.loads(json.dumps(store.get_meta(db, STOP_KEY))) == ""
+
+
+def test_trader_tick_on_the_trade_that_triggered_binances_stop_takes_the_stops_fill_and_sends_nothing(
+        standin, db, futures_trader):
+    entry = float(hold_long(standin, 50))
+    trader = futures_trader("IF CLOSE > 1000 THEN BUY\nSTOP LOSS 1%\n")
+    trader.resume()
+    t0 = (int(time.time() * 1000) // MINUTE - 10) * MINUTE
+    trader.on_candle(candle(t0, entry))
+    (stop,) = live_stops(standin)
+    price = Decimal(stop["triggerPrice"]) - TICK
+    standin.trigger_stops(price)  # Binance's matching engine acts on the trade first ...
+    orders_at_binance = len(standin.orders)
+    trader.on_tick(Tick(float(price), 1.0, t0 + MINUTE + 1_000, 1, 1, 1, False))  # ... then the worker sees it
+    assert len(standin.orders) == orders_at_binance
+    ((decision_id, reason, client_id, status, qty, exchange_order_id),) = db.execute(
+        "SELECT d.id, d.reason, o.client_order_id, o.status, o.qty, o.exchange_order_id FROM decisions d "
+        "JOIN orders o ON o.decision_id = d.id").fetchall()
+    assert (reason, client_id, status, qty) == ("stop_loss", f"{trader.broker.prefix}-{decision_id}", "filled", 50.0)
+    assert exchange_order_id == stop["actualOrderId"] and not trader.open_trade.is_open
 
 
 def test_trader_risk_exit_on_binance_futures_is_one_reduce_only_market_order_from_the_exit_decision(

@@ -639,17 +639,18 @@ class BinanceFuturesBroker(BinanceBroker):
         for number, part in enumerate(parts[1:], start=2):
             if answer is None or answer.get("status") != "FILLED":
                 left = decimal_text(sum(parts[number - 1:], ZERO))
+                message = (f"ORDER FAILURE: closing {self.symbol} stopped, part {number - 1} of {len(parts)} (from "
+                           f"order {order['client_order_id']}) did not fill; {left} {self.rules.base_asset} in the "
+                           "parts after it not sent: the next decision decides again")
                 with store.transaction(self.db):
-                    alerts.queue(self.db, "orders", "partial_close", f"ORDER FAILURE: {left} {self.rules.base_asset} of "
-                                 f"{self.symbol} not closed: part {number - 1} of {len(parts)} (order "
-                                 f"{order['client_order_id']}) did not fill; the next decision decides again",
-                                 int(self.clock() * 1000), is_failure=True)
+                    alerts.queue(self.db, "orders", "partial_close", message, int(self.clock() * 1000),
+                                 is_failure=True)
                 return answer
             answer = super()._send(self._part_order(order, number), {**params, "quantity": decimal_text(part)})
         return answer
 
     def _part_order(self, first: dict, number: int) -> dict:
-        """Record part `number` of a close as a decision of its own (reason `<reason>:part<number>`) and its order."""
+        """Record part `number` of a close as a decision of its own (`<reason>:part<number>`) and its order."""
         now_ms = int(self.clock() * 1000)
         with store.transaction(self.db):
             decision = self.db.execute("SELECT symbol, candle_open_time_ms, action, target, position_before, rule_text, "

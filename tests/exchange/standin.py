@@ -11,7 +11,9 @@ real time and pushed to every open aggTrade stream (a `websockets` server); the 
 current minute every 2 s and each finished minute's final kline: a client that is disconnected misses
 what is pushed meanwhile, as on Binance. Klines of finished minutes are Binance's own (the day's 1m
 file); the current minute's kline is built from the trades published so far. Market orders fill at the
-last published price, 0.1% commission (or in BNB). `stall_streams` keeps connections open but silent,
+last published price, 0.1% commission (or in BNB). Futures stop orders live in the Algo Service
+(`/fapi/v1/algoOrder`): a STOP_MARKET (Close-All or reduce-only) is triggered by the replayed trades,
+before each is pushed, and fills at that trade's price; `trigger_stops(price)` acts as a trade at `price`. `stall_streams` keeps connections open but silent,
 `announce_shutdown` sends `serverShutdown`.
 
 Faults on demand (`fail`): "timeout" (the request passes the timestamp check on arrival, then waits
