@@ -120,6 +120,18 @@ def test_the_stop_is_placed_moved_only_by_a_rise_of_a_tenth_of_a_percent_and_can
     assert live_stops(standin) == [] and store.get_meta(db, STOP_KEY) == ""
 
 
+def test_a_stop_whose_answer_was_lost_is_never_placed_twice_and_is_still_cancelled_by_its_id(standin, db):
+    broker = futures_broker(standin, db)
+    price = hold_long(standin)
+    standin.fail("lost", "/fapi/v1/algoOrder")  # placed at Binance, the answer never arrives
+    broker.keep_stop(float(price) * 0.98, "stop_loss")
+    broker.keep_stop(float(price) * 0.98, "stop_loss")
+    assert len(standin.algo_orders) == 1 and len(live_stops(standin)) == 1
+    assert json.loads(store.get_meta(db, STOP_KEY))["client_id"] == standin.algo_orders[0]["clientAlgoId"]
+    broker.keep_stop(None, None)
+    assert live_stops(standin) == [] and standin.algo_orders[0]["algoStatus"] == "CANCELED"
+
+
 def test_a_stop_triggered_on_binance_is_reported_once_with_its_fill_and_reason(standin, db):
     broker = futures_broker(standin, db)
     price = hold_long(standin, 50)
@@ -208,7 +220,7 @@ def test_trader_keeps_the_trailing_stop_on_binance_and_records_its_exit_once(sta
     assert not trader.open_trade.is_open
     (message,) = [m for (m,) in db.execute("SELECT message FROM alerts WHERE subject = 'trade'")]
     assert "exited by trailing stop" in message and "stop kept on the exchange" in message
-    assert live_stops(standin) == [] and json.loads(json.dumps(store.get_meta(db, STOP_KEY))) == ""
+    assert live_stops(standin) == [] and store.get_meta(db, STOP_KEY) == ""
 
 
 def test_trader_tick_on_the_trade_that_triggered_binances_stop_takes_the_stops_fill_and_sends_nothing(
