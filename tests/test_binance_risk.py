@@ -74,13 +74,11 @@ def test_standin_triggers_a_close_all_stop_on_its_trade_price_and_expires_it_whe
     broker = futures_broker(standin, db)
     price = hold_long(standin, 50)
     trigger = floor_tick(price * Decimal("0.99"))
-    for client_id in ("a-1", "a-2"):
-        try:
-            broker.rest.call("futures_create_algo_order", symbol=SYMBOL, side="SELL", type="STOP_MARKET",
-                             triggerPrice=str(trigger), closePosition="true", clientAlgoId=client_id)
-        except ExchangeRejected as exc:
-            second = exc
-    assert second.code == -4130 and len(live_stops(standin)) == 1  # one Close-All stop per direction
+    stop = dict(symbol=SYMBOL, side="SELL", type="STOP_MARKET", triggerPrice=str(trigger), closePosition="true")
+    broker.rest.call("futures_create_algo_order", clientAlgoId="a-1", **stop)
+    with pytest.raises(ExchangeRejected) as second:
+        broker.rest.call("futures_create_algo_order", clientAlgoId="a-2", **stop)
+    assert second.value.code == -4130 and len(live_stops(standin)) == 1  # one Close-All stop per direction
     standin.trigger_stops(trigger + TICK)  # above the trigger: nothing
     assert standin.futures_amount == 50
     standin.trigger_stops(trigger - TICK)
