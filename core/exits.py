@@ -33,7 +33,8 @@ DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, 
 
 def exit_reason(decision_reason: str | None) -> str:
     """The exit reason of a trade closed by an order of a decision with this `reason`."""
-    return DECISION_EXIT_REASONS.get(decision_reason or "", MANUAL)
+    # A close sent in parts (core/binance: above the market maximum): part 2 on is "<reason>:part<n>".
+    return DECISION_EXIT_REASONS.get((decision_reason or "").split(":part")[0], MANUAL)
 _NAN = float("nan")
 _ROUND_ELEMENTS = 1 << 20  # candles looked at per vectorised round, over all open trades
 _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more each round after

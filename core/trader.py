@@ -139,8 +139,13 @@ class Trader:
         self._last_policy = policy
         now_ms = int(self.clock() * 1000)
         filled, order, exit_order = [], None, None
+        stop_fill = self._exchange_stop_fill()  # asked before the transaction: no lock waits on the network
         with store.transaction(self.db):
             state_before = dataclasses.astuple(self.open_trade)
+            if stop_fill is not None:  # the stop kept on the exchange closed the trade: its exit, recorded once
+                fill_minute_ms = stop_fill["time_ms"] - stop_fill["time_ms"] % 60_000
+                exit_order, filled = self._risk_exit(policy, stop_fill["reason"] or exits.STOP_LOSS, stop_fill["price"],
+                                                     fill_minute_ms, stop_fill["time_ms"], now_ms, stop_fill=stop_fill)
             if self.broker.has_pending():
                 filled = self.broker.fill_pending(candle.open, candle.open_time_ms)
                 self._after_fills(filled, policy)
@@ -193,6 +198,7 @@ class Trader:
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
         if order is not None and order["side"] == "BUY" and policy.risk.has_exits:
             self._enter_from_exchange_fill(order, policy)
+        self._keep_exchange_stop(policy)
         self.latencies_s.append(time.perf_counter() - started)
         events.emit(events.candle_closed, self, candle=candle)
         for fill in filled:
@@ -205,10 +211,8 @@ class Trader:
     # -- risk exits -----------------------------------------------------------------------------
 
     def _submit(self, decision_id: int, side: str, now_ms: int, policy: Policy) -> dict:
-        """Record the order of a decision; a paper BUY spends the strategy's SIZE share of the balance."""
-        if isinstance(self.broker, brokers.PaperBroker):
-            return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
-        return self.broker.submit(decision_id, side, now_ms)
+        """Record the order of a decision; a BUY spends the strategy's SIZE share of what the account can spend."""
+        return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
 
     def _after_fills(self, filled: list[dict], policy: Policy) -> None:
         """A filled BUY opens the trade's levels (ATR of the decision candle: the newest in the window,
@@ -258,27 +262,32 @@ class Trader:
         return row[0] if row else None
 
     def _risk_exit(self, policy: Policy, reason: str, price: float, minute_ms: int, time_ms: int,
-                   now_ms: int) -> tuple[dict, list[dict]]:
+                   now_ms: int, stop_fill: dict | None = None) -> tuple[dict, list[dict]]:
         """Sell the position because a level was reached: a decision of its own (its id gives the order's
-        client id), the order, and on paper its fill at `price`. Call inside a transaction."""
+        client id), the order, and on paper its fill at `price`; with `stop_fill`, the fill of the stop the
+        exchange triggered is the order (nothing is sent). Call inside a transaction."""
         distance = getattr(policy.risk, reason)
-        statement = f"{exits.STATEMENT_TITLES[reason]} {distance.text}"
+        statement = exits.STATEMENT_TITLES[reason] + (f" {distance.text}" if distance is not None else "")
         entry = self.open_trade.entry_price
         decision_id = self.db.execute(
             "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
             "strategy_version, reason, created_at_ms) VALUES (?, ?, 'SELL', 'flat', 'long', ?, ?, ?, ?)",
             [self.symbol, minute_ms, statement, policy.version, reason, now_ms]).lastrowid
-        order = self.broker.submit(decision_id, "SELL", now_ms)
         filled = []
-        if getattr(self.broker, "fills_at_level", False):
+        if stop_fill is not None:
+            order = self.broker.record_stop_fill(decision_id, stop_fill, now_ms)
+        else:
+            order = self.broker.submit(decision_id, "SELL", now_ms)
+        if stop_fill is None and getattr(self.broker, "fills_at_level", False):
             filled = self.broker.fill_pending(price, time_ms)
             order["status"] = "filled"
         self.open_trade.close()
         self.open_trade.reentry_blocked = True
-        change = (price / entry - 1) * 100 if entry else float("nan")
+        change = f" (entry {entry:.8g}, {(price / entry - 1) * 100:+.2f} %)" if entry else ""
         alerts.queue(self.db, "trade", reason,  # logged there; an exit is worth a notification
-                     f"{statement.upper()}: {self.symbol} exited by {exits.REASON_WORDS[reason]} at {price:.8g} "
-                     f"(entry {entry:.8g}, {change:+.2f} %)", now_ms, is_failure=False)
+                     f"{statement.upper()}: {self.symbol} exited by {exits.REASON_WORDS[reason]} at {price:.8g}"
+                     f"{change}" + (" by the stop kept on the exchange" if stop_fill is not None else ""),
+                     now_ms, is_failure=False)
         return order, filled
 
     def _check_tick(self, tick: Tick) -> None:
@@ -301,9 +310,33 @@ class Trader:
                 brokers.save_position(self.db, self.broker.position(), now_ms)
         if order.get("status") != "filled":
             self.broker.execute(order)
+        self._keep_exchange_stop(policy)
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
         events.emit(events.order_placed, self.broker, order=order)
+
+    def _exchange_stop_fill(self) -> dict | None:
+        """The fill of the stop a broker keeps on the exchange (binance-futures) once it was triggered there."""
+        stop_exit = getattr(self.broker, "stop_exit", None)
+        if stop_exit is None:
+            return None
+        try:
+            return stop_exit()
+        except brokers.BrokerError as exc:
+            log.warning("the stop kept on the exchange was not checked: %s", exc)
+            return None
+
+    def _keep_exchange_stop(self, policy: Policy) -> None:
+        """Keep the broker's stop on the exchange at the effective stop level (binance-futures: the stop holds
+        while the worker is down); none while flat or without STOP LOSS / TRAILING STOP."""
+        keep_stop = getattr(self.broker, "keep_stop", None)
+        if keep_stop is None:
+            return
+        levels = self.open_trade.levels(policy.risk)
+        try:
+            keep_stop(*(levels.stop() if levels is not None else (None, None)))
+        except brokers.BrokerError as exc:
+            log.warning("the stop kept on the exchange was not updated: %s", exc)
 
     def backfill(self, candles: list[Candle], decide_from_ms: int) -> None:
         """Take closed candles from the exchange's klines where ticks are missing (the start, a gap in the

@@ -46,7 +46,7 @@ def broker_for(standin, db, cls=BinanceSpotBroker, market=SPOT, order_quote=None
     return broker
 
 
-def place(broker, db, side: str) -> dict:
+def place(broker, db, side: str, size_share: float = 1.0) -> dict:
     """What the trader does: a decision and its order row in one transaction, then execute."""
     now_ms = int(time.time() * 1000)
     with db.conn:
@@ -55,7 +55,7 @@ def place(broker, db, side: str) -> dict:
             "created_at_ms) VALUES (?, ?, ?, ?, 'flat', 'strategy', ?)",
             [SYMBOL, now_ms + len(db.execute("SELECT id FROM decisions").fetchall()), side,
              "long" if side == "BUY" else "flat", now_ms]).lastrowid
-        order = broker.submit(decision_id, side, now_ms)
+        order = broker.submit(decision_id, side, now_ms, size_share=size_share)
     broker.execute(order)
     return order
 
@@ -472,14 +472,59 @@ def test_futures_buy_while_short_closes_the_short_reduce_only_then_opens_the_lon
     assert broker.position().side == "long" and order_alerts(db) == []
 
 
-def test_a_close_larger_than_binances_largest_market_order_is_refused_with_an_alert(standin, db):
+def test_a_close_larger_than_binances_largest_market_order_goes_in_reduce_only_parts(standin, db):
     standin.market_max_qty = Decimal(100)  # as BTCUSDT futures allows 120 per market order
-    standin.futures_amount, standin.futures_entry = Decimal(150), standin.last_price()
+    standin.futures_amount, standin.futures_entry = Decimal(250), standin.last_price()
     broker = futures_broker(standin, db)
     order = place(broker, db, "SELL")
-    row = order_row(db, order)
-    assert row["status"] == "skipped" and "largest market order of 100" in row["error"]
-    assert order_posts(standin, "/fapi/v1/order") == 0 and len(order_alerts(db)) == 1
+    sent = [o for o in standin.orders if o["market"] == "futures"]
+    assert [(o["side"], o["params"]["quantity"], o["params"]["reduceOnly"]) for o in sent] == [
+        ("SELL", "100", "true"), ("SELL", "100", "true"), ("SELL", "50", "true")]
+    client_ids = [o["clientOrderId"] for o in sent]
+    assert client_ids[0] == order["client_order_id"] and len(set(client_ids)) == 3
+    rows = db.execute("SELECT o.client_order_id, o.status, o.qty, d.reason FROM orders o JOIN decisions d "
+                      "ON d.id = o.decision_id ORDER BY o.id").fetchall()
+    assert rows == [(client_ids[0], "filled", 100.0, "strategy"), (client_ids[1], "filled", 100.0, "strategy:part2"),
+                    (client_ids[2], "filled", 50.0, "strategy:part3")]
+    assert standin.futures_amount == 0 and order_alerts(db) == []
+
+
+def test_a_part_of_a_split_close_with_unknown_outcome_is_never_resent_and_stops_the_rest(standin, db):
+    standin.market_max_qty = Decimal(100)
+    standin.futures_amount, standin.futures_entry = Decimal(250), standin.last_price()
+    broker = futures_broker(standin, db)
+    standin.fail("lost", "/fapi/v1/order", times=1)  # part 1: handled, the answer lost -> found by its id
+    place(broker, db, "SELL")
+    assert [o["params"]["quantity"] for o in standin.orders] == ["100", "100", "50"]  # each part sent once
+    assert db.execute("SELECT count(*) FROM orders WHERE status = 'filled'").fetchone() == (3,)
+    standin.orders.clear()
+    standin.futures_amount = Decimal(250)
+    standin.fail("500", "/fapi/v1/order", times=1)  # a 5xx: maybe executed, so never sent again
+    second = place(broker, db, "SELL")
+    assert standin.orders == [] and order_row(db, second)["status"] == "unknown"
+    assert order_posts(standin, "/fapi/v1/order") == 3 + 1  # part 1 of the second close only
+    assert any("part 1 of 3" in m and "150 XRP in the parts after it not sent" in m for m in order_alerts(db))
+
+
+@pytest.mark.parametrize("order_quote, expected_quote", [(None, "0.4"), ("0.3", "0.3"), ("0.5", "0.4")])
+def test_spot_size_spends_that_share_of_the_free_quote_balance_capped_by_the_order_quote(
+        standin, db, order_quote, expected_quote):
+    # 1 ETH free (the stand-in's spot account); SIZE 40 % -> 0.4 ETH, unless OMNIWISE_ORDER_QUOTE is lower.
+    broker = broker_for(standin, db, order_quote=None if order_quote is None else float(order_quote))
+    buy = place(broker, db, "BUY", size_share=0.4)
+    assert standin.orders_for(buy["client_order_id"])[0]["params"]["quoteOrderQty"] == expected_quote
+    assert order_row(db, buy)["size_share"] == 0.4
+
+
+@pytest.mark.parametrize("share, leverage", [(0.25, 1), (0.25, 3), (1.0, 2)])
+def test_futures_size_spends_that_share_of_the_available_margin_times_the_leverage(standin, db, share, leverage):
+    price = standin.last_price()
+    buy = place(futures_broker(standin, db, leverage=leverage), db, "BUY", size_share=share)
+    # 10 ETH available; SIZE 100 % keeps the 2 % room for fees; step 1 XRP
+    margin = Decimal(10) * min(Decimal(str(share)), Decimal("0.98"))
+    expected = int(margin * leverage / price)
+    assert standin.orders_for(buy["client_order_id"])[0]["params"]["quantity"] == str(expected)
+    assert expected > 0 and order_row(db, buy)["status"] == "filled"
 
 
 def test_a_futures_buy_is_capped_at_the_largest_market_order(standin, db):

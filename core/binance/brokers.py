@@ -17,6 +17,7 @@ reached Binance), not_found (unknown, and no trace of it at Binance after UNKNOW
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import queue
 import re
@@ -79,6 +80,7 @@ class SymbolRules:
     max_notional: Decimal | None  # and stay below this (spot NOTIONAL with applyMaxToMarket)
     quote_step: Decimal  # smallest unit of a quote amount (spot quoteOrderQty)
     avg_price_mins: int = 0  # spot: notional checked at the average price of this many minutes (0: last price)
+    tick: Decimal = ZERO  # prices (a stop's trigger price) are whole multiples of this (PRICE_FILTER tickSize)
 
     @classmethod
     def from_symbol(cls, info: dict, market: str) -> "SymbolRules":
@@ -98,7 +100,8 @@ class SymbolRules:
         precision = info.get("quoteAssetPrecision", info.get("quotePrecision", 8))
         quote = info["quoteAsset"] if market == SPOT else info.get("marginAsset", info["quoteAsset"])
         return cls(info["baseAsset"], quote, max(steps), min_qty, min(maxima) if maxima else None, min_notional,
-                   max_notional, Decimal(1).scaleb(-int(precision)), int(notional.get("avgPriceMins", 0)))
+                   max_notional, Decimal(1).scaleb(-int(precision)), int(notional.get("avgPriceMins", 0)),
+                   Decimal(filters.get("PRICE_FILTER", {}).get("tickSize", "0")))
 
     def floor_qty(self, qty: Decimal) -> Decimal:
         """`qty` rounded down to the step size."""
@@ -178,15 +181,16 @@ class BinanceBroker:
             return self._position
         return self._read_account().position
 
-    def submit(self, decision_id: int, side: str, now_ms: int) -> dict:
-        """Record a market order for a decision, before it is sent. Call inside a transaction."""
+    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0) -> dict:
+        """Record a market order for a decision, before it is sent; a BUY spends `size_share` of what the
+        account can spend (SIZE). Call inside a transaction."""
         order = {"decision_id": decision_id, "client_order_id": exchange_client_id(self.prefix, decision_id),
                  "broker": self.name, "symbol": self.symbol, "side": side, "status": "sending",
-                 "created_at_ms": now_ms}
+                 "created_at_ms": now_ms, "size_share": size_share}
         order["id"] = self.db.execute(
-            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms) "
-            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms)",
-            order).lastrowid
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, "
+            "size_share) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, "
+            ":size_share)", order).lastrowid
         return order
 
     def execute(self, order: dict) -> None:
@@ -199,7 +203,8 @@ class BinanceBroker:
                 self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
                              "next decision decides again against Binance's account")
                 return
-            plan = self._plan(order["side"], self._read_account(), self._last_price())
+            share = Decimal(repr(order.get("size_share") or 1.0))
+            plan = self._plan(order["side"], self._read_account(), self._last_price(), share)
         except BrokerError as exc:
             self._settle(order, "not_sent", f"not sent: {exc}", is_failure=True)
             return
@@ -407,7 +412,7 @@ class BinanceBroker:
     def _read_account(self):
         raise NotImplementedError
 
-    def _plan(self, side: str, account, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         raise NotImplementedError
 
     def _fill_of(self, answer: dict) -> dict:
@@ -448,12 +453,14 @@ class BinanceSpotBroker(BinanceBroker):
             return self._last_price()
         return Decimal(self.rest.call("get_avg_price", symbol=self.symbol)["price"])
 
-    def _plan(self, side: str, account: SpotAccount, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account: SpotAccount, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         rules = self.rules
         if side == "BUY":
             if account.position.side == "long":
                 return Plan(None, "already long")
-            spend = account.quote_free if self.order_quote is None else min(account.quote_free, self.order_quote)
+            spend = account.quote_free * share  # SIZE: that share of the free quote balance
+            if self.order_quote is not None:
+                spend = min(spend, self.order_quote)
             average = self._average_price()
             if rules.max_notional is not None:
                 spend = min(spend, rules.max_notional)
@@ -511,6 +518,11 @@ class FuturesAccount(NamedTuple):
 
 
 MARGIN_TYPES = {"cross": "CROSSED", "isolated": "ISOLATED"}
+STOP_KEY = "binance_futures_stop"  # meta: the STOP_MARKET kept on Binance, as JSON (client id, level, reason)
+STOP_MOVE_SHARE = Decimal("0.001")  # the stop on Binance is moved once the level differs by 0.1 % or more
+UNKNOWN_ORDER_SENT = -2011  # a cancel of an order that is no longer open (here: the stop was triggered)
+WOULD_IMMEDIATELY_TRIGGER = -2021
+STOP_GONE = ("CANCELED", "EXPIRED", "REJECTED")  # algoStatus of a stop that closed nothing
 
 
 class BinanceFuturesBroker(BinanceBroker):
@@ -564,7 +576,18 @@ class BinanceFuturesBroker(BinanceBroker):
                  self.leverage)
 
     def execute(self, order: dict) -> None:
-        """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own."""
+        """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own; a SELL
+        first cancels the stop kept on Binance, and when that stop has already closed the position, its fill
+        is this order's (no second order is sent)."""
+        if order["side"] == "SELL" and self._stored_stop() is not None:
+            try:
+                fill = None if self._cancel_stop(self._stored_stop()) else self.stop_exit()
+            except BrokerError as exc:
+                fill = None
+                log.warning("the stop on Binance was not cancelled before selling: %s", exc)
+            if fill is not None:
+                self._take_stop_fill(order, fill)
+                return
         if order["side"] == "BUY":
             try:
                 self._prepare_for("SELL")  # closing the short needs one-way mode only
@@ -588,7 +611,8 @@ class BinanceFuturesBroker(BinanceBroker):
                 [self.symbol, decision[0], decision[1], decision[2], f"close-short-{order['decision_id']}", now_ms])
             close = self.submit(cursor.lastrowid, "BUY", now_ms)
         close["created_at_ms"] = now_ms
-        problem = self.rules.problem(-account.amount, None)
+        max_qty = self.rules.max_qty
+        problem = self.rules.problem(-account.amount if max_qty is None else min(-account.amount, max_qty), None)
         if problem is not None:
             self._settle(close, "skipped", f"the short cannot be closed in one market order: {problem}",
                          is_failure=True)
@@ -601,6 +625,176 @@ class BinanceFuturesBroker(BinanceBroker):
                          f"{close['client_order_id']})", is_failure=True)
             return False
         return True
+
+    def _send(self, order: dict, params: dict) -> dict | None:
+        """Send a recorded order; a reduce-only close above Binance's largest market order (MARKET_LOT_SIZE
+        maxQty) goes in parts, each an order of its own decision (so its own client id, sent once), the
+        next only after the one before filled."""
+        qty, max_qty = Decimal(params.get("quantity", "0")), self.rules.max_qty
+        if params.get("reduceOnly") != "true" or max_qty is None or qty <= max_qty:
+            return super()._send(order, params)
+        part_max = self.rules.floor_qty(max_qty)
+        parts = [part_max] * int(qty // part_max) + ([qty % part_max] if qty % part_max else [])
+        answer = super()._send(order, {**params, "quantity": decimal_text(parts[0])})
+        for number, part in enumerate(parts[1:], start=2):
+            if answer is None or answer.get("status") != "FILLED":
+                left = decimal_text(sum(parts[number - 1:], ZERO))
+                message = (f"ORDER FAILURE: closing {self.symbol} stopped, part {number - 1} of {len(parts)} (from "
+                           f"order {order['client_order_id']}) did not fill; {left} {self.rules.base_asset} in the "
+                           "parts after it not sent: the next decision decides again")
+                with store.transaction(self.db):
+                    alerts.queue(self.db, "orders", "partial_close", message, int(self.clock() * 1000),
+                                 is_failure=True)
+                return answer
+            answer = super()._send(self._part_order(order, number), {**params, "quantity": decimal_text(part)})
+        return answer
+
+    def _part_order(self, first: dict, number: int) -> dict:
+        """Record part `number` of a close as a decision of its own (`<reason>:part<number>`) and its order."""
+        now_ms = int(self.clock() * 1000)
+        with store.transaction(self.db):
+            decision = self.db.execute("SELECT symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                                       "strategy_version, reason FROM decisions WHERE id = ?",
+                                       [first["decision_id"]]).fetchone()
+            decision_id = self.db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
+                "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [*decision[:7], f"{decision[7]}:part{number}", now_ms]).lastrowid
+            return self.submit(decision_id, first["side"], now_ms)
+
+    # -- the stop kept on Binance (DESIGN.md "Risk statements": the stop holds while the worker is down) --
+
+    def keep_stop(self, level: float | None, reason: str | None) -> None:
+        """Keep one Close-All STOP_MARKET (reduce-only by nature) on Binance at the effective stop `level`,
+        placed, moved once the level differs by 0.1 % or more, cancelled with `level` None (flat, or no stop
+        statement). Never inside a transaction; BrokerError when Binance could not be asked."""
+        stop = self._stored_stop()
+        if level is None or level != level or level <= 0:
+            if stop is not None:
+                self._cancel_stop(stop)
+            return
+        trigger = floor_to(Decimal(repr(level)), self.rules.tick)
+        if stop is not None:
+            kept = Decimal(stop["trigger_price"])
+            if abs(Decimal(repr(level)) - kept) < kept * STOP_MOVE_SHARE:
+                if stop["reason"] != reason:  # the other statement now sets the level: its name ends the trade
+                    self._store_stop({**stop, "reason": reason})
+                return
+            if not self._cancel_stop(stop):
+                return  # it was triggered: the trader records the exit from stop_exit()
+        self._place_stop(trigger, reason)
+
+    def stop_exit(self) -> dict | None:
+        """The fill of the kept stop once Binance triggered it (client_order_id, exchange_order_id, reason, qty,
+        price, quote, fee_quote, time_ms), given once; None while it waits, or when it closed nothing."""
+        stop = self._stored_stop()
+        if stop is None:
+            return None
+        try:
+            algo = self.rest.call("futures_get_algo_order", symbol=self.symbol, clientAlgoId=stop["client_id"])
+        except ExchangeRejected as exc:
+            if exc.code == ORDER_DOES_NOT_EXIST and int(self.clock() * 1000) - stop["placed_at_ms"] >= \
+                    self.settle_after_ms:
+                self._store_stop(None)  # its placing never reached Binance
+            return None
+        if algo["algoStatus"] in STOP_GONE:
+            self._store_stop(None)
+            return None
+        if not algo.get("actualOrderId"):
+            return None  # NEW, or being triggered
+        answer = self._query(orderId=algo["actualOrderId"])
+        if answer is None or answer["status"] in ("NEW", "PARTIALLY_FILLED"):
+            return None  # the order query lags, or the order is still executing: asked again later
+        self._store_stop(None)
+        fill = self._fill_of(answer)
+        if not fill["qty"]:
+            return None
+        try:
+            self._read_account()
+        except BrokerError as exc:
+            log.warning("position not read after the stop on Binance filled: %s", exc)
+        log.warning("the stop kept on Binance (%s) closed the position at %s", stop["client_id"], fill["price"])
+        return {**fill, "client_order_id": stop["client_id"], "exchange_order_id": str(answer.get("orderId")),
+                "reason": stop["reason"]}
+
+    def record_stop_fill(self, decision_id: int, fill: dict, now_ms: int) -> dict:
+        """Record the stop's fill as the order of the exit decision `decision_id`. Call inside a transaction."""
+        order = {"decision_id": decision_id, "client_order_id": fill["client_order_id"], "broker": self.name,
+                 "symbol": self.symbol, "side": "SELL", "status": "filled", "created_at_ms": now_ms}
+        order["id"] = self.db.execute(
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, qty, price, quote, "
+            "fee_quote, exchange_order_id, created_at_ms, filled_at_ms) VALUES (?, ?, ?, ?, 'SELL', 'filled', ?, ?, "
+            "?, ?, ?, ?, ?)", [decision_id, fill["client_order_id"], self.name, self.symbol, fill["qty"], fill["price"],
+                               fill["quote"], fill["fee_quote"], fill["exchange_order_id"], now_ms,
+                               fill["time_ms"]]).lastrowid
+        if self._position is not None:
+            brokers.save_position(self.db, self._position, now_ms)
+        return order
+
+    def _take_stop_fill(self, order: dict, fill: dict) -> None:
+        """A SELL found the position already closed by the kept stop: the stop's fill is its fill."""
+        now_ms = int(self.clock() * 1000)
+        with store.transaction(self.db):
+            self.db.execute("UPDATE orders SET status = 'filled', qty = ?, price = ?, quote = ?, fee_quote = ?, "
+                            "exchange_order_id = ?, filled_at_ms = ?, error = NULL WHERE id = ?",
+                            [fill["qty"], fill["price"], fill["quote"], fill["fee_quote"], fill["exchange_order_id"],
+                             fill["time_ms"], order["id"]])
+            if self._position is not None:
+                brokers.save_position(self.db, self._position, now_ms)
+        log.warning("order %s not sent: the stop kept on Binance (%s) had already closed the position",
+                    order["client_order_id"], fill["client_order_id"])
+
+    def _place_stop(self, trigger: Decimal, reason: str | None) -> None:
+        now_ms = int(self.clock() * 1000)
+        stop = {"client_id": f"{self.prefix}-s{now_ms}", "trigger_price": decimal_text(trigger), "reason": reason,
+                "placed_at_ms": now_ms}
+        self._store_stop(stop)  # before it is sent: a lost answer still leaves the id to ask Binance about
+        try:
+            # fapi "New Algo Order (TRADE)": conditional orders live in the Algo Service since 2025-12-09.
+            self.rest.call("futures_create_algo_order", is_order=True, algoType="CONDITIONAL", symbol=self.symbol,
+                           side="SELL", type="STOP_MARKET", triggerPrice=stop["trigger_price"], closePosition="true",
+                           workingType="CONTRACT_PRICE", clientAlgoId=stop["client_id"])
+        except ExchangeRejected as exc:
+            self._store_stop(None)
+            if exc.code == WOULD_IMMEDIATELY_TRIGGER:
+                log.info("no stop placed on Binance at %s: the price is already there (the worker exits on the "
+                         "next trade)", stop["trigger_price"])
+                return
+            message = f"STOP NOT PLACED on Binance for {self.symbol} at {stop['trigger_price']}: {exc}"
+            if message not in self._account_alerts:
+                self._account_alerts.add(message)
+                with store.transaction(self.db):
+                    alerts.queue(self.db, "orders", "stop_refused", message, now_ms, is_failure=True)
+            return
+        except ExchangeUnreachable as exc:
+            log.warning("the stop %s may or may not be on Binance (%s): asked about before it is moved",
+                        stop["client_id"], exc)
+            return
+        log.info("stop kept on Binance: STOP_MARKET %s at %s (%s)", stop["client_id"], stop["trigger_price"], reason)
+
+    def _cancel_stop(self, stop: dict) -> bool:
+        """Cancel the kept stop; True once it is gone, False when Binance had triggered it (kept for stop_exit)."""
+        try:
+            self.rest.call("futures_cancel_algo_order", symbol=self.symbol, clientAlgoId=stop["client_id"])
+        except ExchangeRejected as exc:
+            if exc.code not in (UNKNOWN_ORDER_SENT, ORDER_DOES_NOT_EXIST):
+                raise
+            try:
+                algo = self.rest.call("futures_get_algo_order", symbol=self.symbol, clientAlgoId=stop["client_id"])
+            except ExchangeRejected:
+                algo = {"algoStatus": "CANCELED"}  # never reached Binance
+            if algo["algoStatus"] not in STOP_GONE:
+                return False
+        self._store_stop(None)
+        return True
+
+    def _stored_stop(self) -> dict | None:
+        value = store.get_meta(self.db, STOP_KEY)
+        return json.loads(value) if value else None
+
+    def _store_stop(self, stop: dict | None) -> None:
+        with store.transaction(self.db):
+            store.set_meta(self.db, STOP_KEY, json.dumps(stop) if stop else "", int(self.clock() * 1000))
 
     def _take_stream_updates(self) -> None:
         """Settle open orders from ORDER_TRADE_UPDATE events: they come even while order queries lag."""
@@ -640,12 +834,13 @@ class BinanceFuturesBroker(BinanceBroker):
         self._position = position
         return FuturesAccount(position, amount, available)
 
-    def _plan(self, side: str, account: FuturesAccount, price: Decimal | None) -> Plan:
+    def _plan(self, side: str, account: FuturesAccount, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         rules = self.rules
         if side == "SELL":
             if account.amount == 0:
                 return Plan(None, "already flat")
-            problem = rules.problem(abs(account.amount), None)
+            first_part = abs(account.amount) if rules.max_qty is None else min(abs(account.amount), rules.max_qty)
+            problem = rules.problem(first_part, None)  # a close above the market maximum is sent in parts
             if problem is not None:
                 return Plan(None, f"cannot close in one market order: {problem}; close it by hand", is_failure=True)
             close_side = "SELL" if account.amount > 0 else "BUY"
@@ -657,7 +852,7 @@ class BinanceFuturesBroker(BinanceBroker):
             return Plan(None, "still short after closing it", is_failure=True)
         if price is None:
             return Plan(None, "no price yet to size the order", is_failure=True)
-        margin = account.available * FUTURES_MARGIN_USE
+        margin = account.available * min(share, FUTURES_MARGIN_USE)  # SIZE: that share of the available margin
         if self.order_quote is not None:
             margin = min(margin, self.order_quote)
         open_qty = rules.floor_qty(margin * self.leverage / price)

@@ -11,7 +11,9 @@ real time and pushed to every open aggTrade stream (a `websockets` server); the 
 current minute every 2 s and each finished minute's final kline: a client that is disconnected misses
 what is pushed meanwhile, as on Binance. Klines of finished minutes are Binance's own (the day's 1m
 file); the current minute's kline is built from the trades published so far. Market orders fill at the
-last published price, 0.1% commission (or in BNB). `stall_streams` keeps connections open but silent,
+last published price, 0.1% commission (or in BNB). Futures stop orders live in the Algo Service
+(`/fapi/v1/algoOrder`): a STOP_MARKET (Close-All or reduce-only) is triggered by the replayed trades,
+before each is pushed, and fills at that trade's price; `trigger_stops(price)` acts as a trade at `price`. `stall_streams` keeps connections open but silent,
 `announce_shutdown` sends `serverShutdown`.
 
 Faults on demand (`fail`): "timeout" (the request passes the timestamp check on arrival, then waits
@@ -50,6 +52,7 @@ COMMISSION = Decimal("0.001")
 MINUTE_MS = 60_000
 # spot "General API Information" > newClientOrderId; fapi "New Order (TRADE)": the same pattern.
 CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
+CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 # spot "General API Information" > "LIMITS": each endpoint's request weight, summed per minute.
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "account": 20, "order": 4, "positionRisk": 5,
            "balance": 5, "avgPrice": 2}
@@ -104,6 +107,7 @@ class StandIn:
         self.market_max_qty = Decimal("2000000")
         self.max_notional = Decimal("9000000")
         self.orders: list[dict] = []  # every order executed, both markets, in order
+        self.algo_orders: list[dict] = []  # futures conditional orders (STOP_MARKET), every one placed
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every REST request
         self.error_codes: list[int] = []  # Binance error codes answered, in order
         self.faults: list[Fault] = []
@@ -264,6 +268,7 @@ class StandIn:
             if delay > 0:
                 await asyncio.sleep(delay)
             row = self.trades[index]
+            self.trigger_stops(Decimal(row[1]))  # the matching engine acts before the trade is printed
             for is_combined in (False, True):
                 connections = [c for c, (combined, kinds) in self._subscribers.items()
                                if combined == is_combined and "aggTrade" in kinds and c not in self._silenced]
@@ -403,6 +408,10 @@ class StandIn:
             ("POST", "/api/v3/order"): lambda: self._spot_order(params),
             ("GET", "/api/v3/order"): lambda: self._query_order(params, "spot"),
             ("POST", "/fapi/v1/order"): lambda: self._futures_order(params),
+            ("POST", "/fapi/v1/algoOrder"): lambda: self._new_algo_order(params),
+            ("GET", "/fapi/v1/algoOrder"): lambda: self._query_algo_order(params),
+            ("DELETE", "/fapi/v1/algoOrder"): lambda: self._cancel_algo_order(params),
+            ("GET", "/fapi/v1/openAlgoOrders"): lambda: [a for a in self._algo_answers() if a["algoStatus"] == "NEW"],
             ("GET", "/fapi/v1/order"): lambda: self._query_order(params, "futures"),
             ("GET", "/fapi/v3/positionRisk"): lambda: self._position_risk(),
             ("GET", "/fapi/v3/balance"): lambda: self._futures_balance(),
@@ -655,6 +664,11 @@ class StandIn:
     def _futures_order(self, params: dict) -> dict:
         # fapi "Trade" > "New Order (TRADE)": MARKET by quantity; reduceOnly may only shrink the position
         # (-2022); an opening order below the minimum notional is -4164, beyond the margin -2019.
+        if params.get("type") in CONDITIONAL_TYPES:
+            # fapi change log 2025-11-06: from 2025-12-09 conditional orders live in the Algo Service; the
+            # order endpoint refuses them with -4120 STOP_ORDER_SWITCH_ALGO.
+            raise ApiError(400, -4120, "Order type not supported for this endpoint. Please use the Algo Order API "
+                                       "endpoints instead.")
         self._check_order_params(params)
         # fapi "New Order": positionSide defaults to BOTH, which hedge mode refuses (-4061).
         if self.futures_dual_side and params.get("positionSide", "BOTH") == "BOTH":
@@ -664,7 +678,10 @@ class StandIn:
             raise ApiError(400, -1111, "Precision is over the maximum defined for this asset.")
         if qty > self.market_max_qty:  # fapi error -4005 QTY_GREATER_THAN_MAX_QTY (MARKET_LOT_SIZE)
             raise ApiError(400, -4005, "Quantity greater than max quantity.")
-        price = self.last_price()
+        return self._execute_futures(params, qty, self.last_price())
+
+    def _execute_futures(self, params: dict, qty: Decimal, price: Decimal, orig_type: str = "MARKET") -> dict:
+        """Execute a futures market order of `qty` at `price` (a MARKET order, or a triggered stop's order)."""
         signed = qty if params["side"] == "BUY" else -qty
         amount, entry = self.futures_amount, self.futures_entry
         new_amount = amount + signed
@@ -695,12 +712,120 @@ class StandIn:
                  "origQty": str(qty), "executedQty": str(qty), "cumQty": str(qty), "cumQuote": e8(qty * price),
                  "timeInForce": "GTC", "type": "MARKET", "reduceOnly": params.get("reduceOnly") == "true",
                  "closePosition": False, "side": params["side"], "positionSide": "BOTH", "stopPrice": "0",
-                 "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": "MARKET",
+                 "workingType": "CONTRACT_PRICE", "priceProtect": False, "origType": orig_type,
                  "priceMatch": "NONE", "selfTradePreventionMode": "NONE", "goodTillDate": 0,
                  "updateTime": now_ms, "market": "futures", "params": params}
         self.orders.append(order)
         self._push_order_update(order, price, qty)
+        if new_amount == 0:
+            self._expire_close_position_stops()
         return {k: v for k, v in order.items() if k not in ("market", "params")}
+
+    # -- futures conditional orders (the Algo Service) ------------------------------------------------
+
+    def _new_algo_order(self, params: dict) -> dict:
+        """fapi "Trade" > "New Algo Order (TRADE)": algoType CONDITIONAL; STOP_MARKET with triggerPrice, either
+        closePosition=true (Close-All: no quantity, no reduceOnly) or a reduce-only quantity; workingType
+        CONTRACT_PRICE (the default: the last trade price; MARK_PRICE is not modelled here)."""
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if params.get("algoType") != "CONDITIONAL":
+            raise ApiError(400, -1116, "Invalid algoType.")
+        if params.get("type") != "STOP_MARKET":
+            raise ApiError(400, -1116, "Invalid orderType.")  # the only conditional type modelled
+        if params.get("side") not in ("BUY", "SELL"):
+            raise ApiError(400, -1117, "Invalid side.")
+        if not CLIENT_ORDER_ID.match(params.get("clientAlgoId", "")):
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'clientAlgoId'; legal range is "
+                                       "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        if params.get("workingType", "CONTRACT_PRICE") != "CONTRACT_PRICE":
+            raise ApiError(400, -1116, "workingType MARK_PRICE is not modelled by this stand-in.")
+        if self.futures_dual_side and params.get("positionSide", "BOTH") == "BOTH":
+            raise ApiError(400, -4061, "Order's position side does not match user's setting.")
+        is_close_all = params.get("closePosition") == "true"
+        if is_close_all and ("quantity" in params or "reduceOnly" in params):
+            # fapi "New Order": quantity and reduceOnly "cannot be sent with closePosition=true".
+            raise ApiError(400, -1106, "Parameter 'quantity' or 'reduceOnly' sent when not required.")
+        if not is_close_all and params.get("reduceOnly") != "true":
+            raise ApiError(400, -1116, "Only reduce-only stops are modelled by this stand-in.")
+        trigger = Decimal(params.get("triggerPrice", "0"))
+        if trigger <= 0:
+            raise ApiError(400, -1102, "Mandatory parameter 'triggerPrice' was not sent, was empty/null, or malformed.")
+        last = self.last_price()
+        if (params["side"] == "SELL" and trigger >= last) or (params["side"] == "BUY" and trigger <= last):
+            raise ApiError(400, -2021, "Order would immediately trigger.")  # fapi error -2021
+        same_side = [a for a in self.algo_orders if a["algoStatus"] == "NEW" and a["closePosition"]
+                     and a["side"] == params["side"]]
+        if is_close_all and same_side:  # fapi error -4130: one Close-All stop per direction
+            raise ApiError(400, -4130, "An open stop or take profit order with GTE and closePosition in the "
+                                       "direction is existing.")
+        now_ms = self.server_time_ms()
+        algo = {"algoId": 3_000_000 + len(self.algo_orders), "clientAlgoId": params["clientAlgoId"],
+                "algoType": "CONDITIONAL", "orderType": "STOP_MARKET", "symbol": self.symbol, "side": params["side"],
+                "positionSide": "BOTH", "timeInForce": "GTE_GTC" if is_close_all else "GTC",
+                "quantity": params.get("quantity", "0"), "algoStatus": "NEW", "triggerPrice": params["triggerPrice"],
+                "price": "0", "workingType": "CONTRACT_PRICE", "priceMatch": "NONE", "closePosition": is_close_all,
+                "priceProtect": params.get("priceProtect", "FALSE").upper() == "TRUE",
+                "reduceOnly": params.get("reduceOnly") == "true", "createTime": now_ms, "updateTime": now_ms,
+                "triggerTime": 0, "goodTillDate": 0, "actualOrderId": "", "actualPrice": ""}
+        self.algo_orders.append(algo)
+        return dict(algo)
+
+    def _algo_answers(self) -> list[dict]:
+        with self._lock:
+            return [dict(a) for a in self.algo_orders]
+
+    def _find_algo(self, params: dict) -> dict:
+        for algo in reversed(self.algo_orders):
+            if algo["clientAlgoId"] == params.get("clientAlgoId") or str(algo["algoId"]) == params.get("algoId"):
+                return algo
+        raise ApiError(400, -2013, "Order does not exist.")
+
+    def _query_algo_order(self, params: dict) -> dict:
+        """fapi "Query Algo Order (USER_DATA)": by algoId or clientAlgoId, with its algoStatus and, once
+        triggered, actualOrderId (the order it became in the matching engine)."""
+        return dict(self._find_algo(params))
+
+    def _cancel_algo_order(self, params: dict) -> dict:
+        """fapi "Cancel Algo Order (TRADE)": only while NEW; -2011 "Unknown order sent." once it was triggered,
+        cancelled or expired."""
+        algo = self._find_algo(params)
+        if algo["algoStatus"] != "NEW":
+            raise ApiError(400, -2011, "Unknown order sent.")
+        algo["algoStatus"], algo["updateTime"] = "CANCELED", self.server_time_ms()
+        return {"algoId": algo["algoId"], "clientAlgoId": algo["clientAlgoId"], "code": "200", "msg": "success"}
+
+    def trigger_stops(self, price: Decimal) -> None:
+        """Trigger the conditional orders a trade at `price` reaches (workingType CONTRACT_PRICE: the last
+        price): a SELL stop at price <= triggerPrice, a BUY stop at price >= triggerPrice. The triggered stop
+        becomes a market order (origType STOP_MARKET) for the whole position (closePosition) or at most its
+        reduce-only quantity; with nothing left to reduce it expires (fapi "Event: Algo Order Update")."""
+        with self._lock:
+            for algo in self.algo_orders:
+                if algo["algoStatus"] != "NEW":
+                    continue
+                trigger = Decimal(algo["triggerPrice"])
+                if not (price <= trigger if algo["side"] == "SELL" else price >= trigger):
+                    continue
+                amount = self.futures_amount
+                closable = amount if algo["side"] == "SELL" else -amount
+                now_ms = self.server_time_ms()
+                algo["triggerTime"] = algo["updateTime"] = now_ms
+                if closable <= 0:
+                    algo["algoStatus"] = "EXPIRED"
+                    continue
+                qty = closable if algo["closePosition"] else min(closable, Decimal(algo["quantity"]))
+                params = {"side": algo["side"], "newClientOrderId": algo["clientAlgoId"], "reduceOnly": "true"}
+                order = self._execute_futures(params, qty, price, orig_type="STOP_MARKET")
+                algo["algoStatus"], algo["actualOrderId"], algo["actualPrice"] = "FINISHED", str(order["orderId"]), \
+                    order["avgPrice"]
+
+    def _expire_close_position_stops(self) -> None:
+        """fapi "Event: Algo Order Update" > EXPIRED: a GTE_GTC (Close-All) conditional order is cancelled by
+        the system once the position on the symbol is closed."""
+        for algo in self.algo_orders:
+            if algo["algoStatus"] == "NEW" and algo["closePosition"]:
+                algo["algoStatus"], algo["updateTime"] = "EXPIRED", self.server_time_ms()
 
     def _new_listen_key(self) -> str:
         self.listen_keys.append(f"standin-listen-key-{len(self.listen_keys)}")
@@ -788,6 +913,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_PUT(self):
         self.standin.handle(self, "PUT")
+
+    def do_DELETE(self):
+        self.standin.handle(self, "DELETE")
 
     def log_message(self, *args):
         pass
