@@ -16,6 +16,7 @@ DAY_MS = 86_400_000
 MAX_EQUITY_POINTS = 2_000  # the curve's newest fills; older history thins out of the chart, not out of the totals
 # The decision that caused a closing order says why it closed, until orders carry their own exit_reason.
 EXIT_REASONS = {"strategy": "rule", "manual": "manual", "follow": "follow"}
+CLOSED_SHARE_TOLERANCE = 1e-9  # parts adding up to the entry's quantity within rounding close the trip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +61,11 @@ def filled_orders(db: Database, symbol: str) -> list[dict]:
 
 
 def round_trips(orders: list[dict]) -> list[RoundTrip]:
-    """Pair the fills into round trips, oldest first; the last one may still be open."""
+    """Pair the fills into round trips, oldest first; the last one may still be open. A close sent in parts
+    (a position above the market order maximum) is one exit at the parts' average price."""
     trips: list[RoundTrip] = []
     open_trip: RoundTrip | None = None
+    closing: list[dict] = []  # the parts of the exit so far
     for order in orders:
         if open_trip is None:
             open_trip = RoundTrip("long" if order["side"] == "BUY" else "short", order["filled_at_ms"],
@@ -74,11 +77,18 @@ def round_trips(orders: list[dict]) -> list[RoundTrip]:
                                             entry_quote=open_trip.entry_quote + order["quote"],
                                             fees=open_trip.fees + order["fee_quote"])
             continue
-        reason = order["reason"]
-        trips.append(dataclasses.replace(open_trip, exit_time_ms=order["filled_at_ms"], exit_price=order["price"],
-                                         exit_quote=order["quote"], fees=open_trip.fees + order["fee_quote"],
-                                         exit_reason=EXIT_REASONS.get(reason, reason)))
-        open_trip = None
+        closing.append(order)
+        closed_qty = sum(part["qty"] for part in closing)
+        if closed_qty < open_trip.qty * (1 - CLOSED_SHARE_TOLERANCE):
+            continue  # more parts of this exit are to come
+        reason = (closing[0]["reason"] or "").split(":")[0] or None  # "stop_loss:part2" is a stop loss's part
+        trips.append(dataclasses.replace(
+            open_trip, exit_time_ms=order["filled_at_ms"],
+            exit_price=sum(part["price"] * part["qty"] for part in closing) / closed_qty,
+            exit_quote=sum(part["quote"] for part in closing),
+            fees=open_trip.fees + sum(part["fee_quote"] for part in closing),
+            exit_reason=EXIT_REASONS.get(reason, reason)))
+        open_trip, closing = None, []
     if open_trip is not None:
         trips.append(open_trip)
     return trips

@@ -105,3 +105,22 @@ def test_round_trips_always_add_up_to_the_paper_balance(tmp_path_factory, prices
             assert trip.fees >= 0 and (fee_rate == 0 or trip.fees > 0)
     finally:
         database.close()
+
+
+def test_a_close_sent_in_parts_is_one_round_trip_at_the_parts_average_price():
+    # A futures close above the market order maximum goes as 100 + 100 + 50 (core/binance/brokers.py).
+    def fill(order_id, side, qty, price, reason, fee=0.0):
+        quote = qty * price - fee if side == "SELL" else qty * price + fee
+        return {"id": order_id, "side": side, "qty": qty, "price": price, "quote": quote, "fee_quote": fee,
+                "filled_at_ms": order_id * 60_000, "reason": reason}
+
+    orders = [fill(1, "BUY", 250, 2.0, "strategy", fee=0.5),
+              fill(2, "SELL", 100, 1.9, "stop_loss", fee=0.19), fill(3, "SELL", 100, 1.8, "stop_loss:part2", fee=0.18),
+              fill(4, "SELL", 50, 1.7, "stop_loss:part3", fee=0.085),
+              fill(5, "BUY", 10, 1.0, "strategy")]
+    closed, still_open = account.round_trips(orders)
+    assert (closed.qty, closed.exit_time_ms, closed.exit_reason) == (250, 4 * 60_000, "stop_loss")
+    assert closed.exit_price == pytest.approx((100 * 1.9 + 100 * 1.8 + 50 * 1.7) / 250)
+    assert closed.pnl == pytest.approx((190 - 0.19 + 180 - 0.18 + 85 - 0.085) - (500 + 0.5))
+    assert closed.fees == pytest.approx(0.5 + 0.19 + 0.18 + 0.085)
+    assert (still_open.side, still_open.qty, still_open.exit_time_ms) == ("long", 10, None)
