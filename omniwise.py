@@ -23,7 +23,9 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import alerts, auth, heartbeat, liveness, logs, signals, store, strategies
+from core import auth, logs, store, strategies
+from core.health import alerts, heartbeat, liveness
+from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
 
@@ -144,8 +146,8 @@ def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
-        is_token_new = not settings.webhook_token and store.get_meta(db, signals.TOKEN_KEY) is None
-        token = signals.webhook_token(db, settings.webhook_token)
+        is_token_new = not settings.webhook_token and store.get_meta(db, intake.TOKEN_KEY) is None
+        token = intake.webhook_token(db, settings.webhook_token)
         password = auth.ensure_password(db, settings.admin_password, _now_ms())
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())

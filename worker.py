@@ -18,7 +18,9 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, config, controls, events, fault_policy, heartbeat, liveness, logs, maintenance, signals, store
+from core import config, controls, events, fault_policy, logs, maintenance, store
+from core.health import alerts, heartbeat, liveness
+from core.webhook import intake
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
@@ -111,8 +113,8 @@ class Worker:
         if verdict.state == heartbeat.OK:
             self.alert_sender.ping_due.set()
         elif verdict.state == heartbeat.MISMATCH and not verdict.in_grace and self.settings.on_mismatch == "follow":
-            signal = heartbeat.current_signal(self.db, self.settings.symbol)
-            self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
+            latest = heartbeat.current_signal(self.db, self.settings.symbol)
+            self.trader.follow(latest.signal, f"follow mode: {verdict.reason}")
 
     def obey_operator(self) -> None:
         """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
@@ -278,7 +280,7 @@ def main() -> int:
         return 2
     logs.configure(settings.log_level)
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
-        logs.add_secrets(signals.webhook_token(db, settings.webhook_token), settings.binance_api_key,
+        logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,
                          settings.binance_api_secret)
     try:
         worker = Worker(settings)

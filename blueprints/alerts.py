@@ -7,7 +7,7 @@ import time
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from blueprints.db import get_db
-from core import alerts, heartbeat
+from core.health import alerts, heartbeat
 
 bp = Blueprint("alerts", __name__)
 

@@ -7,9 +7,10 @@ import time
 from flask import Blueprint, current_app, render_template, request, session
 
 from blueprints.db import get_db
-from core import dashboard, signals, store, strategies
+from core import dashboard, store, strategies
+from core.webhook import intake
 from core.policy_loader import PolicyLoader
-from core.status import is_healthy, status_report
+from core.health.status import is_healthy, status_report
 
 bp = Blueprint("status", __name__)
 
@@ -80,4 +81,4 @@ def is_operator() -> bool:
     if session.get("operator"):
         return True
     token = current_app.extensions["omniwise.webhook"].token
-    return signals.is_token_valid((request.headers.get("X-Omniwise-Token"), request.args.get("token")), token)
+    return intake.is_token_valid((request.headers.get("X-Omniwise-Token"), request.args.get("token")), token)

@@ -26,7 +26,7 @@ def m001_meta(db: Database) -> None:
 
 @migrations()
 def m002_external_signals(db: Database) -> None:
-    # The signal ledger: every authenticated webhook request, accepted or not (core/signals.py).
+    # The signal ledger: every authenticated webhook request, accepted or not (core/webhook/ledger.py).
     db.execute("""
         CREATE TABLE external_signals (
             id INTEGER PRIMARY KEY,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from core import liveness, store
+from core import store
+from core.health import liveness
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
 from core.dsl.parser import MAX_CHARS
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import alerts, brokers, controls, events, exits, open_trade, store
+from core import brokers, controls, events, exits, open_trade, store
+from core.health import alerts
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW

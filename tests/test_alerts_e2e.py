@@ -11,7 +11,8 @@ import pytest
 
 import omniwise
 import worker as worker_module
-from core import alerts, liveness, store
+from core import store
+from core.health import alerts, liveness
 from core.config import Settings
 from tests.conftest import SHARED_DATA
 from tests.processes import AlertSink, query, start_worker, stop_worker, wait_until

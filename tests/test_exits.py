@@ -16,7 +16,8 @@ import talib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import exits, heartbeat, open_trade, store
+from core import exits, open_trade, store
+from core.health import heartbeat
 from core.backtest import load_candles, run_backtest
 from core.brokers import PaperBroker
 from core.candles import Candle, Tick

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import alerts, heartbeat
+from core.health import alerts, heartbeat
 from core.brokers import Position
-from core.heartbeat import MISMATCH, OK, STALE, UNKNOWN, HeartbeatSettings, SignalView, Verdict, reconcile
+from core.health.heartbeat import MISMATCH, OK, STALE, UNKNOWN, HeartbeatSettings, SignalView, Verdict, reconcile
 
 S = 1000  # ms in a second
 NOW = 1_800_000_000_000

@@ -12,7 +12,9 @@ import dataclasses
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, liveness, open_trade, signals, store
+from core import brokers, open_trade, store
+from core.health import alerts, liveness
+from core.webhook import ledger
 from core.brokers import BrokerError, Position
 
 OK, MISMATCH, STALE, UNKNOWN = "ok", "mismatch", "stale", "unknown"
@@ -61,7 +63,7 @@ class Verdict:
 
 def current_signal(db: Database, symbol: str) -> SignalView | None:
     """The latest accepted signal for `symbol`, with the arrival of the first one that said the same."""
-    latest = signals.latest_signal(db, symbol)
+    latest = ledger.latest_signal(db, symbol)
     if latest is None:
         return None
     # The newest accepted signal that said something else ends the previous run.
