@@ -49,17 +49,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do
-            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/admin.py).
+            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/guard.py).
             app.config["SECRET_KEY"] = store.ensure_secret(db, auth.SIGNING_KEY)
             app.extensions["omniwise.signing_key_in_db"] = True
         logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
             auth.ensure_password(db, settings.admin_password, _now_ms())
     from blueprints import db as web_db
-    from blueprints import htmx
+    from blueprints import guard, htmx
 
     web_db.init_app(app)
     htmx.init_app(app)
+    guard.init_app(app)  # before the blueprints: the guard runs first on every request
     if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
