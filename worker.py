@@ -236,8 +236,7 @@ class Worker:
 
     def alert_failure(self, message: str) -> None:
         """Queue a worker failure alert."""
-        with self.db.conn:
-            alerts.queue(self.db, "worker", "error", message, int(self.clock() * 1000), is_failure=True)
+        alerts.queue(self.db, "worker", "error", message, int(self.clock() * 1000), is_failure=True)
 
     def on_stream_state(self, is_up: bool, reason: str) -> None:
         """Record the live feed's state; a change is alerted (the stream down, and back)."""

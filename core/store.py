@@ -195,7 +195,7 @@ def get_meta(db: Database, key: str) -> str | None:
 
 
 def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
-    """Write one value of the meta table, inside the caller's transaction (the caller commits)."""
+    """Write one value of the meta table: part of the caller's transaction if one is open, else committed at once."""
     db.execute(
         "INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
@@ -207,6 +207,7 @@ def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
 def transaction(db: Database) -> Iterator[Database]:
     """Group statements into one transaction: all of them commit, or none. `with db.conn:` alone does not:
     sqlite-utils 4 commits every write of `db.execute` at once unless a transaction is already open.
+    So a single write statement needs no transaction (SQLite applies one statement whole); two or more do.
     IMMEDIATE takes the write lock first (waiting up to the busy timeout): a deferred transaction that read
     before writing would fail at once with "database is locked" if the other process wrote meanwhile."""
     db.conn.execute("BEGIN IMMEDIATE")

@@ -112,8 +112,7 @@ def check_position(db: Database, broker, symbol: str, now_ms: int, settings: Hea
     if error is not None:
         verdict = dataclasses.replace(verdict, reason=f"the position could not be read from the broker: {error}")
     else:
-        with db.conn:
-            brokers.save_position(db, position, now_ms)
+        brokers.save_position(db, position, now_ms)
     record(db, "position", verdict, now_ms, settings.repeat_s)
     return verdict
 

@@ -86,36 +86,23 @@ def normalize_symbol(text: str) -> str:
 
 def record(db: Database, signal: Signal, *, received_at_ms: int, remote_addr: str, raw_body: str) -> Receipt:
     """Write a parsed signal to the ledger once: accepted, stale, or the receipt of its first delivery."""
-    with _write_turn(db):
-        return _insert_once(db.conn, signal, received_at_ms, remote_addr, raw_body)
-
-
-def _insert_once(conn: sqlite3.Connection, signal: Signal, received_at_ms: int, remote_addr: str,
-                 raw_body: str) -> Receipt:
-    conn.execute("BEGIN IMMEDIATE")  # the stale check and the insert see the same ledger in every process
-    try:
-        key = (signal.source, signal.signal, signal.signal_time_ms, signal.symbol)
-        row = conn.execute("SELECT id, outcome FROM external_signals "
-                           "WHERE source = ? AND signal = ? AND signal_time_ms = ? AND symbol = ?", key).fetchone()
-        if row is None:
-            newest = conn.execute("SELECT MAX(signal_time_ms) FROM external_signals "
-                                  "WHERE source = ? AND outcome = 'accepted'", [signal.source]).fetchone()[0]
-            outcome = STALE if newest is not None and signal.signal_time_ms < newest else ACCEPTED
-            cursor = conn.execute(
-                "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
-                "raw_body, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [received_at_ms, *key, remote_addr, raw_body, outcome])
-            receipt = Receipt(cursor.lastrowid, outcome, False, signal)
-        else:
-            receipt = Receipt(row[0], row[1], True, signal)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    if not receipt.is_duplicate:
-        log.info("external signal %s from %s at %d: %s (ledger id %d)", signal.signal, signal.source,
-                 signal.signal_time_ms, receipt.outcome, receipt.id)
-    return receipt
+    key = (signal.source, signal.signal, signal.signal_time_ms, signal.symbol)
+    # One transaction: the duplicate and stale checks and the insert see the same ledger in every process.
+    with _write_turn(db), store.transaction(db):
+        first = next(db.query("SELECT id, outcome FROM external_signals "
+                              "WHERE source = ? AND signal = ? AND signal_time_ms = ? AND symbol = ?", key), None)
+        if first is not None:
+            return Receipt(first["id"], first["outcome"], True, signal)
+        newest = db.execute("SELECT MAX(signal_time_ms) FROM external_signals "
+                            "WHERE source = ? AND outcome = 'accepted'", [signal.source]).fetchone()[0]
+        outcome = STALE if newest is not None and signal.signal_time_ms < newest else ACCEPTED
+        cursor = db.execute(
+            "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
+            "raw_body, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [received_at_ms, *key, remote_addr, raw_body, outcome])
+    log.info("external signal %s from %s at %d: %s (ledger id %d)", signal.signal, signal.source,
+             signal.signal_time_ms, outcome, cursor.lastrowid)
+    return Receipt(cursor.lastrowid, outcome, False, signal)
 
 
 def open_ledger(path: str | Path) -> Database:
@@ -138,8 +125,8 @@ def latest_signal(db: Database, symbol: str | None = None) -> LedgerSignal | Non
     if symbol is not None:
         sql += " AND symbol = ?"
         params.append(normalize_symbol(symbol))
-    row = db.execute(sql + " ORDER BY signal_time_ms DESC, id DESC LIMIT 1", params).fetchone()
-    return None if row is None else LedgerSignal(*row)
+    row = next(db.query(sql + " ORDER BY signal_time_ms DESC, id DESC LIMIT 1", params), None)
+    return None if row is None else LedgerSignal(**row)
 
 
 
@@ -225,8 +212,8 @@ os.register_at_fork(after_in_child=_forget_turns)
 def record_refusal(db: Database, *, received_at_ms: int, remote_addr: str, raw_body: str, reason: str,
                    source: str | None, symbol: str | None) -> int:
     """Write a refused delivery to the ledger (`reason` already made safe to show); return its row id."""
-    with _write_turn(db), db.conn:
-        cursor = db.conn.execute(
+    with _write_turn(db):  # one INSERT: db.execute commits it on its own
+        cursor = db.execute(
             "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
             "raw_body, outcome) VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
             [received_at_ms, source, symbol, remote_addr, raw_body, f"{REJECTED}: {reason}"])
