@@ -14,7 +14,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 import click
@@ -23,7 +22,7 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import auth, logs, store, strategies
+from core import auth, clock, logs, store, strategies
 from core.health import alerts, heartbeat, liveness
 from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
@@ -54,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             app.extensions["omniwise.signing_key_in_db"] = True
         logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
-            auth.ensure_password(db, settings.admin_password, _now_ms())
+            auth.ensure_password(db, settings.admin_password, clock.now_ms())
     from blueprints import db as web_db
     from blueprints import guard, htmx
 
@@ -149,7 +148,7 @@ def init_command() -> None:
     with store.connect(settings.db_path) as db:
         is_token_new = not settings.webhook_token and store.get_meta(db, intake.TOKEN_KEY) is None
         token = intake.webhook_token(db, settings.webhook_token)
-        password = auth.ensure_password(db, settings.admin_password, _now_ms())
+        password = auth.ensure_password(db, settings.admin_password, clock.now_ms())
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
     click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
@@ -175,7 +174,7 @@ def serve_command(host: str, port: int, workers: int) -> None:
 
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:  # create the schema before any worker starts
-        _show_new_password(auth.ensure_password(db, settings.admin_password, _now_ms()))
+        _show_new_password(auth.ensure_password(db, settings.admin_password, clock.now_ms()))
 
     class Server(BaseApplication):
         def load_config(self) -> None:
@@ -214,7 +213,7 @@ class Watchdog(threading.Thread):
             return
         with store.open_db(self.settings.db_path) as db:
             while True:
-                now_ms = time.time_ns() // 1_000_000
+                now_ms = clock.now_ms()
                 try:
                     heartbeat.check_worker(db, now_ms)
                     alerts.deliver_due(db, notify, now_ms)
@@ -238,7 +237,7 @@ def set_password_command() -> None:
     if not password:
         raise click.ClickException("the password must not be empty")
     with store.connect(settings.db_path) as db:
-        auth.set_password(db, password, _now_ms())
+        auth.set_password(db, password, clock.now_ms())
     click.echo("Password set.")
 
 
@@ -246,9 +245,6 @@ def _show_new_password(password: str | None) -> None:
     if password:  # shown this once: only its hash is kept
         click.echo(f"Operator password (shown once; change it with `python omniwise.py set-password`): {password}")
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _settings_or_exit() -> Settings:

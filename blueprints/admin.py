@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from blueprints.db import get_db
-from core import auth, backtest, logs, strategies, tradingview
+from core import auth, backtest, clock, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
@@ -23,9 +22,6 @@ HISTORY_LINES_SHOWN = 200  # of each version's diff and text; the rest is a link
 def _db():
     return get_db()
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _strategy_path():
@@ -61,7 +57,7 @@ def login():
     if request.method == "GET":
         return render_template("admin/login.html", **page)
     try:
-        is_right = auth.log_in(_db(), request.form.get("password", ""), request.remote_addr or "", _now_ms())
+        is_right = auth.log_in(_db(), request.form.get("password", ""), request.remote_addr or "", clock.now_ms())
     except auth.TooManyAttempts as exc:
         return render_template("admin/login.html", error=str(exc), **page), 429, {"Retry-After": str(exc.retry_after_s)}
     if not is_right:
@@ -76,7 +72,7 @@ def login():
 @bp.post("/logout")
 def logout():
     """End the session here and everywhere: a copy of the cookie no longer opens anything."""
-    auth.end_sessions(_db(), _now_ms())
+    auth.end_sessions(_db(), clock.now_ms())
     session.clear()
     return redirect(url_for("admin.login"))
 
@@ -93,7 +89,7 @@ def save():
     """Save a valid strategy (the worker picks it up); an invalid one is shown again with its errors."""
     text = request.form.get("strategy", "")
     try:
-        policy = strategies.save_strategy(_strategy_path(), text, _db(), _now_ms())
+        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
     except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
@@ -109,7 +105,7 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy),
-                           saved_version=saved_version, worker=strategies.worker_view(_db(), _now_ms()))
+                           saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
 @bp.post("/admin/algo/validate")
@@ -132,7 +128,7 @@ def loaded():
     """The #loaded fragment: whether the worker runs the saved version yet."""
     saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
     return render_template("admin/_loaded.html", saved_version=saved_version,
-                           worker=strategies.worker_view(_db(), _now_ms()))
+                           worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
 @bp.get("/admin/algo/history")
@@ -166,7 +162,7 @@ def version_text(version: str):
 def restore(version: str):
     """Make a saved version the current strategy again."""
     try:
-        policy = strategies.restore_version(_strategy_path(), version, _db(), _now_ms())
+        policy = strategies.restore_version(_strategy_path(), version, _db(), clock.now_ms())
     except strategies.UnknownVersion:
         abort(404, f"No saved strategy has version {version}.")
     except StrategyError as exc:

@@ -8,7 +8,6 @@ import math
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from flask import Blueprint, current_app, request
 from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException
 
-from core import logs, store
+from core import clock, logs, store
 from core.webhook import intake, ledger
 from core.ratelimit import RateLimited, RateLimiter
 
@@ -40,7 +39,7 @@ class Webhook:
     token: str
     limiter: RateLimiter
     db_path: Path
-    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+    clock_ms: Callable[[], int] = clock.now_ms
     _local: threading.local = dataclasses.field(default_factory=threading.local)
 
     def db(self) -> Database:

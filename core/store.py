@@ -6,12 +6,13 @@ import contextlib
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from core import clock
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -226,5 +227,5 @@ def ensure_secret(db: Database, key: str, now_ms: int | None = None) -> str:
         if value is None:
             value = secrets.token_urlsafe(32)
             db.execute("INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?)",
-                       [key, value, now_ms if now_ms is not None else int(time.time() * 1000)])
+                       [key, value, now_ms if now_ms is not None else clock.now_ms()])
     return value
