@@ -12,8 +12,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs
 
     backtest_cli.main()
 
-import logging
-import threading
 from pathlib import Path
 
 import click
@@ -23,7 +21,6 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
 from core import auth, clock, logs, store, strategies
-from core.health import alerts, heartbeat, liveness
 from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
@@ -170,57 +167,13 @@ def init_command() -> None:
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
 def serve_command(host: str, port: int, workers: int) -> None:
     """Run the web app on gunicorn, a production WSGI server."""
-    from gunicorn.app.base import BaseApplication
+    import webserver
 
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:  # create the schema before any worker starts
         _show_new_password(auth.ensure_password(db, settings.admin_password, clock.now_ms()))
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
-            self.cfg.set("control_socket_disable", True)
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(settings.log_level))
-
-        def load(self) -> Flask:
-            logs.configure(settings.log_level)
-            app = create_app(settings)
-            Watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
-            return app
-
     click.echo(f"Omniwise web app on http://{host}:{port}/")
-    Server().run()
-
-
-class Watchdog(threading.Thread):
-    """In the web process: notices a dead worker (which cannot report itself) and delivers alerts."""
-
-    CHECK_EVERY_S = 10.0
-
-    def __init__(self, settings: Settings):
-        super().__init__(name="watchdog", daemon=True)
-        self.settings = settings
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        notify = alerts.apprise_notifier(self.settings.alert_urls)
-        # Give a worker started together with the web app time for its first beacon.
-        if self.stop.wait(liveness.STALE_AFTER_S):
-            return
-        with store.open_db(self.settings.db_path) as db:
-            while True:
-                now_ms = clock.now_ms()
-                try:
-                    heartbeat.check_worker(db, now_ms)
-                    alerts.deliver_due(db, notify, now_ms)
-                except Exception:  # noqa: BLE001 - the watchdog must outlive a locked database
-                    logging.getLogger("omniwise.watchdog").exception("watchdog check failed")
-                if self.stop.wait(self.CHECK_EVERY_S):
-                    return
+    webserver.serve(settings, create_app, host, port, workers)
 
 
 @click.command("set-password")

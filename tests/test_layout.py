@@ -1,4 +1,4 @@
-"""The module layout: imports run one way (omniwise.py -> blueprints/ -> core/, worker.py -> core/), no loops."""
+"""The module layout: imports run one way (omniwise.py -> webserver.py, blueprints/ -> core/; worker.py -> core/)."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def modules(root: Path) -> dict[str, Path]:
-    """Every module of core/, blueprints/, omniwise.py and worker.py under `root`, by dotted name."""
+    """Every module of core/ and blueprints/ and the programs beside them under `root`, by dotted name."""
     found = {}
     for package in ("core", "blueprints"):
         for path in sorted((root / package).rglob("*.py")):
             parts = path.relative_to(root).with_suffix("").parts
             found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    for script in ("omniwise.py", "worker.py"):
+    for script in ("omniwise.py", "webserver.py", "worker.py", "backtest_cli.py"):
         if (root / script).exists():
             found[script[:-3]] = root / script
     return found
@@ -85,8 +85,8 @@ def test_core_never_imports_the_web_layer_or_the_programs():
             assert not imports_of(name, path, set(found)) & higher, name
 
 
-def test_blueprints_never_import_the_programs():
+def test_blueprints_and_the_web_server_never_import_the_programs():
     found = modules(ROOT)
     for name, path in found.items():
-        if name.startswith("blueprints"):
+        if name.startswith("blueprints") or name == "webserver":
             assert not imports_of(name, path, set(found)) & {"omniwise", "worker"}, name

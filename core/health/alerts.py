@@ -8,9 +8,13 @@ never send the same alert), and a failing notifier only reschedules the row with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sqlite_utils import Database
+
+from core import store
 
 log = logging.getLogger("omniwise.alerts")
 
@@ -19,6 +23,7 @@ MAX_BACKOFF_S = 3600
 NEVER_MS = 2**62  # the next attempt of an alert that is not retried
 
 Notifier = Callable[[str, str], None]  # (title, body); raises AlertDeliveryError when not delivered
+Step = Callable[[Database, int], object]  # (db, now_ms): work a delivery loop does before each delivery
 
 
 class AlertDeliveryError(Exception):
@@ -103,6 +108,41 @@ def deliver_due(db: Database, notify: Notifier | None, now_ms: int, limit: int =
                    [now_ms, attempts + 1, alert_id])
         delivered += 1
     return delivered
+
+
+class DeliveryLoop(threading.Thread):
+    """Delivers the outbox every `every_s` in its own thread, so a notifier that hangs or fails slows only it.
+
+    Both processes run one. Its `steps` run before each delivery: the web app's judges the worker (a dead
+    worker cannot report itself), the worker's pings the dead-man's switch.
+    """
+
+    def __init__(self, name: str, db_path: str | Path, alert_urls: tuple[str, ...], every_s: float,
+                 clock_ms: Callable[[], int], steps: Sequence[Step] = (), first_wait_s: float = 0.0,
+                 stop: threading.Event | None = None):
+        super().__init__(name=name, daemon=True)
+        self.db_path, self.alert_urls, self.every_s, self.clock_ms = db_path, alert_urls, every_s, clock_ms
+        self.steps, self.first_wait_s = tuple(steps), first_wait_s
+        self.stop = stop or threading.Event()
+
+    def run(self) -> None:
+        notify = apprise_notifier(self.alert_urls)
+        if self.stop.wait(self.first_wait_s):  # e.g. a worker started with the web app gets time for its beacon
+            return
+        with store.open_db(self.db_path) as db:
+            while True:
+                self.run_once(db, notify)
+                if self.stop.wait(self.every_s):
+                    return
+
+    def run_once(self, db: Database, notify: Notifier | None) -> None:
+        """The steps, then one delivery, each on its own: a failure is logged and the next round tries again."""
+        now_ms = self.clock_ms()
+        for step in (*self.steps, lambda db, now_ms: deliver_due(db, notify, now_ms)):
+            try:
+                step(db, now_ms)
+            except Exception:  # noqa: BLE001 - the loop must outlive a locked database or an unreachable URL
+                log.warning("%s: a step failed; the next round tries again", self.name, exc_info=True)
 
 
 def apprise_notifier(urls: tuple[str, ...]) -> Notifier | None:
