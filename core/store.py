@@ -129,6 +129,24 @@ def m007_cockpit(db: Database) -> None:
     db.execute("ALTER TABLE heartbeat ADD COLUMN pending_until_ms INTEGER")
 
 
+@migrations()
+def m008_heartbeat_states(db: Database) -> None:
+    # SQLite adds a CHECK only by rebuilding the table. Every row the code ever wrote passes it; a row
+    # that would not is dropped rather than block the start: it is the current verdict, written anew
+    # at the next check. One vocabulary a subject, as core/health/heartbeat.py's STATES.
+    states = """(subject = 'position' AND state IN ('ok', 'mismatch', 'stale', 'unknown'))
+        OR (subject IN ('worker', 'stream') AND state IN ('alive', 'down'))
+        OR (subject = 'strategy' AND state IN ('valid', 'invalid'))"""
+    db.execute(f"""CREATE TABLE heartbeat_checked (
+        subject TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL, since_ms INTEGER NOT NULL,
+        checked_at_ms INTEGER NOT NULL, last_alert_ms INTEGER, pending_until_ms INTEGER,
+        CHECK ({states}))""")
+    db.execute(f"""INSERT INTO heartbeat_checked SELECT subject, state, reason, since_ms, checked_at_ms, last_alert_ms,
+        pending_until_ms FROM heartbeat WHERE {states}""")
+    db.execute("DROP TABLE heartbeat")
+    db.execute("ALTER TABLE heartbeat_checked RENAME TO heartbeat")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)

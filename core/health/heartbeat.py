@@ -20,6 +20,9 @@ from core.brokers import BrokerError, Position
 OK, MISMATCH, STALE, UNKNOWN = "ok", "mismatch", "stale", "unknown"
 ALIVE, DOWN = "alive", "down"
 VALID, INVALID = "valid", "invalid"
+# One vocabulary a subject; the heartbeat table's CHECK constraint (core/store.py) refuses any other pair.
+STATES = {"position": (OK, MISMATCH, STALE, UNKNOWN), "worker": (ALIVE, DOWN), "stream": (ALIVE, DOWN),
+          "strategy": (VALID, INVALID)}
 FAILURES = {MISMATCH, STALE, UNKNOWN, DOWN, INVALID}
 REPEATED = {MISMATCH}  # failures that are alerted again while they last
 
@@ -183,9 +186,8 @@ def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: 
 def state_of(db: Database, subject: str) -> dict | None:
     """The stored state of a subject: state, reason, since_ms, checked_at_ms, pending_until_ms (a mismatch in
     its grace); None before the first check."""
-    row = db.execute("SELECT state, reason, since_ms, checked_at_ms, pending_until_ms FROM heartbeat "
-                     "WHERE subject = ?", [subject]).fetchone()
-    return None if row is None else dict(zip(("state", "reason", "since_ms", "checked_at_ms", "pending_until_ms"), row))
+    return next(db.query("SELECT state, reason, since_ms, checked_at_ms, pending_until_ms FROM heartbeat "
+                         "WHERE subject = ?", [subject]), None)
 
 
 def open_episodes(db: Database) -> dict[str, int]:
