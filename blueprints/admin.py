@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from blueprints.db import get_db
-from core import auth, backtest, clock, logs, strategies, tradingview
+from core import auth, charts, clock, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
@@ -120,7 +120,7 @@ def _preview(policy):
     if policy is None:
         return None
     settings = current_app.config["SETTINGS"]
-    return backtest.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
 
 
 @bp.get("/admin/algo/loaded")

@@ -273,7 +273,8 @@ def test_pages_carry_security_headers(operator):
 
 
 def test_validation_previews_what_the_text_would_have_done_over_the_stored_candles(operator, settings, db):
-    from core.backtest import load_candles, preview
+    from core.backtest import load_candles
+    from core.charts import preview
     from core.dsl import compile_strategy
     from tests.conftest import SHARED_DATA
 
