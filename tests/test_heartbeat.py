@@ -217,3 +217,18 @@ def test_the_vocabulary_migration_keeps_the_rows_written_before_it(tmp_path):
                       "FROM heartbeat ORDER BY since_ms").fetchall()
     assert kept == rows[:3]  # the one a CHECK would refuse is dropped: the next check writes it anew
     db.close()
+
+
+def test_a_failing_step_of_the_delivery_loop_does_not_hold_up_delivery(db, settings):
+    alerts.queue(db, "worker", "down", "WORKER FAILURE: the worker has never started", NOW, is_failure=True)
+    sent, steps_run = [], []
+
+    def unreachable_ping(db, now_ms):
+        steps_run.append(now_ms)
+        raise OSError("the ping URL cannot be reached")
+
+    loop = alerts.DeliveryLoop("test", settings.db_path, (), every_s=1.0, clock_ms=lambda: NOW,
+                               steps=(unreachable_ping,))
+    loop.run_once(db, lambda title, body: sent.append((title, body)))
+    assert steps_run == [NOW]
+    assert sent == [("Omniwise: down", "WORKER FAILURE: the worker has never started")]

@@ -129,7 +129,6 @@ def latest_signal(db: Database, symbol: str | None = None) -> LedgerSignal | Non
     return None if row is None else LedgerSignal(**row)
 
 
-
 # -- helpers ------------------------------------------------------------------------------------
 
 _turns: dict[str, tuple[threading.Lock, int | None]] = {}
