@@ -102,7 +102,9 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
 
     result = backtest.run_backtest(candles, policy, fee_rate=fee, fill=fill)
     if chart is not None:
-        chart.write_text(backtest.render_svg(result, candles), encoding="utf-8")
+        from core.charts import render_svg
+
+        chart.write_text(render_svg(result, candles), encoding="utf-8")
     if as_json:
         _print_json(result.as_json() | {"strategy_version": policy.version})
     else:

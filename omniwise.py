@@ -12,9 +12,6 @@ if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs
 
     backtest_cli.main()
 
-import logging
-import threading
-import time
 from pathlib import Path
 
 import click
@@ -23,7 +20,8 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import alerts, auth, heartbeat, liveness, logs, signals, store, strategies
+from core import auth, clock, logs, store, strategies
+from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
 
@@ -47,17 +45,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config.from_prefixed_env("OMNIWISE")
     with store.connect(settings.db_path) as db:  # schema up to date before the first request
         if not app.config.get("SECRET_KEY"):  # Flask's default config holds the key None, so setdefault won't do
-            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/admin.py).
+            # Kept in the database, so `set-password` can rotate it for every web process (blueprints/guard.py).
             app.config["SECRET_KEY"] = store.ensure_secret(db, auth.SIGNING_KEY)
             app.extensions["omniwise.signing_key_in_db"] = True
         logs.add_secrets(app.config["SECRET_KEY"])
         if settings.admin_password:  # OMNIWISE_ADMIN_PASSWORD wins over a password set before
-            auth.ensure_password(db, settings.admin_password, _now_ms())
+            auth.ensure_password(db, settings.admin_password, clock.now_ms())
     from blueprints import db as web_db
-    from blueprints import htmx
+    from blueprints import guard, htmx
 
     web_db.init_app(app)
     htmx.init_app(app)
+    guard.init_app(app)  # before the blueprints: the guard runs first on every request
     if settings.trust_proxy:  # believe X-Forwarded-For/-Proto from that many reverse proxies, no more
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trust_proxy, x_proto=settings.trust_proxy)
 
@@ -144,9 +143,9 @@ def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
-        is_token_new = not settings.webhook_token and store.get_meta(db, signals.TOKEN_KEY) is None
-        token = signals.webhook_token(db, settings.webhook_token)
-        password = auth.ensure_password(db, settings.admin_password, _now_ms())
+        is_token_new = not settings.webhook_token and store.get_meta(db, intake.TOKEN_KEY) is None
+        token = intake.webhook_token(db, settings.webhook_token)
+        password = auth.ensure_password(db, settings.admin_password, clock.now_ms())
     if not settings.strategy_path.exists():
         settings.strategy_path.write_text(Path(__file__).with_name("data").joinpath("strategy.txt").read_text())
     click.echo(f"Omniwise data in {settings.data_dir.resolve()}")
@@ -168,57 +167,13 @@ def init_command() -> None:
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes")
 def serve_command(host: str, port: int, workers: int) -> None:
     """Run the web app on gunicorn, a production WSGI server."""
-    from gunicorn.app.base import BaseApplication
+    import webserver
 
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:  # create the schema before any worker starts
-        _show_new_password(auth.ensure_password(db, settings.admin_password, _now_ms()))
-
-    class Server(BaseApplication):
-        def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
-            self.cfg.set("workers", workers)
-            self.cfg.set("worker_class", "gthread")
-            self.cfg.set("threads", 4)
-            self.cfg.set("control_socket_disable", True)
-            self.cfg.set("accesslog", None)
-            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(settings.log_level))
-
-        def load(self) -> Flask:
-            logs.configure(settings.log_level)
-            app = create_app(settings)
-            Watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
-            return app
-
+        _show_new_password(auth.ensure_password(db, settings.admin_password, clock.now_ms()))
     click.echo(f"Omniwise web app on http://{host}:{port}/")
-    Server().run()
-
-
-class Watchdog(threading.Thread):
-    """In the web process: notices a dead worker (which cannot report itself) and delivers alerts."""
-
-    CHECK_EVERY_S = 10.0
-
-    def __init__(self, settings: Settings):
-        super().__init__(name="watchdog", daemon=True)
-        self.settings = settings
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        notify = alerts.apprise_notifier(self.settings.alert_urls)
-        # Give a worker started together with the web app time for its first beacon.
-        if self.stop.wait(liveness.STALE_AFTER_S):
-            return
-        with store.open_db(self.settings.db_path) as db:
-            while True:
-                now_ms = time.time_ns() // 1_000_000
-                try:
-                    heartbeat.check_worker(db, now_ms)
-                    alerts.deliver_due(db, notify, now_ms)
-                except Exception:  # noqa: BLE001 - the watchdog must outlive a locked database
-                    logging.getLogger("omniwise.watchdog").exception("watchdog check failed")
-                if self.stop.wait(self.CHECK_EVERY_S):
-                    return
+    webserver.serve(settings, create_app, host, port, workers)
 
 
 @click.command("set-password")
@@ -235,7 +190,7 @@ def set_password_command() -> None:
     if not password:
         raise click.ClickException("the password must not be empty")
     with store.connect(settings.db_path) as db:
-        auth.set_password(db, password, _now_ms())
+        auth.set_password(db, password, clock.now_ms())
     click.echo("Password set.")
 
 
@@ -243,9 +198,6 @@ def _show_new_password(password: str | None) -> None:
     if password:  # shown this once: only its hash is kept
         click.echo(f"Operator password (shown once; change it with `python omniwise.py set-password`): {password}")
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _settings_or_exit() -> Settings:

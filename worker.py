@@ -18,7 +18,9 @@ from pathlib import Path
 
 import schedule
 
-from core import alerts, config, controls, events, fault_policy, heartbeat, liveness, logs, maintenance, signals, store
+from core import config, controls, events, fault_policy, logs, maintenance, store
+from core.health import alerts, heartbeat, liveness
+from core.webhook import intake
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
@@ -83,7 +85,10 @@ class Worker:
         broker = make_broker(settings, self.db, self.rest, self.user_stream and self.user_stream.events)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)
-        self.alert_sender = AlertSender(settings, self.stop, clock)
+        self.ping_due = threading.Event()  # set by a good heartbeat check; the alert loop then pings
+        self.alert_loop = alerts.DeliveryLoop("alert-sender", settings.db_path, settings.alert_urls, every_s=2.0,
+                                              clock_ms=lambda: int(clock() * 1000), steps=(self.ping_if_due,),
+                                              stop=self.stop)
         self.scheduler = schedule.Scheduler()
         self.scheduler.every(liveness.BEACON_INTERVAL_S).seconds.do(guarded, self.beat)
         self.scheduler.every(settings.heartbeat_interval_s).seconds.do(guarded, self.check_heartbeat)
@@ -109,10 +114,16 @@ class Worker:
         verdict = heartbeat.check_position(self.db, self.trader.broker, self.settings.symbol,
                                            int(self.clock() * 1000), self.heartbeat)
         if verdict.state == heartbeat.OK:
-            self.alert_sender.ping_due.set()
+            self.ping_due.set()
         elif verdict.state == heartbeat.MISMATCH and not verdict.in_grace and self.settings.on_mismatch == "follow":
-            signal = heartbeat.current_signal(self.db, self.settings.symbol)
-            self.trader.follow(signal.signal, f"follow mode: {verdict.reason}")
+            latest = heartbeat.current_signal(self.db, self.settings.symbol)
+            self.trader.follow(latest.signal, f"follow mode: {verdict.reason}")
+
+    def ping_if_due(self, db, now_ms: int) -> None:
+        """Ping the dead-man's switch (OMNIWISE_PING_URL) after a good heartbeat check; run by the alert loop."""
+        if self.ping_due.is_set() and self.settings.ping_url:
+            self.ping_due.clear()
+            urllib.request.urlopen(self.settings.ping_url, timeout=10).close()
 
     def obey_operator(self) -> None:
         """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
@@ -169,7 +180,7 @@ class Worker:
     def run(self) -> int:
         """Trade the feed to its end, then keep the jobs running until stopped."""
         self.beat()
-        self.alert_sender.start()
+        self.alert_loop.start()
         if self.user_stream is not None:
             self.user_stream.start()
         self.trader.resume()
@@ -189,7 +200,7 @@ class Worker:
                 log.critical("replay stopped: %s", exc)
         while not self.stop.is_set():
             self.wait(1.0)
-        self.alert_sender.join(timeout=15)
+        self.alert_loop.join(timeout=15)
         if self.user_stream is not None:
             self.user_stream.close()
         log.info("worker stopped")
@@ -234,40 +245,12 @@ class Worker:
 
     def alert_failure(self, message: str) -> None:
         """Queue a worker failure alert."""
-        with self.db.conn:
-            alerts.queue(self.db, "worker", "error", message, int(self.clock() * 1000), is_failure=True)
+        alerts.queue(self.db, "worker", "error", message, int(self.clock() * 1000), is_failure=True)
 
     def on_stream_state(self, is_up: bool, reason: str) -> None:
         """Record the live feed's state; a change is alerted (the stream down, and back)."""
         verdict = heartbeat.Verdict(heartbeat.ALIVE if is_up else heartbeat.DOWN, reason)
         heartbeat.record(self.db, "stream", verdict, int(self.clock() * 1000))
-
-
-class AlertSender(threading.Thread):
-    """Delivers the alert outbox and pings the dead-man's switch, apart from trading: a notifier that
-    hangs or fails slows only this thread."""
-
-    def __init__(self, settings: Settings, stop: threading.Event, clock: Callable[[], float]):
-        super().__init__(name="alert-sender", daemon=True)
-        self.settings = settings
-        self.stop = stop
-        self.clock = clock
-        self.ping_due = threading.Event()
-        self.notify = alerts.apprise_notifier(settings.alert_urls)
-
-    def run(self) -> None:
-        db = store.open_db(self.settings.db_path)
-        while True:
-            try:
-                alerts.deliver_due(db, self.notify, int(self.clock() * 1000))
-                if self.ping_due.is_set() and self.settings.ping_url:
-                    self.ping_due.clear()
-                    urllib.request.urlopen(self.settings.ping_url, timeout=10).close()
-            except Exception as exc:  # noqa: BLE001 - keep delivering whatever one attempt did
-                log.warning("alert delivery: %s", exc)
-            if self.stop.wait(2.0):
-                break
-        db.close()
 
 
 def main() -> int:
@@ -278,7 +261,7 @@ def main() -> int:
         return 2
     logs.configure(settings.log_level)
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
-        logs.add_secrets(signals.webhook_token(db, settings.webhook_token), settings.binance_api_key,
+        logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,
                          settings.binance_api_secret)
     try:
         worker = Worker(settings)

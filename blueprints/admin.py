@@ -1,98 +1,31 @@
-"""The operator's side: login, the strategy editor and its history, the webhook panel; the login and CSRF guard."""
+"""The operator's side: login, the strategy editor and its history, the webhook panel (the guard: blueprints/guard.py)."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import sqlite3
-import time
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
-from blueprints import htmx
 from blueprints.db import get_db
-from core import auth, backtest, logs, strategies, tradingview
+from core import auth, charts, clock, logs, strategies, tradingview
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
 log = logging.getLogger(__name__)
 
-# Endpoints open without a session: the webhook and the uptime check answer their own callers, and
-# /api/v1/status checks the token or the session itself.
-PUBLIC = {"static", "admin.login", "signals.external_signal", "status.healthz", "status.api_status"}
-PROXY_WARNING_EVERY_S = 600
 HISTORY_PAGE_SIZE = 10  # versions a history page shows
 HISTORY_LINES_SHOWN = 200  # of each version's diff and text; the rest is a link away
-NO_CSRF = {"signals.external_signal"}  # its token is its proof
-NO_SESSION = {"static", "signals.external_signal", "status.healthz"}  # no database read for their session
-SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-       "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 def _db():
     return get_db()
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 def _strategy_path():
     return current_app.config["SETTINGS"].strategy_path
-
-
-@bp.before_app_request
-def guard():
-    """Every page but the public ones needs the operator's session; every form post its session's CSRF token."""
-    _warn_of_untrusted_proxy()
-    if request.endpoint is None:  # no such route or method: the router's 404 or 405 answers
-        return None
-    if request.endpoint not in NO_SESSION:
-        _end_stale_session()
-    if request.endpoint not in PUBLIC and not session.get("operator"):
-        if request.path.startswith("/api/"):
-            return {"error": "log in first"}, 401
-        if htmx:  # a fragment of an expired session: send the whole page to login
-            return "", 401, {"HX-Redirect": url_for("admin.login")}
-        return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
-    if request.method not in SAFE_METHODS and request.endpoint not in NO_CSRF:
-        given = request.form.get("csrf_token") or request.headers.get("X-CSRF-Token")
-        if not auth.is_csrf_token_valid(session.get("csrf_token"), given):
-            abort(400, "The form was not sent from this session's page: reload the page and try again.")
-    return None
-
-
-def _warn_of_untrusted_proxy() -> None:
-    """Say so (every 10 minutes at most) when a proxy on this machine forwards requests we do not trust it for.
-
-    Then every visitor has the proxy's address: five wrong passwords from anyone lock the operator out,
-    and the webhook's allow-list sees only 127.0.0.1.
-    """
-    if current_app.config["SETTINGS"].trust_proxy or "X-Forwarded-For" not in request.headers:
-        return
-    try:
-        if not ipaddress.ip_address(request.remote_addr or "").is_loopback:
-            return
-    except ValueError:
-        return
-    now_s = time.monotonic()
-    if now_s - current_app.extensions.get("omniwise.proxy_warned_s", -PROXY_WARNING_EVERY_S) < PROXY_WARNING_EVERY_S:
-        return
-    current_app.extensions["omniwise.proxy_warned_s"] = now_s
-    log.warning("requests from %s carry X-Forwarded-For but OMNIWISE_TRUST_PROXY is 0: every visitor looks like "
-                "this proxy, so failed logins of anyone lock out everyone; set OMNIWISE_TRUST_PROXY to the number "
-                "of proxies in front (1 for the Caddy of docs/deploy.md)", request.remote_addr)
-
-
-def _end_stale_session() -> None:
-    """Forget a session made before the last logout or new password; sign with the newest key."""
-    key, generation = auth.session_keys(_db())
-    if key and key != current_app.secret_key and current_app.extensions.get("omniwise.signing_key_in_db"):
-        current_app.secret_key = key  # `set-password` rotated it while this process ran
-    if session.get("operator") and session.get("generation") != generation:
-        session.clear()
 
 
 @bp.app_errorhandler(sqlite3.OperationalError)
@@ -106,34 +39,15 @@ def database_unavailable(exc: sqlite3.OperationalError):
     return render_template("admin/error.html", message=message), 503, {"Retry-After": "30"}
 
 
-@bp.after_app_request
-def security_headers(response):
-    """No framing, no foreign scripts, no sniffing; pages (which may hold secrets) are not cached."""
-    response.headers.setdefault("Content-Security-Policy", CSP)
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    response.headers.setdefault("X-Frame-Options", "DENY")
-    response.headers.setdefault("Referrer-Policy", "same-origin")
-    if request.endpoint != "static":
-        response.headers.setdefault("Cache-Control", "no-store")
-    return response
-
-
 @bp.app_context_processor
 def page_context() -> dict:
-    return {"csrf_token": csrf_token, "settings": current_app.config["SETTINGS"]}
+    return {"settings": current_app.config["SETTINGS"]}
 
 
 @bp.app_template_filter("visible")
 def visible(text: str | None) -> str:
     """Text with control characters (NUL, escapes, direction overrides) shown as escapes, one line kept one line."""
     return "" if text is None else logs.escape_controls(text)
-
-
-def csrf_token() -> str:
-    """This session's CSRF token, made on first use."""
-    if "csrf_token" not in session:
-        session["csrf_token"] = auth.new_csrf_token()
-    return session["csrf_token"]
 
 
 @bp.route("/login", methods=["GET", "POST"])
@@ -143,7 +57,7 @@ def login():
     if request.method == "GET":
         return render_template("admin/login.html", **page)
     try:
-        is_right = auth.log_in(_db(), request.form.get("password", ""), request.remote_addr or "", _now_ms())
+        is_right = auth.log_in(_db(), request.form.get("password", ""), request.remote_addr or "", clock.now_ms())
     except auth.TooManyAttempts as exc:
         return render_template("admin/login.html", error=str(exc), **page), 429, {"Retry-After": str(exc.retry_after_s)}
     if not is_right:
@@ -158,7 +72,7 @@ def login():
 @bp.post("/logout")
 def logout():
     """End the session here and everywhere: a copy of the cookie no longer opens anything."""
-    auth.end_sessions(_db(), _now_ms())
+    auth.end_sessions(_db(), clock.now_ms())
     session.clear()
     return redirect(url_for("admin.login"))
 
@@ -175,7 +89,7 @@ def save():
     """Save a valid strategy (the worker picks it up); an invalid one is shown again with its errors."""
     text = request.form.get("strategy", "")
     try:
-        policy = strategies.save_strategy(_strategy_path(), text, _db(), _now_ms())
+        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
     except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
@@ -191,7 +105,7 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy),
-                           saved_version=saved_version, worker=strategies.worker_view(_db(), _now_ms()))
+                           saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
 @bp.post("/admin/algo/validate")
@@ -206,7 +120,7 @@ def _preview(policy):
     if policy is None:
         return None
     settings = current_app.config["SETTINGS"]
-    return backtest.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
 
 
 @bp.get("/admin/algo/loaded")
@@ -214,7 +128,7 @@ def loaded():
     """The #loaded fragment: whether the worker runs the saved version yet."""
     saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
     return render_template("admin/_loaded.html", saved_version=saved_version,
-                           worker=strategies.worker_view(_db(), _now_ms()))
+                           worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
 @bp.get("/admin/algo/history")
@@ -248,7 +162,7 @@ def version_text(version: str):
 def restore(version: str):
     """Make a saved version the current strategy again."""
     try:
-        policy = strategies.restore_version(_strategy_path(), version, _db(), _now_ms())
+        policy = strategies.restore_version(_strategy_path(), version, _db(), clock.now_ms())
     except strategies.UnknownVersion:
         abort(404, f"No saved strategy has version {version}.")
     except StrategyError as exc:

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import time
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 
 from blueprints.db import get_db
-from core import alerts, heartbeat
+from core import clock
+from core.health import alerts, heartbeat
 
 bp = Blueprint("alerts", __name__)
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @bp.get("/alerts")
@@ -27,7 +24,7 @@ def index():
 @bp.post("/alerts/<alert_id>/acknowledge")
 def acknowledge(alert_id: str):
     """Seen: this alert's episode is not repeated any more."""
-    if not alert_id.isdigit() or not alerts.acknowledge(get_db(), int(alert_id), _now_ms()):
+    if not alert_id.isdigit() or not alerts.acknowledge(get_db(), int(alert_id), clock.now_ms()):
         abort(404, f"There is no alert {alert_id}.")
     flash("Acknowledged: its repeats are silenced until the state changes.", "good")
     return redirect(request.referrer if _is_local(request.referrer) else url_for("alerts.index"))
@@ -37,7 +34,7 @@ def acknowledge(alert_id: str):
 def send_test():
     """Send a test notification through Apprise now and show what became of it."""
     settings = current_app.config["SETTINGS"]
-    delivered, detail = alerts.send_test(get_db(), alerts.apprise_notifier(settings.alert_urls), _now_ms())
+    delivered, detail = alerts.send_test(get_db(), alerts.apprise_notifier(settings.alert_urls), clock.now_ms())
     flash(detail, "good" if delivered else "bad")
     return redirect(url_for("alerts.index"))
 

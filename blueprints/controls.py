@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import time
 
 from flask import Blueprint, current_app, flash, redirect, render_template, url_for
 
 from blueprints.db import get_db
-from core import account, brokers, controls
+from core import account, brokers, clock, controls
 
 bp = Blueprint("controls", __name__)
 
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @bp.post("/admin/pause")
 def pause():
     """Stop new entries; exits, SELL rules and risk exits still act."""
-    if controls.pause(get_db(), _now_ms()):
+    if controls.pause(get_db(), clock.now_ms()):
         flash("Paused: no new entries from the next candle on. Exits still happen.", "good")
     else:
         flash("Trading was already paused.", "good")
@@ -29,7 +25,7 @@ def pause():
 @bp.post("/admin/resume")
 def resume():
     """Allow new entries again."""
-    if controls.resume(get_db(), _now_ms()):
+    if controls.resume(get_db(), clock.now_ms()):
         flash("Resumed: the strategy may enter again from the next candle on.", "good")
     else:
         flash("Trading was not paused.", "good")
@@ -48,7 +44,7 @@ def confirm_flatten():
 @bp.post("/admin/flatten")
 def flatten():
     """Ask the worker to close the position now; it does so within a second and alerts the result."""
-    controls.request_flatten(get_db(), _now_ms())
+    controls.request_flatten(get_db(), clock.now_ms())
     flash("Flatten requested: the worker closes the position within a second; the result is shown under Alerts.",
           "good")
     return redirect(url_for("status.index"))

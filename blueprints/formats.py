@@ -7,7 +7,7 @@ import time
 from flask import Blueprint
 from markupsafe import Markup
 
-from core import dashboard
+from core import clock, dashboard
 
 bp = Blueprint("formats", __name__)
 
@@ -21,7 +21,7 @@ def utc(time_ms: int | None, short: bool = False, now_ms: int | None = None) -> 
     moment = time.gmtime(time_ms / 1000)
     if not short:
         return time.strftime("%Y-%m-%d %H:%M:%S UTC", moment)
-    this_year = time.gmtime((now_ms if now_ms is not None else time.time_ns() // 1_000_000) / 1000).tm_year
+    this_year = time.gmtime((now_ms if now_ms is not None else clock.now_ms()) / 1000).tm_year
     return time.strftime("%m-%d %H:%M:%S" if moment.tm_year == this_year else "%Y-%m-%d %H:%M", moment)
 
 

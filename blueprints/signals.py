@@ -8,7 +8,6 @@ import math
 import sqlite3
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,19 +15,20 @@ from flask import Blueprint, current_app, request
 from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException
 
-from core import logs, signals, store
+from core import clock, logs, store
+from core.webhook import intake, ledger
 from core.ratelimit import RateLimited, RateLimiter
 
 bp = Blueprint("signals", __name__)
 log = logging.getLogger(__name__)
 
 STATUS = {
-    signals.AddressRefused: 403,
-    signals.TokenError: 401,
-    signals.BodyTooLarge: 413,
-    signals.UnsupportedContentType: 415,
-    signals.WrongSymbol: 422,
-    signals.SignalError: 400,
+    intake.AddressRefused: 403,
+    intake.TokenError: 401,
+    intake.BodyTooLarge: 413,
+    intake.UnsupportedContentType: 415,
+    intake.WrongSymbol: 422,
+    intake.SignalError: 400,
 }
 
 
@@ -39,13 +39,13 @@ class Webhook:
     token: str
     limiter: RateLimiter
     db_path: Path
-    clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000
+    clock_ms: Callable[[], int] = clock.now_ms
     _local: threading.local = dataclasses.field(default_factory=threading.local)
 
     def db(self) -> Database:
         """This thread's connection; kept open, as opening one costs more than a whole ledger write."""
         if getattr(self._local, "db", None) is None:
-            self._local.db = signals.open_ledger(self.db_path)
+            self._local.db = ledger.open_ledger(self.db_path)
         return self._local.db
 
 
@@ -53,7 +53,7 @@ class Webhook:
 def _set_up(state) -> None:
     settings = state.app.config["SETTINGS"]
     with store.open_db(settings.db_path) as db:
-        token = signals.webhook_token(db, settings.webhook_token)
+        token = intake.webhook_token(db, settings.webhook_token)
     logs.add_secrets(token)  # e.g. Flask's "Exception on /api/v1/external-signal/TOKEN" line
     limiter = RateLimiter(settings.webhook_rate_per_s, burst=2 * settings.webhook_rate_per_s)
     state.app.extensions["omniwise.webhook"] = Webhook(token, limiter, settings.db_path)
@@ -66,25 +66,25 @@ def external_signal(token: str | None = None):
     settings = current_app.config["SETTINGS"]
     webhook: Webhook = current_app.extensions["omniwise.webhook"]
     address = request.remote_addr or ""
-    signals.check_address(address, settings.webhook_allow)
+    intake.check_address(address, settings.webhook_allow)
     webhook.limiter.take(address)
     # Not the app's 1 MB limit: at most 4 KB + 1 is read below, and a bigger body refused with its reason.
     request.max_content_length = sys.maxsize
-    delivery = signals.Delivery(
-        body=request.stream.read(signals.MAX_BODY_BYTES + 1),
+    delivery = intake.Delivery(
+        body=request.stream.read(intake.MAX_BODY_BYTES + 1),
         content_type=request.headers.get("Content-Type"),
         tokens=(token, request.args.get("token"), request.headers.get("X-Omniwise-Token")),
         remote_addr=address,
     )
-    receipt = signals.receive(webhook.db(), delivery, token=webhook.token, symbol=settings.symbol,
+    receipt = intake.receive(webhook.db(), delivery, token=webhook.token, symbol=settings.symbol,
                               now_ms=webhook.clock_ms())
     return receipt.as_json()
 
 
-@bp.errorhandler(signals.WebhookError)
-def _refused(exc: signals.WebhookError):
+@bp.errorhandler(intake.WebhookError)
+def _refused(exc: intake.WebhookError):
     # A sender may have put the token in another field, which the message quotes: never echo it.
-    return {"error": signals.redact(str(exc), current_app.extensions["omniwise.webhook"].token)}, STATUS[type(exc)]
+    return {"error": intake.redact(str(exc), current_app.extensions["omniwise.webhook"].token)}, STATUS[type(exc)]
 
 
 @bp.errorhandler(RateLimited)
@@ -92,7 +92,7 @@ def _rate_limited(exc: RateLimited):
     return {"error": str(exc)}, 429, {"Retry-After": str(math.ceil(exc.retry_after_s))}
 
 
-@bp.errorhandler(signals.LedgerBusy)
+@bp.errorhandler(ledger.LedgerBusy)
 @bp.errorhandler(sqlite3.OperationalError)
 def _ledger_unavailable(exc: Exception):
     log.error("signal ledger unavailable: %s", exc)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 
 from flask import Blueprint, current_app, render_template, request, session
 
 from blueprints.db import get_db
-from core import dashboard, signals, store, strategies
+from core import clock, dashboard, store, strategies
+from core.webhook import intake
 from core.policy_loader import PolicyLoader
-from core.status import is_healthy, status_report
+from core.health.status import is_healthy, status_report
 
 bp = Blueprint("status", __name__)
 
@@ -20,14 +20,11 @@ def _set_up(state) -> None:
     state.app.extensions["omniwise.policy"] = PolicyLoader(state.app.config["SETTINGS"].strategy_path)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 @bp.get("/")
 def index():
     """The dashboard: status, chart, recent activity; its fragments refresh themselves."""
-    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
+    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], clock.now_ms()
     loader = current_app.extensions["omniwise.policy"]
     return render_template("status/index.html", report=dashboard.overview(db, settings, now_ms),
                            activity=dashboard.recent_activity(db), now_ms=now_ms, policy=loader.current(),
@@ -37,7 +34,7 @@ def index():
 @bp.get("/dashboard/summary")
 def summary():
     """The #summary fragment: worker, market, position, signal, heartbeat."""
-    now_ms = _now_ms()
+    now_ms = clock.now_ms()
     return render_template("status/_summary.html", now_ms=now_ms,
                            report=dashboard.overview(get_db(), current_app.config["SETTINGS"], now_ms))
 
@@ -59,7 +56,7 @@ def chart():
 def healthz():
     """200 when the worker is alive and the heartbeat is ok, 503 otherwise (for uptime monitors)."""
     db = get_db()  # a database that cannot be opened answers 503 JSON too (blueprints/admin.py)
-    report = status_report(db, current_app.config["SETTINGS"], int(time.time() * 1000), alert_limit=0)
+    report = status_report(db, current_app.config["SETTINGS"], clock.now_ms(), alert_limit=0)
     is_db_writable = store.is_writable(db)
     healthy = is_healthy(report) and is_db_writable
     body = {"healthy": healthy, "worker_alive": report["worker"]["alive"], "heartbeat": report["heartbeat"]["state"],
@@ -72,7 +69,7 @@ def api_status():
     """The status report as JSON, for the webhook's token holder or the logged-in operator."""
     if not is_operator():
         return {"error": "give the webhook token (X-Omniwise-Token header or ?token=) or log in"}, 401
-    return status_report(get_db(), current_app.config["SETTINGS"], int(time.time() * 1000))
+    return status_report(get_db(), current_app.config["SETTINGS"], clock.now_ms())
 
 
 def is_operator() -> bool:
@@ -80,4 +77,4 @@ def is_operator() -> bool:
     if session.get("operator"):
         return True
     token = current_app.extensions["omniwise.webhook"].token
-    return signals.is_token_valid((request.headers.get("X-Omniwise-Token"), request.args.get("token")), token)
+    return intake.is_token_valid((request.headers.get("X-Omniwise-Token"), request.args.get("token")), token)

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import time
 
 from flask import Blueprint, current_app, render_template
 
 from blueprints.db import get_db
-from core import account
+from core import account, clock
 
 bp = Blueprint("trades", __name__)
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
 
 def _page_data() -> dict:
-    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], _now_ms()
+    db, settings, now_ms = get_db(), current_app.config["SETTINGS"], clock.now_ms()
     orders = account.filled_orders(db, settings.symbol)
     start = settings.paper_balance if settings.broker == "paper" else None
     return {"trips": account.round_trips(orders)[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
@@ -41,6 +37,6 @@ def equity():
     """Equity after each fill and now, in the quote asset, for the chart (times in UTC seconds)."""
     db, settings = get_db(), current_app.config["SETTINGS"]
     start = settings.paper_balance if settings.broker == "paper" else 0.0  # an exchange account: P&L from 0
-    price, at_ms = account.last_close(db, settings.symbol) or (None, _now_ms())
+    price, at_ms = account.last_close(db, settings.symbol) or (None, clock.now_ms())
     curve = account.equity_curve(account.filled_orders(db, settings.symbol), start, price, at_ms)
     return {"asset": account.quote_asset(settings.symbol), "start": start, "points": curve}

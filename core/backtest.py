@@ -265,79 +265,6 @@ def metric_lines(m: Metrics) -> list[str]:
     ]
 
 
-def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500) -> str:
-    """A self-contained SVG chart: close prices with entries and exits, and the equity curve below."""
-    n = result.candles
-    if n == 0:
-        return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>'
-    step = max(1, n // width)  # one point a pixel is plenty
-    index = np.arange(0, n, step)
-    price_h, equity_h = height * 0.62, height * 0.3
-
-    def points(values: np.ndarray, top: float, h: float, low: float, high: float) -> list[str]:
-        span = (high - low) or 1.0
-        xs = index / max(n - 1, 1) * (width - 20) + 10
-        ys = top + h - (values[index] - low) / span * h
-        return [f"{x:.1f},{y:.1f}" for x, y in zip(xs, ys)]
-
-    def path(values: np.ndarray, top: float, h: float) -> str:
-        return "M" + " L".join(points(values, top, h, float(np.min(values)), float(np.max(values))))
-
-    close = candles["close"]
-    low, high = float(np.min(close)), float(np.max(close))
-    times = candles["open_time_ms"]
-
-    def marker(time_ms: int, price: float, colour: str, reason: str | None = None) -> str:
-        i = int(np.searchsorted(times, time_ms))
-        x = i / max(n - 1, 1) * (width - 20) + 10
-        y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
-        return _marker_shape(reason, x, y, colour)
-
-    marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
-    marks += [marker(t.exit_time, t.exit_price, "#b42318", t.exit_reason) for t in result.trades
-              if t.exit_time is not None]
-    reasons = sorted({t.exit_reason for t in result.trades} - {None, "rule"})
-    legend = " · ".join(f"{_MARKER_WORDS[r]} {r.replace('_', ' ')}" for r in reasons)
-    return "\n".join([
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
-        f'font-family="sans-serif" font-size="12">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="10" y="{height - 4}">equity {result.return_pct:+.2f} % · buy and hold '
-        f'{result.buy_hold_return_pct:+.2f} % · {len(result.trades)} trades'
-        f'{" · exits: " + legend if legend else ""}</text>',
-        f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
-        *marks,
-        *_equity_with_drawdown(result.equity, points, price_h + 30, equity_h - 20),
-        "</svg>",
-    ])
-
-
-# One shape per exit reason, so the chart tells a stop from a rule's exit at a glance.
-_MARKER_WORDS = {"stop_loss": "■", "take_profit": "▲", "trailing_stop": "◆"}
-
-
-def _marker_shape(reason: str | None, x: float, y: float, colour: str) -> str:
-    if reason == "stop_loss":
-        return f'<rect class="exit-stop_loss" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}"/>'
-    if reason == "take_profit":
-        return (f'<polygon class="exit-take_profit" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y + 3:.1f} '
-                f'{x - 4:.1f},{y + 3:.1f}" fill="#b54708"/>')
-    if reason == "trailing_stop":
-        return (f'<polygon class="exit-trailing_stop" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y:.1f} {x:.1f},'
-                f'{y + 4:.1f} {x - 4:.1f},{y:.1f}" fill="#7a2e0e"/>')
-    return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
-
-
-def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> list[str]:
-    """The equity line over a red band from each running peak down to it: the drawdown, seen at a glance."""
-    peaks = np.maximum.accumulate(np.concatenate(([1.0], equity)))[1:]  # the start counts as a peak
-    low, high = float(np.min(equity)), float(np.max(peaks))
-    top_edge, bottom_edge = points(peaks, top, h, low, high), points(equity, top, h, low, high)
-    band = " ".join(top_edge + bottom_edge[::-1])
-    return [f'<polygon class="drawdown" points="{band}" fill="#b42318" fill-opacity="0.18" stroke="none"/>',
-            f'<path class="equity" d="M{" L".join(bottom_edge)}" fill="none" stroke="#2563eb" stroke-width="1.2"/>']
-
-
 def _utc(time_ms: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(time_ms / 1000))
 
@@ -352,19 +279,3 @@ def stored_candles(db, symbol: str, limit: int = 10_000) -> dict[str, np.ndarray
               for i, name in enumerate(("open", "high", "low", "close", "volume"))}
     arrays["open_time_ms"] = table[:, 0].astype(np.int64)
     return arrays
-
-
-@dataclasses.dataclass(frozen=True)
-class Preview:
-    """The editor's preview: the backtest over the stored candles and its chart (SVG, numbers only)."""
-
-    result: BacktestResult
-    chart_svg: str
-
-
-def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
-            limit: int = 10_000) -> Preview:
-    """What `policy` would have done over the stored candles: the editor's live preview."""
-    candles = stored_candles(db, symbol, limit)
-    result = run_backtest(candles, policy, fee_rate=fee_rate)
-    return Preview(result, render_svg(result, candles, width=1100, height=260))

@@ -11,7 +11,8 @@ import dataclasses
 
 from sqlite_utils import Database
 
-from core import alerts, store
+from core import store
+from core.health import alerts
 
 PAUSE, RESUME, FLATTEN = "pause", "resume", "flatten"
 

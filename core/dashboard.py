@@ -12,11 +12,12 @@ import datetime
 import numpy as np
 from sqlite_utils import Database
 
-from core import alerts, controls, heartbeat, indicators
+from core import controls, indicators
+from core.health import alerts, heartbeat
 from core.candles import Candle
 from core.dsl import Policy
 from core.dsl.nodes import Indicator, Series
-from core.status import status_report
+from core.health.status import status_report
 
 CHART_CANDLES = 240  # four hours of minutes
 MAX_WARMUP = 5_000  # candles read before the chart so that its averages are settled

@@ -6,12 +6,13 @@ import contextlib
 import os
 import secrets
 import sqlite3
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
+
+from core import clock
 
 BUSY_TIMEOUT_MS = 10_000
 
@@ -26,7 +27,7 @@ def m001_meta(db: Database) -> None:
 
 @migrations()
 def m002_external_signals(db: Database) -> None:
-    # The signal ledger: every authenticated webhook request, accepted or not (core/signals.py).
+    # The signal ledger: every authenticated webhook request, accepted or not (core/webhook/ledger.py).
     db.execute("""
         CREATE TABLE external_signals (
             id INTEGER PRIMARY KEY,
@@ -128,6 +129,24 @@ def m007_cockpit(db: Database) -> None:
     db.execute("ALTER TABLE heartbeat ADD COLUMN pending_until_ms INTEGER")
 
 
+@migrations()
+def m008_heartbeat_states(db: Database) -> None:
+    # SQLite adds a CHECK only by rebuilding the table. Every row the code ever wrote passes it; a row
+    # that would not is dropped rather than block the start: it is the current verdict, written anew
+    # at the next check. One vocabulary a subject, as core/health/heartbeat.py's STATES.
+    states = """(subject = 'position' AND state IN ('ok', 'mismatch', 'stale', 'unknown'))
+        OR (subject IN ('worker', 'stream') AND state IN ('alive', 'down'))
+        OR (subject = 'strategy' AND state IN ('valid', 'invalid'))"""
+    db.execute(f"""CREATE TABLE heartbeat_checked (
+        subject TEXT PRIMARY KEY, state TEXT NOT NULL, reason TEXT NOT NULL, since_ms INTEGER NOT NULL,
+        checked_at_ms INTEGER NOT NULL, last_alert_ms INTEGER, pending_until_ms INTEGER,
+        CHECK ({states}))""")
+    db.execute(f"""INSERT INTO heartbeat_checked SELECT subject, state, reason, since_ms, checked_at_ms, last_alert_ms,
+        pending_until_ms FROM heartbeat WHERE {states}""")
+    db.execute("DROP TABLE heartbeat")
+    db.execute("ALTER TABLE heartbeat_checked RENAME TO heartbeat")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)
@@ -195,7 +214,7 @@ def get_meta(db: Database, key: str) -> str | None:
 
 
 def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
-    """Write one value of the meta table, inside the caller's transaction (the caller commits)."""
+    """Write one value of the meta table: part of the caller's transaction if one is open, else committed at once."""
     db.execute(
         "INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated_at_ms = excluded.updated_at_ms",
@@ -207,6 +226,7 @@ def set_meta(db: Database, key: str, value: str, now_ms: int) -> None:
 def transaction(db: Database) -> Iterator[Database]:
     """Group statements into one transaction: all of them commit, or none. `with db.conn:` alone does not:
     sqlite-utils 4 commits every write of `db.execute` at once unless a transaction is already open.
+    So a single write statement needs no transaction (SQLite applies one statement whole); two or more do.
     IMMEDIATE takes the write lock first (waiting up to the busy timeout): a deferred transaction that read
     before writing would fail at once with "database is locked" if the other process wrote meanwhile."""
     db.conn.execute("BEGIN IMMEDIATE")
@@ -225,5 +245,5 @@ def ensure_secret(db: Database, key: str, now_ms: int | None = None) -> str:
         if value is None:
             value = secrets.token_urlsafe(32)
             db.execute("INSERT INTO meta(key, value, updated_at_ms) VALUES (?, ?, ?)",
-                       [key, value, now_ms if now_ms is not None else int(time.time() * 1000)])
+                       [key, value, now_ms if now_ms is not None else clock.now_ms()])
     return value

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sqlite_utils import Database
 
-from core import liveness, store
+from core import store
+from core.health import liveness
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
 from core.dsl.parser import MAX_CHARS
 
@@ -91,8 +92,7 @@ def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Pol
     text = normalize(text)
     policy = compile_text(text)
     path = Path(path)
-    db.conn.execute("BEGIN IMMEDIATE")  # one save at a time, across processes
-    try:
+    with store.transaction(db):  # one save at a time, across processes
         newest = _newest_version(db)
         previous = read_strategy(path)
         if previous and version_of(previous) not in (newest, policy.version):
@@ -101,10 +101,6 @@ def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Pol
         if policy.version != newest:
             _record(db, policy.version, text, now_ms)
         write_atomically(path, text)
-    except BaseException:
-        db.conn.execute("ROLLBACK")
-        raise
-    db.conn.execute("COMMIT")
     return policy
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import numpy as np
 from sqlite_utils import Database
 
-from core import alerts, brokers, controls, events, exits, open_trade, store
+from core import brokers, controls, events, exits, open_trade, store
+from core.health import alerts
 from core.candles import Candle, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
@@ -347,7 +348,7 @@ class Trader:
         history = [c for c in candles if c.open_time_ms < decide_from_ms
                    and (self.window.last_open_time_ms is None or c.open_time_ms > self.window.last_open_time_ms)]
         if history:
-            with self.db.conn:
+            with store.transaction(self.db):
                 self.db.conn.executemany("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                          [[self.symbol, *candle] for candle in history])
             for candle in history:
@@ -443,13 +444,11 @@ class Trader:
         is_new_version, is_new_error = policy.version != self._policy_version, error is not self._error_seen
         if is_new_version:
             self._policy_version = policy.version
-            with self.db.conn:
-                store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
+            store.set_meta(self.db, "strategy_loaded_version", policy.version, int(self.clock() * 1000))
         if is_new_error:
             self._error_seen = error
             message = "" if error is None else str(error)
-            with self.db.conn:
-                store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
+            store.set_meta(self.db, "strategy_error", message, int(self.clock() * 1000))
         if error is not None and is_new_error:
             events.emit(events.strategy_invalid, self, error=error)
         elif error is None and (is_new_version or is_new_error):

@@ -273,7 +273,8 @@ def test_pages_carry_security_headers(operator):
 
 
 def test_validation_previews_what_the_text_would_have_done_over_the_stored_candles(operator, settings, db):
-    from core.backtest import load_candles, preview
+    from core.backtest import load_candles
+    from core.charts import preview
     from core.dsl import compile_strategy
     from tests.conftest import SHARED_DATA
 
@@ -325,9 +326,9 @@ def test_a_body_of_1_mb_is_still_read(operator):
 
 
 def test_the_webhook_keeps_its_own_4_kb_limit_for_bodies_over_1_mb(client, db):
-    from core import signals
+    from core.webhook import intake
 
-    token = signals.webhook_token(db, None)
+    token = intake.webhook_token(db, None)
     answer = client.post(f"/api/v1/external-signal/{token}", data=b"a" * (2 << 20), content_type="text/plain")
     assert answer.status_code == 413 and "over 4096 bytes" in answer.json["error"]
 

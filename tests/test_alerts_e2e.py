@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-import omniwise
+import webserver
 import worker as worker_module
-from core import alerts, liveness, store
+from core import store
+from core.health import alerts, liveness
 from core.config import Settings
 from tests.conftest import SHARED_DATA
 from tests.processes import AlertSink, query, start_worker, stop_worker, wait_until
@@ -38,8 +39,7 @@ def test_the_web_process_alerts_a_dead_worker_and_its_return(data_dir, sink, mon
     now_ms = time.time_ns() // 1_000_000
     liveness.beat(db, now_ms - 600_000)  # the worker's last beacon, ten minutes ago
     monkeypatch.setattr(liveness, "STALE_AFTER_S", 0)  # the watchdog's wait for a first beacon
-    watchdog = omniwise.Watchdog(settings)
-    watchdog.CHECK_EVERY_S = 0.05
+    watchdog = webserver.watchdog(settings, every_s=0.05)
     watchdog.start()
     try:
         wait_until(lambda: sink.messages(), timeout_s=20, what="the worker-down alert")

@@ -11,7 +11,7 @@ from decimal import ROUND_DOWN, Decimal
 
 import pytest
 
-from core import status
+from core.health import status
 from core.candles import Candle
 from core.config import load_settings
 from tests.exchange.standin import API_KEY, API_SECRET, DAY_START_MS, start_standin

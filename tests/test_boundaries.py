@@ -10,10 +10,12 @@ import json
 
 import pytest
 
-from core import heartbeat, liveness, signals, status, store
+from core import store
+from core.health import heartbeat, liveness, status
+from core.webhook import ledger
 from core.brokers import Position
 from core.config import Settings
-from core.heartbeat import MISMATCH, OK, STALE, HeartbeatSettings, SignalView, reconcile
+from core.health.heartbeat import MISMATCH, OK, STALE, HeartbeatSettings, SignalView, reconcile
 
 NOW_MS = 1_800_000_000_000
 TTL_S, GRACE_S = 600, 90
@@ -58,7 +60,7 @@ def test_a_mismatch_at_exactly_the_grace_is_recorded_and_alerted(db):
 
 @pytest.mark.parametrize("age_ms, is_stale", [(TTL_S * 1000, False), (TTL_S * 1000 + 1, True)])
 def test_the_status_report_calls_a_signal_stale_only_past_the_ttl(db, data_dir, age_ms, is_stale):
-    signals.record(db, signals.Signal("BUY", NOW_MS - age_ms, "TradingView", "BTCUSDT"),
+    ledger.record(db, ledger.Signal("BUY", NOW_MS - age_ms, "TradingView", "BTCUSDT"),
                    received_at_ms=NOW_MS - age_ms, remote_addr="127.0.0.1", raw_body="")
     report = status.status_report(db, Settings(data_dir=data_dir, signal_ttl_s=TTL_S), NOW_MS)
     assert report["signal"]["stale"] is is_stale
@@ -77,29 +79,29 @@ def test_the_worker_is_down_one_millisecond_after_its_beacon_goes_stale(db, age_
 
 # -- the ledger -------------------------------------------------------------------------------------
 
-def put(db, word: str, time_ms: int, received_at_ms: int, source: str = "TradingView") -> signals.Receipt:
-    return signals.record(db, signals.Signal(word, time_ms, source, "BTCUSDT"), received_at_ms=received_at_ms,
+def put(db, word: str, time_ms: int, received_at_ms: int, source: str = "TradingView") -> ledger.Receipt:
+    return ledger.record(db, ledger.Signal(word, time_ms, source, "BTCUSDT"), received_at_ms=received_at_ms,
                           remote_addr="127.0.0.1", raw_body="")
 
 
 def test_a_signal_as_old_as_its_sources_newest_is_accepted_and_becomes_the_latest(db):
     put(db, "BUY", 5_000, NOW_MS)
     tie = put(db, "SELL", 5_000, NOW_MS + 1)  # same signal time: not older than the newest
-    assert (tie.outcome, tie.is_duplicate) == (signals.ACCEPTED, False)
-    assert signals.latest_signal(db, "BTCUSDT").id == tie.id
+    assert (tie.outcome, tie.is_duplicate) == (ledger.ACCEPTED, False)
+    assert ledger.latest_signal(db, "BTCUSDT").id == tie.id
     older = put(db, "BUY", 4_999, NOW_MS + 2)
-    assert older.outcome == signals.STALE
-    assert signals.latest_signal(db, "BTCUSDT").id == tie.id
+    assert older.outcome == ledger.STALE
+    assert ledger.latest_signal(db, "BTCUSDT").id == tie.id
 
 
 def test_the_ledger_connection_writes_with_synchronous_full(data_dir):
     path = data_dir / "omniwise.db"
     store.connect(path).close()
-    ledger = signals.open_ledger(path)
+    connection = ledger.open_ledger(path)
     try:
-        assert ledger.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert connection.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
     finally:
-        ledger.close()
+        connection.close()
 
 
 def test_the_webhook_records_through_a_synchronous_full_connection(data_dir):

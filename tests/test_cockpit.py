@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from core import alerts, brokers, controls, heartbeat
+from core import brokers, controls
+from core.health import alerts, heartbeat
 from tests.processes import AlertSink
 
 SYMBOL = "BTCUSDT"  # the tests' Settings() market
@@ -184,10 +185,10 @@ def test_the_login_page_says_where_the_password_comes_from_and_how_to_reset_it(c
 
 
 def test_the_ledgers_stale_is_called_superseded_on_the_dashboard(operator, db):
-    from core import signals
+    from core.webhook import ledger
 
     for t, source in ((2_000, "tv"), (1_000, "tv")):
-        signals.record(db, signals.Signal("BUY", 1_700_000_000_000 + t, source, SYMBOL), received_at_ms=t,
+        ledger.record(db, ledger.Signal("BUY", 1_700_000_000_000 + t, source, SYMBOL), received_at_ms=t,
                        remote_addr="127.0.0.1", raw_body="")
     page = operator.get("/dashboard/activity").get_data(as_text=True)
     assert ">superseded<" in page and ">stale<" not in page

@@ -6,7 +6,8 @@ import dataclasses
 
 import pytest
 
-from core import account, alerts, controls, store
+from core import account, controls, store
+from core.health import alerts
 from core.brokers import PaperBroker
 from core.candles import Candle, Tick
 from core.policy_loader import PolicyLoader

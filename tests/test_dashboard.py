@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from core import brokers, dashboard, indicators, signals
+from core import brokers, dashboard, indicators
+from core.webhook import ledger
 from core.config import Settings
 from core.dsl import compile_strategy
 
@@ -34,7 +35,7 @@ def add_fill(db, side, price, filled_at_ms, decision_id):
 
 
 def add_signal(db, word, at_ms, source="TradingView"):
-    signals.record(db, signals.Signal(word, at_ms, source, SYMBOL), received_at_ms=at_ms, remote_addr="127.0.0.1",
+    ledger.record(db, ledger.Signal(word, at_ms, source, SYMBOL), received_at_ms=at_ms, remote_addr="127.0.0.1",
                    raw_body="{}")
 
 
@@ -119,7 +120,7 @@ def test_recent_activity_is_newest_first_and_limited(db):
 @pytest.mark.parametrize("seconds_ago, words", [(0, "0 s"), (59, "59 s"), (119, "119 s"), (120, "2 min"),
                                                 (7200, "2 h"), (3 * 86_400, "3 d")])
 def test_age_in_words(seconds_ago, words):
-    from core.status import iso
+    from core.health.status import iso
 
     assert dashboard.age(iso(NOW_MS - seconds_ago * 1000), NOW_MS) == words
     assert dashboard.age(None, NOW_MS) == "never"

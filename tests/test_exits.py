@@ -16,7 +16,8 @@ import talib
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import exits, heartbeat, open_trade, store
+from core import exits, open_trade, store
+from core.health import heartbeat
 from core.backtest import load_candles, run_backtest
 from core.brokers import PaperBroker
 from core.candles import Candle, Tick
@@ -466,7 +467,7 @@ def validate(operator, text):
 
 
 def test_editor_preview_marks_each_exit_reason_with_its_own_shape(operator, settings, db, ethbtc):
-    from core.backtest import preview
+    from core.charts import preview
 
     store_ethbtc(db, settings.symbol, ethbtc)
     text = SEED + "STOP LOSS 0.3%\nTAKE PROFIT 0.4%\nTRAILING STOP 0.5%\n"

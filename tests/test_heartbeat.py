@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 
-from core import alerts, heartbeat
+from core import store
+from core.health import alerts, heartbeat
 from core.brokers import Position
-from core.heartbeat import MISMATCH, OK, STALE, UNKNOWN, HeartbeatSettings, SignalView, Verdict, reconcile
+from core.health.heartbeat import MISMATCH, OK, STALE, UNKNOWN, HeartbeatSettings, SignalView, Verdict, reconcile
 
 S = 1000  # ms in a second
 NOW = 1_800_000_000_000
@@ -180,3 +183,52 @@ def test_an_acknowledged_mismatch_is_not_repeated_until_the_next_episode(db):
 
 def test_acknowledging_an_unknown_alert_says_so(db):
     assert alerts.acknowledge(db, 999, NOW) is False
+
+
+# -- one vocabulary a subject ------------------------------------------------------------------------
+
+ALL_STATES = sorted({state for states in heartbeat.STATES.values() for state in states})
+
+
+@pytest.mark.parametrize("subject, state", [(subject, state) for subject in heartbeat.STATES for state in ALL_STATES])
+def test_the_heartbeat_table_takes_a_state_only_from_its_subjects_vocabulary(db, subject, state):
+    verdict = Verdict(state, "a reason", is_quiet=True)
+    if state in heartbeat.STATES[subject]:
+        heartbeat.record(db, subject, verdict, NOW)
+        assert heartbeat.state_of(db, subject)["state"] == state
+    else:
+        with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
+            heartbeat.record(db, subject, verdict, NOW)
+        assert heartbeat.state_of(db, subject) is None  # the whole transaction was rolled back
+
+
+def test_the_vocabulary_migration_keeps_the_rows_written_before_it(tmp_path):
+    db = store.open_db(tmp_path / "old.db")
+    store.migrations.apply(db, stop_before="m008_heartbeat_states")
+    rows = [("position", "mismatch", "signal is BUY but no long position", 1, 2, 3, 4),
+            ("worker", "down", "the worker's last beacon was 10 min ago", 5, 6, None, None),
+            ("strategy", "invalid", "line 1: no THEN", 9, 10, 9, None),
+            ("stream", "ok", "a state of another subject's vocabulary", 11, 12, None, None)]
+    db.conn.executemany("INSERT OR REPLACE INTO heartbeat(subject, state, reason, since_ms, checked_at_ms, "
+                        "last_alert_ms, pending_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    db.conn.commit()
+    store.migrate(db)
+    kept = db.execute("SELECT subject, state, reason, since_ms, checked_at_ms, last_alert_ms, pending_until_ms "
+                      "FROM heartbeat ORDER BY since_ms").fetchall()
+    assert kept == rows[:3]  # the one a CHECK would refuse is dropped: the next check writes it anew
+    db.close()
+
+
+def test_a_failing_step_of_the_delivery_loop_does_not_hold_up_delivery(db, settings):
+    alerts.queue(db, "worker", "down", "WORKER FAILURE: the worker has never started", NOW, is_failure=True)
+    sent, steps_run = [], []
+
+    def unreachable_ping(db, now_ms):
+        steps_run.append(now_ms)
+        raise OSError("the ping URL cannot be reached")
+
+    loop = alerts.DeliveryLoop("test", settings.db_path, (), every_s=1.0, clock_ms=lambda: NOW,
+                               steps=(unreachable_ping,))
+    loop.run_once(db, lambda title, body: sent.append((title, body)))
+    assert steps_run == [NOW]
+    assert sent == [("Omniwise: down", "WORKER FAILURE: the worker has never started")]

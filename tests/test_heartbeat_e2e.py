@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from core import alerts
+from core.health import alerts
 from tests.conftest import SHARED_DATA
 from tests.processes import TOKEN, AlertSink, Server, query, start_worker, stop_worker, wait_until
 

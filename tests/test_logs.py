@@ -112,7 +112,7 @@ def test_redact_leaves_text_without_secrets_as_it_is():
 
 
 def test_the_web_apps_exception_line_never_holds_the_token(log_output, data_dir, monkeypatch):
-    from core import signals
+    from core.webhook import intake
     from core.config import Settings
     from omniwise import create_app
 
@@ -121,7 +121,7 @@ def test_the_web_apps_exception_line_never_holds_the_token(log_output, data_dir,
     def explode(*args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(signals, "receive", explode)
+    monkeypatch.setattr(intake, "receive", explode)
     answer = app.test_client().post(f"/api/v1/external-signal/{SECRET.upper()}", data='{"signal": "BUY"}')
     assert answer.status_code == 500
     text = log_output.getvalue()

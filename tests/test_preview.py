@@ -6,7 +6,8 @@ import re
 
 import numpy as np
 
-from core.backtest import load_candles, preview, render_svg, run_backtest
+from core.backtest import load_candles, run_backtest
+from core.charts import preview, render_svg
 from core.dsl import compile_strategy
 from tests.conftest import SHARED_DATA
 

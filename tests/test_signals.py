@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from openapi_spec_validator import validate as validate_openapi
 
-from core import signals, store
+from core import store
+from core.webhook import intake, ledger
 from core.config import ConfigError, Settings, load_settings
 from core.ratelimit import RateLimited, RateLimiter
 
@@ -56,7 +57,7 @@ def post(client, body: object = BUY, content_type: str | None = "application/jso
     return client.post(url, data=data, content_type=content_type, **kwargs)
 
 
-def ledger(db) -> list[dict]:
+def ledger_rows(db) -> list[dict]:
     return list(db.query("SELECT * FROM external_signals ORDER BY id"))
 
 
@@ -71,7 +72,7 @@ def test_webhook_reads_signal_words_and_tradingview_placeholders(client, db, clo
     response = post(client, {"signal": word})
     assert response.status_code == 200
     assert response.json["signal"] == expected
-    assert ledger(db)[0]["signal"] == expected
+    assert ledger_rows(db)[0]["signal"] == expected
 
 
 @pytest.mark.parametrize("timestamp, expected_ms", [
@@ -93,7 +94,7 @@ def test_webhook_reads_timestamps_in_seconds_milliseconds_and_iso(client, db, cl
     response = post(client, body)
     assert response.status_code == 200, response.json
     assert response.json["signal_time_ms"] == expected_ms
-    assert ledger(db)[0]["signal_time_ms"] == expected_ms
+    assert ledger_rows(db)[0]["signal_time_ms"] == expected_ms
 
 
 @pytest.mark.parametrize("content_type, body", [
@@ -128,7 +129,7 @@ def test_webhook_accepts_the_token_in_each_place_tradingview_can_send_it(client,
     }[where]
     response = post(client, **kwargs)
     assert response.status_code == 200, response.json
-    assert len(ledger(db)) == 1
+    assert len(ledger_rows(db)) == 1
 
 
 @pytest.mark.parametrize("symbol_field, value", [
@@ -140,14 +141,14 @@ def test_webhook_accepts_its_own_symbol_with_exchange_prefix_or_perpetual_suffix
                                                                                  value):
     response = post(client, {**BUY, symbol_field: value})
     assert response.status_code == 200, response.json
-    assert ledger(db)[0]["symbol"] == "BTCUSDT"
+    assert ledger_rows(db)[0]["symbol"] == "BTCUSDT"
 
 
 def test_ledger_row_holds_arrival_address_body_and_outcome_but_never_the_token(client, db, clock):
     body = json.dumps({**BUY, "token": TOKEN})
     response = post(client, body, url=URL, content_type="text/plain", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert response.status_code == 200
-    (row,) = ledger(db)
+    (row,) = ledger_rows(db)
     assert row == {"id": 1, "received_at_ms": NOW_MS, "source": "TradingView", "signal": "BUY",
                    "signal_time_ms": 1_699_999_000_000, "symbol": "BTCUSDT", "remote_addr": "203.0.113.9",
                    "raw_body": body.replace(TOKEN, "[token]"), "outcome": "accepted"}
@@ -155,7 +156,7 @@ def test_ledger_row_holds_arrival_address_body_and_outcome_but_never_the_token(c
 
 def test_webhook_names_an_anonymous_sender_webhook(client, db, clock):
     post(client, {"signal": "buy"})
-    assert ledger(db)[0]["source"] == "webhook"
+    assert ledger_rows(db)[0]["source"] == "webhook"
 
 
 @pytest.mark.parametrize("body, signal", [
@@ -164,7 +165,7 @@ def test_webhook_names_an_anonymous_sender_webhook(client, db, clock):
 def test_a_bare_word_as_tradingview_sends_strategy_order_action_is_a_signal(client, db, clock, body, signal):
     answer = post(client, body, content_type="text/plain; charset=utf-8")
     assert answer.status_code == 200, answer.json
-    (row,) = ledger(db)
+    (row,) = ledger_rows(db)
     assert (row["signal"], row["signal_time_ms"], row["outcome"]) == (signal, NOW_MS, "accepted")
 
 
@@ -178,7 +179,7 @@ def test_same_signal_delivered_twice_is_acknowledged_as_duplicate_and_stored_onc
     assert first.json["duplicate"] is False
     assert second.status_code == 200
     assert second.json == {**first.json, "duplicate": True}
-    assert len(ledger(db)) == 1
+    assert len(ledger_rows(db)) == 1
 
 
 @pytest.mark.parametrize("second", [
@@ -187,7 +188,7 @@ def test_same_signal_delivered_twice_is_acknowledged_as_duplicate_and_stored_onc
 def test_signals_differing_in_signal_time_or_source_are_not_duplicates(client, db, clock, second):
     post(client, BUY)
     assert post(client, second).json["duplicate"] is False
-    assert len(ledger(db)) == 2
+    assert len(ledger_rows(db)) == 2
 
 
 def test_signal_older_than_its_sources_newest_is_kept_as_stale_and_never_becomes_latest(client, db, clock):
@@ -195,34 +196,34 @@ def test_signal_older_than_its_sources_newest_is_kept_as_stale_and_never_becomes
     older = post(client, {"signal": "BUY", "timestamp": 1_699_999_000, "source": "TradingView"})
     assert older.status_code == 200
     assert older.json["accepted"] is False and older.json["outcome"] == "stale"
-    assert [row["outcome"] for row in ledger(db)] == ["accepted", "stale"]
-    assert signals.latest_signal(db).id == newer.json["id"]
+    assert [row["outcome"] for row in ledger_rows(db)] == ["accepted", "stale"]
+    assert ledger.latest_signal(db).id == newer.json["id"]
 
 
 def test_staleness_is_judged_per_source_and_latest_is_the_newest_signal_time(client, db, clock):
     post(client, {"signal": "SELL", "timestamp": 1_699_999_100, "source": "TradingView"})
     other = post(client, {"signal": "BUY", "timestamp": 1_699_999_000, "source": "bot"})
     assert other.json["outcome"] == "accepted"  # the bot had sent nothing newer
-    latest = signals.latest_signal(db)
+    latest = ledger.latest_signal(db)
     assert (latest.signal, latest.source, latest.signal_time_ms) == ("SELL", "TradingView", 1_699_999_100_000)
 
 
 def test_latest_signal_is_none_without_accepted_signals(db):
-    assert signals.latest_signal(db) is None
+    assert ledger.latest_signal(db) is None
 
 
 def test_latest_signal_orders_by_signal_time_then_arrival_and_filters_by_symbol(db):
-    def put(signal: str, time_ms: int, source: str, symbol: str = "BTCUSDT") -> signals.Receipt:
-        return signals.record(db, signals.Signal(signal, time_ms, source, symbol), received_at_ms=NOW_MS,
+    def put(signal: str, time_ms: int, source: str, symbol: str = "BTCUSDT") -> ledger.Receipt:
+        return ledger.record(db, ledger.Signal(signal, time_ms, source, symbol), received_at_ms=NOW_MS,
                               remote_addr="127.0.0.1", raw_body="")
 
     put("BUY", 2_000, "a")
     tie = put("SELL", 2_000, "b")  # same signal time, later arrival
     put("SELL", 1_000, "c")
     put("BUY", 3_000, "d", symbol="ETHUSDT")  # accepted earlier under another OMNIWISE_SYMBOL
-    assert signals.latest_signal(db, "BINANCE:BTCUSDT").id == tie.id
-    assert signals.latest_signal(db).signal_time_ms == 3_000
-    assert signals.latest_signal(db).received_at_ms == NOW_MS
+    assert ledger.latest_signal(db, "BINANCE:BTCUSDT").id == tie.id
+    assert ledger.latest_signal(db).signal_time_ms == 3_000
+    assert ledger.latest_signal(db).received_at_ms == NOW_MS
 
 
 # -- refusals -------------------------------------------------------------------------------------
@@ -299,12 +300,12 @@ def test_webhook_refuses_bad_requests_with_a_json_reason(client, db, clock, kwar
     assert response.status_code == status
     assert response.is_json and says in response.json["error"]
     assert TOKEN not in response.text
-    rows = ledger(db)
+    rows = ledger_rows(db)
     if is_recorded:
         (row,) = rows
         assert row["outcome"].startswith("rejected: ") and row["signal"] is None
         assert TOKEN not in row["outcome"] + row["raw_body"]
-        assert len(row["raw_body"]) <= signals.MAX_BODY_BYTES
+        assert len(row["raw_body"]) <= intake.MAX_BODY_BYTES
     else:
         assert rows == []
 
@@ -312,7 +313,7 @@ def test_webhook_refuses_bad_requests_with_a_json_reason(client, db, clock, kwar
 def test_refused_fields_with_control_characters_are_stored_escaped(client, db, clock):
     source = "tv\n2026-01-01T00:00:00+0000 CRITICAL omniwise.alerts: HEARTBEAT FAILURE: forged\u202e\x00"
     assert post(client, {**BUY, "source": source}).status_code == 400
-    (row,) = ledger(db)
+    (row,) = ledger_rows(db)
     assert row["source"] == "tv\\n2026-01-01T00:00:00+0000 CRITICAL omniwise.alerts: HEARTBEAT FAILURE: forged\\u202e\\x00"
 
 
@@ -336,7 +337,7 @@ def test_the_token_never_reaches_the_ledger_the_answer_or_the_log(client, db, cl
     caplog.set_level(logging.DEBUG)
     response = post(client, body, content_type=content_type)
     assert response.status_code < 500
-    (row,) = ledger(db)
+    (row,) = ledger_rows(db)
     for stored in (str(value) for value in row.values()):  # also where escapes or percent-encoding hide it
         for decoded in (stored, unquote(stored), stored.encode("ascii", "backslashreplace").decode("unicode_escape")):
             assert TOKEN not in decoded and TOKEN not in unquote(decoded)
@@ -352,25 +353,25 @@ def test_body_of_exactly_4096_bytes_is_accepted(client, db, clock):
 
 
 def test_locked_database_answers_503_json_and_the_next_signal_is_recorded(client, db, clock, monkeypatch):
-    monkeypatch.setattr(signals, "LEDGER_BUSY_TIMEOUT_MS", 20)  # read when the thread's connection opens
+    monkeypatch.setattr(ledger, "LEDGER_BUSY_TIMEOUT_MS", 20)  # read when the thread's connection opens
     db.conn.execute("BEGIN IMMEDIATE")  # another process holds the write lock
     busy = post(client)
     db.conn.execute("ROLLBACK")
     assert busy.status_code == 503 and busy.is_json and busy.headers["Retry-After"]
     assert post(client).status_code == 200
-    assert len(ledger(db)) == 1
+    assert len(ledger_rows(db)) == 1
 
 
 def test_token_in_another_field_is_not_echoed(client, db, clock):
     response = post(client, {**BUY, "symbol": TOKEN})
     assert response.status_code == 422
-    assert TOKEN not in response.text and TOKEN not in ledger(db)[0]["outcome"]
+    assert TOKEN not in response.text and TOKEN not in ledger_rows(db)[0]["outcome"]
 
 
 def test_tokens_are_compared_in_constant_time(client, clock, monkeypatch):
     calls = []
     compare = hmac.compare_digest
-    monkeypatch.setattr(signals.hmac, "compare_digest", lambda a, b: calls.append(1) or compare(a, b))
+    monkeypatch.setattr(intake.hmac, "compare_digest", lambda a, b: calls.append(1) or compare(a, b))
     assert post(client, url=f"{URL}/wrong").status_code == 401
     assert post(client).status_code == 200
     assert calls
@@ -381,7 +382,7 @@ def test_tokens_are_compared_in_constant_time(client, clock, monkeypatch):
     (("ünïcode", "\ud800"), False), ((TOKEN + " ",), False),
 ])
 def test_is_token_valid(candidates, is_valid):
-    assert signals.is_token_valid(candidates, TOKEN) is is_valid
+    assert intake.is_token_valid(candidates, TOKEN) is is_valid
 
 
 def test_logs_never_hold_the_token(client, clock, caplog):
@@ -465,7 +466,7 @@ def test_trusted_proxy_records_the_forwarded_address(data_dir, db):
 
     client = create_app(Settings(data_dir=data_dir, webhook_token=TOKEN, trust_proxy=1)).test_client()
     post(client, headers={"X-Forwarded-For": "203.0.113.5"}, environ_base={"REMOTE_ADDR": "127.0.0.1"})
-    assert ledger(db)[0]["remote_addr"] == "203.0.113.5"
+    assert ledger_rows(db)[0]["remote_addr"] == "203.0.113.5"
 
 
 def test_rate_limit_answers_429_past_the_burst_per_address(data_dir, db):
@@ -487,7 +488,7 @@ def test_rate_limit_answers_429_past_the_burst_per_address(data_dir, db):
     assert send(1, "198.51.100.2") == [200]  # another address has its own bucket
     ticks.now += 0.125  # 2.5 tokens back at 20/s
     assert send(3) == [200, 200, 429]
-    assert len(ledger(db)) == 43  # refused requests are not written
+    assert len(ledger_rows(db)) == 43  # refused requests are not written
 
 
 @pytest.mark.parametrize("steps, expected", [
@@ -571,9 +572,9 @@ def test_init_prints_the_token_only_when_it_creates_it(data_dir, monkeypatch):
 
 
 def test_configured_token_wins_over_the_generated_one(data_dir, db):
-    generated = signals.webhook_token(db, None)
-    assert signals.webhook_token(db, "mine") == "mine"
-    assert signals.webhook_token(db, None) == generated
+    generated = intake.webhook_token(db, None)
+    assert intake.webhook_token(db, "mine") == "mine"
+    assert intake.webhook_token(db, None) == generated
 
 
 # -- property: nothing a sender does gives a 5xx ----------------------------------------------------
@@ -643,10 +644,10 @@ def test_openapi_description_is_valid_and_lists_every_answer():
 
 
 def test_receive_records_before_it_raises(db):
-    delivery = signals.Delivery(b'{"signal": "hold"}', "text/plain", (TOKEN,), "127.0.0.1")
-    with pytest.raises(signals.SignalError):
-        signals.receive(db, delivery, token=TOKEN, symbol="BTCUSDT", now_ms=NOW_MS)
-    assert ledger(db)[0]["outcome"] == 'rejected: signal "hold" is not BUY or SELL'
+    delivery = intake.Delivery(b'{"signal": "hold"}', "text/plain", (TOKEN,), "127.0.0.1")
+    with pytest.raises(intake.SignalError):
+        intake.receive(db, delivery, token=TOKEN, symbol="BTCUSDT", now_ms=NOW_MS)
+    assert ledger_rows(db)[0]["outcome"] == 'rejected: signal "hold" is not BUY or SELL'
 
 
 def test_settings_stay_hashable_with_networks(settings):

@@ -6,7 +6,8 @@ import os
 
 import pytest
 
-from core import liveness, store, strategies
+from core import store, strategies
+from core.health import liveness
 from core.dsl import StrategyError, compile_strategy
 
 NOW_MS = 1_800_000_000_000

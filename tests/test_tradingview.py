@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from core import heartbeat, signals, tradingview
+from core import tradingview
+from core.health import heartbeat
+from core.webhook import ledger
 from core.brokers import Position
 from core.config import Settings
 
@@ -39,7 +41,7 @@ def worst_state_over_a_day(db, bar_s: float, ttl_s: float, delay_s: float = 45) 
         now_ms = START_MS + minute * MINUTE_MS
         while next_arrival < len(arrivals) and arrivals[next_arrival] <= now_ms:
             at = arrivals[next_arrival]
-            signals.record(db, signals.Signal("BUY", at, "TradingView", "BTCUSDT"), received_at_ms=at,
+            ledger.record(db, ledger.Signal("BUY", at, "TradingView", "BTCUSDT"), received_at_ms=at,
                            remote_addr="127.0.0.1", raw_body="long")
             next_arrival += 1
         view = heartbeat.current_signal(db, "BTCUSDT")

@@ -8,7 +8,8 @@ import threading
 import pytest
 
 import worker as worker_module
-from core import alerts, fault_policy
+from core import fault_policy
+from core.health import alerts
 from core.binance.rest import ExchangeRejected, ExchangeUnreachable
 from core.brokers import BrokerError
 from core.config import ConfigError

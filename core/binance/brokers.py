@@ -30,7 +30,8 @@ from typing import NamedTuple
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, store
+from core import brokers, store
+from core.health import alerts
 from core.binance.rest import FUTURES, ORDER_DOES_NOT_EXIST, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
 from core.brokers import BrokerError, Position
 

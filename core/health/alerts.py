@@ -8,9 +8,13 @@ never send the same alert), and a failing notifier only reschedules the row with
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from sqlite_utils import Database
+
+from core import store
 
 log = logging.getLogger("omniwise.alerts")
 
@@ -19,6 +23,7 @@ MAX_BACKOFF_S = 3600
 NEVER_MS = 2**62  # the next attempt of an alert that is not retried
 
 Notifier = Callable[[str, str], None]  # (title, body); raises AlertDeliveryError when not delivered
+Step = Callable[[Database, int], object]  # (db, now_ms): work a delivery loop does before each delivery
 
 
 class AlertDeliveryError(Exception):
@@ -35,17 +40,14 @@ def queue(db: Database, subject: str, state: str, message: str, now_ms: int, is_
 
 def recent(db: Database, limit: int = 20) -> list[dict]:
     """The newest alerts first, with their delivery state."""
-    cursor = db.execute("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error, "
-                        "acknowledged_at_ms FROM alerts ORDER BY id DESC LIMIT ?", [limit])
-    names = [c[0] for c in cursor.description]
-    return [dict(zip(names, row)) for row in cursor.fetchall()]
+    return list(db.query("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error, "
+                         "acknowledged_at_ms FROM alerts ORDER BY id DESC LIMIT ?", [limit]))
 
 
 def acknowledge(db: Database, alert_id: int, now_ms: int) -> bool:
     """The operator has seen an alert: its episode is not repeated any more. False for an unknown id."""
-    with db.conn:
-        return db.execute("UPDATE alerts SET acknowledged_at_ms = coalesce(acknowledged_at_ms, ?) WHERE id = ?",
-                          [now_ms, alert_id]).rowcount == 1
+    return db.execute("UPDATE alerts SET acknowledged_at_ms = coalesce(acknowledged_at_ms, ?) WHERE id = ?",
+                      [now_ms, alert_id]).rowcount == 1
 
 
 def is_acknowledged(db: Database, subject: str, since_ms: int) -> bool:
@@ -58,23 +60,19 @@ def send_test(db: Database, notify: Notifier | None, now_ms: int) -> tuple[bool,
     """Send a test notification at once (not through the outbox) and keep it as an alert with its outcome.
     Returns (delivered, what happened in words)."""
     message = "TEST: a test notification from Omniwise; alerts reach you this way"
-    with db.conn:
-        # claimed at once, so the outbox of either process leaves it to this request
-        alert_id = db.execute("INSERT INTO alerts(created_at_ms, subject, state, message, next_attempt_ms, attempts, "
-                              "delivered_at_ms, claimed_until_ms) VALUES (?, 'test', 'test', ?, ?, 1, ?, ?)",
-                              [now_ms, message, now_ms, now_ms if notify is None else None,
-                               now_ms + CLAIM_MS]).lastrowid
+    # claimed at once, so the outbox of either process leaves it to this request
+    alert_id = db.execute("INSERT INTO alerts(created_at_ms, subject, state, message, next_attempt_ms, attempts, "
+                          "delivered_at_ms, claimed_until_ms) VALUES (?, 'test', 'test', ?, ?, 1, ?, ?)",
+                          [now_ms, message, now_ms, now_ms if notify is None else None, now_ms + CLAIM_MS]).lastrowid
     if notify is None:
         return False, "No OMNIWISE_ALERT_URLS are set: alerts are written to the log only, nothing was sent."
     try:
         notify("Omniwise: test", message)
     except AlertDeliveryError as exc:
-        with db.conn:  # not retried: a test is about now
-            db.execute("UPDATE alerts SET last_error = ?, next_attempt_ms = ? WHERE id = ?",
-                       [str(exc)[:500], NEVER_MS, alert_id])
+        db.execute("UPDATE alerts SET last_error = ?, next_attempt_ms = ? WHERE id = ?",  # not retried: a test is about now
+                   [str(exc)[:500], NEVER_MS, alert_id])
         return False, f"The test notification was not delivered: {exc}"
-    with db.conn:
-        db.execute("UPDATE alerts SET delivered_at_ms = ? WHERE id = ?", [now_ms, alert_id])
+    db.execute("UPDATE alerts SET delivered_at_ms = ? WHERE id = ?", [now_ms, alert_id])
     return True, "The test notification was delivered to every alert URL."
 
 
@@ -89,31 +87,62 @@ def deliver_due(db: Database, notify: Notifier | None, now_ms: int, limit: int =
                      "ORDER BY id LIMIT ?", [now_ms, limit]).fetchall()
     delivered = 0
     for (alert_id,) in due:
-        with db.conn:
-            claimed = db.execute(
-                "UPDATE alerts SET claimed_until_ms = ? WHERE id = ? AND delivered_at_ms IS NULL "
-                "AND (claimed_until_ms IS NULL OR claimed_until_ms < ?)",
-                [now_ms + CLAIM_MS, alert_id, now_ms]).rowcount
+        claimed = db.execute(
+            "UPDATE alerts SET claimed_until_ms = ? WHERE id = ? AND delivered_at_ms IS NULL "
+            "AND (claimed_until_ms IS NULL OR claimed_until_ms < ?)",
+            [now_ms + CLAIM_MS, alert_id, now_ms]).rowcount
         if not claimed:
             continue  # another process is on it
-        state, message, attempts = db.execute("SELECT state, message, attempts FROM alerts WHERE id = ?",
-                                              [alert_id]).fetchone()
+        alert = next(db.query("SELECT state, message, attempts FROM alerts WHERE id = ?", [alert_id]))
+        attempts = alert["attempts"]
         try:
             if notify is not None:
-                notify(f"Omniwise: {state}", message)
+                notify(f"Omniwise: {alert['state']}", alert["message"])
         except AlertDeliveryError as exc:
             attempts += 1
-            with db.conn:
-                db.execute("UPDATE alerts SET attempts = ?, last_error = ?, next_attempt_ms = ?, "
-                           "claimed_until_ms = NULL WHERE id = ?",
-                           [attempts, str(exc)[:500], now_ms + int(backoff_s(attempts) * 1000), alert_id])
+            db.execute("UPDATE alerts SET attempts = ?, last_error = ?, next_attempt_ms = ?, claimed_until_ms = NULL "
+                       "WHERE id = ?", [attempts, str(exc)[:500], now_ms + int(backoff_s(attempts) * 1000), alert_id])
             log.warning("alert %d not delivered (try %d): %s", alert_id, attempts, exc)
             continue
-        with db.conn:
-            db.execute("UPDATE alerts SET delivered_at_ms = ?, attempts = ?, claimed_until_ms = NULL WHERE id = ?",
-                       [now_ms, attempts + 1, alert_id])
+        db.execute("UPDATE alerts SET delivered_at_ms = ?, attempts = ?, claimed_until_ms = NULL WHERE id = ?",
+                   [now_ms, attempts + 1, alert_id])
         delivered += 1
     return delivered
+
+
+class DeliveryLoop(threading.Thread):
+    """Delivers the outbox every `every_s` in its own thread, so a notifier that hangs or fails slows only it.
+
+    Both processes run one. Its `steps` run before each delivery: the web app's judges the worker (a dead
+    worker cannot report itself), the worker's pings the dead-man's switch.
+    """
+
+    def __init__(self, name: str, db_path: str | Path, alert_urls: tuple[str, ...], every_s: float,
+                 clock_ms: Callable[[], int], steps: Sequence[Step] = (), first_wait_s: float = 0.0,
+                 stop: threading.Event | None = None):
+        super().__init__(name=name, daemon=True)
+        self.db_path, self.alert_urls, self.every_s, self.clock_ms = db_path, alert_urls, every_s, clock_ms
+        self.steps, self.first_wait_s = tuple(steps), first_wait_s
+        self.stop = stop or threading.Event()
+
+    def run(self) -> None:
+        notify = apprise_notifier(self.alert_urls)
+        if self.stop.wait(self.first_wait_s):  # e.g. a worker started with the web app gets time for its beacon
+            return
+        with store.open_db(self.db_path) as db:
+            while True:
+                self.run_once(db, notify)
+                if self.stop.wait(self.every_s):
+                    return
+
+    def run_once(self, db: Database, notify: Notifier | None) -> None:
+        """The steps, then one delivery, each on its own: a failure is logged and the next round tries again."""
+        now_ms = self.clock_ms()
+        for step in (*self.steps, lambda db, now_ms: deliver_due(db, notify, now_ms)):
+            try:
+                step(db, now_ms)
+            except Exception:  # noqa: BLE001 - the loop must outlive a locked database or an unreachable URL
+                log.warning("%s: a step failed; the next round tries again", self.name, exc_info=True)
 
 
 def apprise_notifier(urls: tuple[str, ...]) -> Notifier | None:

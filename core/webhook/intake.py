@@ -1,35 +1,24 @@
-"""External signals: read a webhook delivery, check its token, parse it into a Signal, keep the ledger.
+"""Webhook intake: read a delivery, check its address and token, parse it into a Signal for the ledger.
 
-The ledger is the table `external_signals`. Every authenticated delivery becomes one row before it is
-answered: `outcome` is 'accepted', 'stale' (older than the newest accepted signal of its source: kept,
-never the latest) or 'rejected: REASON' (then `signal` is NULL). The latest signal is the accepted
-row with the greatest signal time, so no row ever has to be rewritten to move a flag.
+An authenticated delivery is always written to the ledger (core/webhook/ledger.py), refused ones too.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hmac
 import ipaddress
 import json
-import logging
 import math
-import os
-import sqlite3
-import threading
-import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
-from pathlib import Path
 from urllib.parse import parse_qsl
 
 from sqlite_utils import Database
 
 from core import logs, store
-
-log = logging.getLogger(__name__)
+from core.webhook import ledger
+from core.webhook.ledger import Receipt, Signal, normalize_symbol
 
 MAX_BODY_BYTES = 4096
 MAX_AHEAD_MS = 5 * 60_000  # clock skew allowed to a sender; later signals would pin the latest forever
@@ -37,24 +26,11 @@ EARLIEST_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: an earlier time is a mist
 MAX_SOURCE_CHARS = 100
 MAX_FORM_FIELDS = 50
 DEFAULT_SOURCE = "webhook"
-# Waits for the ledger, kept short: TradingView gives up after 3 s, and a quick 503 lets other senders retry.
-# One deadline covers the whole wait (this process's threads, the other processes, SQLite's lock).
-TURN_TIMEOUT_S = 1.0
-LEDGER_BUSY_TIMEOUT_MS = 1000
-# Once a write timed out on a locked database, requests wait only this long until a write succeeds
-# again: otherwise each request queued behind the first would wait its full second in turn.
-WHILE_BUSY_TIMEOUT_S = 0.1
-BUSY_MEMORY_S = 10.0  # after this long without any attempt, a timeout is forgotten
-ACCEPTED, STALE, REJECTED = "accepted", "stale", "rejected"
 TOKEN_KEY = "webhook_token"  # the generated token's row of the meta table
 
 # TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short.
 SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "SELL", "short": "SELL"}
 EXAMPLE = '{"signal": "{{strategy.order.action}}", "timestamp": "{{timenow}}", "source": "TradingView"}'
-
-
-class LedgerBusy(Exception):
-    """The ledger could not be written in time. Caller: answer 503; the sender may retry."""
 
 
 class WebhookError(Exception):
@@ -97,43 +73,6 @@ class Delivery:
     content_type: str | None
     tokens: tuple[str | None, ...]  # from the URL path, the query and the X-Omniwise-Token header
     remote_addr: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Signal:
-    """The position a sender believes in: BUY (be long) or SELL (be flat), as of `signal_time_ms`."""
-
-    signal: str
-    signal_time_ms: int
-    source: str
-    symbol: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Receipt:
-    """What became of a recorded signal: its ledger row, its outcome, whether it was seen before."""
-
-    id: int
-    outcome: str
-    is_duplicate: bool
-    signal: Signal
-
-    def as_json(self) -> dict[str, object]:
-        """The webhook's answer."""
-        return {"id": self.id, "accepted": self.outcome == ACCEPTED, "duplicate": self.is_duplicate,
-                "outcome": self.outcome, "signal": self.signal.signal, "signal_time_ms": self.signal.signal_time_ms}
-
-
-@dataclasses.dataclass(frozen=True)
-class LedgerSignal:
-    """An accepted row of the ledger, as the heartbeat and the status page read it."""
-
-    id: int
-    signal: str
-    signal_time_ms: int
-    received_at_ms: int
-    source: str
-    symbol: str
 
 
 def webhook_token(db: Database, configured: str | None) -> str:
@@ -216,14 +155,6 @@ def parse_signal(fields: Mapping[str, object], symbol: str, now_ms: int) -> Sign
     return Signal(_signal_word(fields.get("signal")), _signal_time_ms(fields.get("timestamp"), now_ms), source, market)
 
 
-def normalize_symbol(text: str) -> str:
-    """A market name without exchange prefix and perpetual suffix: 'BINANCE:BTCUSDT.P' -> 'BTCUSDT'."""
-    name = text.strip().upper().rpartition(":")[2]
-    for suffix in (".P", "PERP"):
-        name = name.removesuffix(suffix)
-    return name.replace("/", "").replace("-", "")
-
-
 def receive(db: Database, delivery: Delivery, *, token: str, symbol: str, now_ms: int) -> Receipt:
     """Check, parse and record one delivery; raise a WebhookError when it is refused.
 
@@ -250,71 +181,13 @@ def receive(db: Database, delivery: Delivery, *, token: str, symbol: str, now_ms
     except SignalError as exc:
         _record_refusal(db, delivery, token, exc, fields, now_ms)
         raise
-    return record(db, signal, received_at_ms=now_ms, remote_addr=delivery.remote_addr,
+    return ledger.record(db, signal, received_at_ms=now_ms, remote_addr=delivery.remote_addr,
                   raw_body=_raw_text(delivery.body, token))
-
-
-def record(db: Database, signal: Signal, *, received_at_ms: int, remote_addr: str, raw_body: str) -> Receipt:
-    """Write a parsed signal to the ledger once: accepted, stale, or the receipt of its first delivery."""
-    with _write_turn(db):
-        return _insert_once(db.conn, signal, received_at_ms, remote_addr, raw_body)
-
-
-def _insert_once(conn: sqlite3.Connection, signal: Signal, received_at_ms: int, remote_addr: str,
-                 raw_body: str) -> Receipt:
-    conn.execute("BEGIN IMMEDIATE")  # the stale check and the insert see the same ledger in every process
-    try:
-        key = (signal.source, signal.signal, signal.signal_time_ms, signal.symbol)
-        row = conn.execute("SELECT id, outcome FROM external_signals "
-                           "WHERE source = ? AND signal = ? AND signal_time_ms = ? AND symbol = ?", key).fetchone()
-        if row is None:
-            newest = conn.execute("SELECT MAX(signal_time_ms) FROM external_signals "
-                                  "WHERE source = ? AND outcome = 'accepted'", [signal.source]).fetchone()[0]
-            outcome = STALE if newest is not None and signal.signal_time_ms < newest else ACCEPTED
-            cursor = conn.execute(
-                "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
-                "raw_body, outcome) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [received_at_ms, *key, remote_addr, raw_body, outcome])
-            receipt = Receipt(cursor.lastrowid, outcome, False, signal)
-        else:
-            receipt = Receipt(row[0], row[1], True, signal)
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    if not receipt.is_duplicate:
-        log.info("external signal %s from %s at %d: %s (ledger id %d)", signal.signal, signal.source,
-                 signal.signal_time_ms, receipt.outcome, receipt.id)
-    return receipt
-
-
-def open_ledger(path: str | Path) -> Database:
-    """A connection for ledger writes: synchronous=FULL, so an acknowledged signal survives a power cut.
-
-    The store's NORMAL survives a crash of any process but may lose the last commits to a power cut,
-    and a lost signal is not sent again (TradingView never retries). FULL costs one fsync a write.
-    """
-    db = store.open_db(path)
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute(f"PRAGMA busy_timeout={LEDGER_BUSY_TIMEOUT_MS}")
-    return db
 
 
 def redact(text: str, token: str) -> str:
     """`text` with the token blotted out in each form it can be written in (plain, JSON escapes, URL-encoded)."""
     return logs.redact(text, (token,))
-
-
-def latest_signal(db: Database, symbol: str | None = None) -> LedgerSignal | None:
-    """The accepted signal with the greatest signal time (the later arrival on a tie), or None."""
-    sql = ("SELECT id, signal, signal_time_ms, received_at_ms, source, symbol FROM external_signals "
-           "WHERE outcome = 'accepted'")
-    params: list[object] = []
-    if symbol is not None:
-        sql += " AND symbol = ?"
-        params.append(normalize_symbol(symbol))
-    row = db.execute(sql + " ORDER BY signal_time_ms DESC, id DESC LIMIT 1", params).fetchone()
-    return None if row is None else LedgerSignal(*row)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -323,97 +196,15 @@ _TOKEN_HINT = ("put the webhook token in the URL (/api/v1/external-signal/TOKEN 
                "body's \"token\" field or in an X-Omniwise-Token header; `python omniwise.py init` prints it")
 
 
-_turns: dict[str, tuple[threading.Lock, int | None]] = {}
-_turns_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def _write_turn(db: Database):
-    """Ledger writers take turns: threads on a lock, processes on flock() of a file beside the database.
-
-    Without it they queue in SQLite's busy handler, which polls with sleeps of 1, 2, 5, 10... ms; under
-    load that made the p99 latency several times longer. A blocked flock() wakes as soon as it is free.
-    """
-    path = db.conn.execute("PRAGMA database_list").fetchone()[2]
-    with _turns_lock:
-        if path not in _turns:
-            fd = os.open(path + "-ledger.lock", os.O_RDWR | os.O_CREAT, 0o600) if path else None
-            _turns[path] = (threading.Lock(), fd)
-        lock, fd = _turns[path]
-    now = time.monotonic()
-    is_busy = _busy_since is not None and now - _busy_since < BUSY_MEMORY_S
-    deadline = now + (WHILE_BUSY_TIMEOUT_S if is_busy else TURN_TIMEOUT_S)
-    if not lock.acquire(timeout=deadline - now):
-        _note_busy()
-        raise LedgerBusy(f"no turn to write the ledger within {deadline - now:g} s")
-    try:
-        if fd is not None and not _flock_until(fd, deadline):
-            _note_busy()
-            raise LedgerBusy("another process holds the ledger")
-        try:
-            wait_ms = max(1, round((deadline - time.monotonic()) * 1000))
-            db.conn.execute(f"PRAGMA busy_timeout={min(wait_ms, LEDGER_BUSY_TIMEOUT_MS)}")
-            yield
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            _note_busy()
-            raise LedgerBusy(f"the database is locked: {exc}") from exc
-        finally:
-            if fd is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        lock.release()
-    _note_busy(False)
-
-
-_busy_since: float | None = None  # when a ledger write of this process last timed out, until one succeeds
-
-
-def _note_busy(is_busy: bool = True) -> None:
-    global _busy_since
-    _busy_since = time.monotonic() if is_busy else None
-
-
-def _flock_until(fd: int, deadline: float) -> bool:
-    """Take the process lock; a blocked flock() cannot time out, so poll it (the holder needs one write)."""
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.001)
-
-
-def _forget_turns() -> None:
-    # A forked child shares its parent's open files, so its flock would not exclude the parent's.
-    global _turns_lock
-    for _, fd in _turns.values():
-        if fd is not None:
-            os.close(fd)
-    _turns.clear()
-    _turns_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_turns)
-
-
 def _record_refusal(db: Database, delivery: Delivery, token: str, exc: WebhookError,
                     fields: Mapping[str, object] | None, now_ms: int) -> int:
     source = symbol = None
     if fields is not None:  # kept for the operator, but shown escaped: they may hold anything
         source = _text_or_none(fields.get("source"), MAX_SOURCE_CHARS, token)
         symbol = _text_or_none(fields.get("symbol") or fields.get("ticker"), MAX_SOURCE_CHARS, token)
-    reason = logs.escape_controls(redact(exc.reason, token))
-    with _write_turn(db), db.conn:
-        cursor = db.conn.execute(
-            "INSERT INTO external_signals (received_at_ms, source, signal, signal_time_ms, symbol, remote_addr, "
-            "raw_body, outcome) VALUES (?, ?, NULL, NULL, ?, ?, ?, ?)",
-            [now_ms, source, symbol, delivery.remote_addr, _raw_text(delivery.body, token), f"{REJECTED}: {reason}"])
-    log.info("external signal refused (ledger id %d): %s", cursor.lastrowid, reason)
-    return cursor.lastrowid
+    return ledger.record_refusal(db, received_at_ms=now_ms, remote_addr=delivery.remote_addr,
+                                 raw_body=_raw_text(delivery.body, token),
+                                 reason=logs.escape_controls(redact(exc.reason, token)), source=source, symbol=symbol)
 
 
 def _raw_text(body: bytes, token: str) -> str:

@@ -23,8 +23,7 @@ class WorkerStatus:
 
 def beat(db: Database, now_ms: int) -> None:
     """Record that the worker is alive now."""
-    with db.conn:
-        store.set_meta(db, BEACON_KEY, str(now_ms), now_ms)
+    store.set_meta(db, BEACON_KEY, str(now_ms), now_ms)
 
 
 def worker_status(db: Database, now_ms: int, stale_after_s: float = STALE_AFTER_S) -> WorkerStatus:

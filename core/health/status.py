@@ -6,7 +6,9 @@ import datetime
 
 from sqlite_utils import Database
 
-from core import account, alerts, brokers, controls, heartbeat, liveness, signals
+from core import account, brokers, controls
+from core.health import alerts, heartbeat, liveness
+from core.webhook import ledger
 
 
 def iso(time_ms: int | None) -> str | None:
@@ -21,7 +23,7 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
     """Worker, position, latest signal, heartbeat state and recent alerts (DESIGN.md's JSON shape)."""
     worker = liveness.worker_status(db, now_ms)
     position = brokers.load_position(db)
-    latest = signals.latest_signal(db, settings.symbol)
+    latest = ledger.latest_signal(db, settings.symbol)
     state = heartbeat.state_of(db, "position")
     start_balance = settings.paper_balance if settings.broker == "paper" else None
     money = account.account(db, settings.symbol, account.last_price(db, settings.symbol), now_ms, start_balance)

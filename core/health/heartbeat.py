@@ -12,12 +12,17 @@ import dataclasses
 
 from sqlite_utils import Database
 
-from core import alerts, brokers, liveness, open_trade, signals, store
+from core import brokers, open_trade, store
+from core.health import alerts, liveness
+from core.webhook import ledger
 from core.brokers import BrokerError, Position
 
 OK, MISMATCH, STALE, UNKNOWN = "ok", "mismatch", "stale", "unknown"
 ALIVE, DOWN = "alive", "down"
 VALID, INVALID = "valid", "invalid"
+# One vocabulary a subject; the heartbeat table's CHECK constraint (core/store.py) refuses any other pair.
+STATES = {"position": (OK, MISMATCH, STALE, UNKNOWN), "worker": (ALIVE, DOWN), "stream": (ALIVE, DOWN),
+          "strategy": (VALID, INVALID)}
 FAILURES = {MISMATCH, STALE, UNKNOWN, DOWN, INVALID}
 REPEATED = {MISMATCH}  # failures that are alerted again while they last
 
@@ -61,7 +66,7 @@ class Verdict:
 
 def current_signal(db: Database, symbol: str) -> SignalView | None:
     """The latest accepted signal for `symbol`, with the arrival of the first one that said the same."""
-    latest = signals.latest_signal(db, symbol)
+    latest = ledger.latest_signal(db, symbol)
     if latest is None:
         return None
     # The newest accepted signal that said something else ends the previous run.
@@ -110,8 +115,7 @@ def check_position(db: Database, broker, symbol: str, now_ms: int, settings: Hea
     if error is not None:
         verdict = dataclasses.replace(verdict, reason=f"the position could not be read from the broker: {error}")
     else:
-        with db.conn:
-            brokers.save_position(db, position, now_ms)
+        brokers.save_position(db, position, now_ms)
     record(db, "position", verdict, now_ms, settings.repeat_s)
     return verdict
 
@@ -182,9 +186,8 @@ def record(db: Database, subject: str, verdict: Verdict, now_ms: int, repeat_s: 
 def state_of(db: Database, subject: str) -> dict | None:
     """The stored state of a subject: state, reason, since_ms, checked_at_ms, pending_until_ms (a mismatch in
     its grace); None before the first check."""
-    row = db.execute("SELECT state, reason, since_ms, checked_at_ms, pending_until_ms FROM heartbeat "
-                     "WHERE subject = ?", [subject]).fetchone()
-    return None if row is None else dict(zip(("state", "reason", "since_ms", "checked_at_ms", "pending_until_ms"), row))
+    return next(db.query("SELECT state, reason, since_ms, checked_at_ms, pending_until_ms FROM heartbeat "
+                         "WHERE subject = ?", [subject]), None)
 
 
 def open_episodes(db: Database) -> dict[str, int]:

@@ -1,0 +1,1 @@
+"""The signal webhook: intake (read, authenticate, parse a delivery) and the ledger (record, latest)."""
