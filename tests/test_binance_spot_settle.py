@@ -5,6 +5,7 @@ base balance. Never by sending it again."""
 from __future__ import annotations
 
 import json
+import queue
 from decimal import Decimal
 
 import pytest
@@ -153,3 +154,30 @@ def test_the_spot_web_socket_api_host_follows_the_stream_host():
     assert endpoints(Settings(testnet=False), SPOT).ws_api_url == "wss://ws-api.binance.com:443/ws-api/v3"
     assert endpoints(Settings(binance_stream_url="ws://127.0.0.1:9/"), SPOT).ws_api_url == \
         "ws://127.0.0.1:9/ws-api/v3"
+
+
+def test_the_order_id_of_a_new_execution_report_ties_the_trades_to_the_order(standin, db, reader):  # noqa: F811
+    wait_until(lambda: reader.connections, what="subscribed")
+    updates = queue.Queue()  # what reaches the broker: the stream's NEW report only (its FILLED one is lost)
+    broker = broker_for(standin, db, user_events=updates)
+    broker.position()
+    standin.order_query_lag_ms = HOUR_MS
+    standin.fail("timeout", hold_s=1.0)
+    order = place(broker, db, "BUY")
+    wait_until(lambda: reader.events.qsize() >= 2, what="executionReports NEW and FILLED")
+    new, filled = reader.events.get(), reader.events.get()
+    assert (new["status"], filled["status"], new["clientOrderId"]) == ("NEW", "FILLED", order["client_order_id"])
+    with standin._lock:  # a manual BUY on the account: two orders of the same side traded since ours was sent
+        standin.balances["ETH"] += 1
+        standin._spot_order({"symbol": "XRPETH", "type": "MARKET", "side": "BUY", "quantity": "50",
+                             "newClientOrderId": "web_manual_2"})
+    broker.settle()
+    assert order_row(db, order)["status"] == "unknown"  # the trades alone cannot tell which order is ours
+    updates.put(new)
+    broker.settle()
+    row = order_row(db, order)
+    (executed,) = standin.orders_for(order["client_order_id"])
+    qty, price, fee = expected_fill(executed)
+    assert (row["status"], row["exchange_order_id"], row["qty"]) == ("filled", str(executed["orderId"]), qty)
+    assert row["price"] == pytest.approx(price, rel=1e-12) and row["fee_quote"] == pytest.approx(fee, rel=1e-9)
+    assert order_posts(standin) == 1

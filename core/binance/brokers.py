@@ -333,6 +333,8 @@ class BinanceBroker:
             if row is None:
                 continue  # settled already (its REST answer came), or not ours
             if answer["status"] in FINAL_ORDER_STATUSES:
+                if answer["status"] == "EXPIRED_IN_MATCH":  # expired by self-trade prevention: expired
+                    answer = {**answer, "status": "EXPIRED"}
                 log.warning("order %s settled by the user data stream: %s", row[1], answer["status"])
                 self._record({"id": row[0], "client_order_id": row[1], "side": row[2]}, answer)
             elif answer.get("orderId") is not None:
