@@ -9,11 +9,13 @@ import queue
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core import store
 from core.binance.brokers import BASE_BEFORE_KEY
 from core.binance.rest import SPOT, endpoints
-from core.binance.user_stream import UserStreamReader
+from core.binance.user_stream import ExecutionReports, UserStreamReader
 from core.config import Settings
 from tests.exchange.standin import API_KEY, API_SECRET
 from tests.processes import wait_until
@@ -181,3 +183,39 @@ def test_the_order_id_of_a_new_execution_report_ties_the_trades_to_the_order(sta
     assert (row["status"], row["exchange_order_id"], row["qty"]) == ("filled", str(executed["orderId"]), qty)
     assert row["price"] == pytest.approx(price, rel=1e-12) and row["fee_quote"] == pytest.approx(fee, rel=1e-9)
     assert order_posts(standin) == 1
+
+
+def report(client_id: str, execution: str, status: str, last_qty: str, filled: str, quote: str, trade_id: int = -1,
+           commission: str = "0", asset: str | None = None) -> dict:
+    """An executionReport as Binance's "Order Update" documents it (the fields ExecutionReports reads)."""
+    return {"subscriptionId": 1, "event": {
+        "e": "executionReport", "E": 1, "s": "XRPETH", "c": client_id, "S": "BUY", "o": "MARKET", "x": execution,
+        "X": status, "i": 77, "l": last_qty, "z": filled, "L": "0.00130000", "n": commission, "N": asset,
+        "T": 1570762800000, "t": trade_id, "Z": quote, "C": ""}}
+
+
+@given(st.lists(st.tuples(st.integers(1, 10**9), st.booleans()), min_size=1, max_size=40),
+       st.sampled_from(["FILLED", "EXPIRED", "CANCELED"]))
+def test_execution_reports_give_the_order_whole_and_its_fees_only_when_every_trade_was_seen(trades, final):
+    reports = ExecutionReports()
+    assert reports.answer(report("ow1-1", "NEW", "NEW", "0", "0", "0"))["status"] == "NEW"
+    filled = Decimal(0)
+    answers = []
+    for number, (qty_e8, is_seen) in enumerate(trades, start=1):
+        qty = Decimal(qty_e8).scaleb(-8)
+        filled += qty
+        status = final if number == len(trades) else "PARTIALLY_FILLED"
+        message = report("ow1-1", "TRADE", status, str(qty), str(filled), str(filled * 2), number, "0.1", "XRP")
+        if is_seen or number == len(trades):  # a report lost while reconnecting; the final one arrives
+            answers.append(reports.answer(message))
+    *partial, answer = answers
+    assert partial == [None] * len(partial)  # nothing until the order is final
+    assert (answer["status"], answer["executedQty"], answer["cummulativeQuoteQty"]) == (
+        final, str(filled), str(filled * 2))
+    every_trade_seen = all(seen for _, seen in trades[:-1])
+    assert ("fills" in answer) == every_trade_seen
+    if every_trade_seen:
+        assert [Decimal(f["qty"]) for f in answer["fills"]] == [Decimal(q).scaleb(-8) for q, _ in trades]
+    again = reports.answer(report("ow1-1", "TRADE", "FILLED", "1", "1", "1", 99))  # the order was forgotten:
+    assert [f["tradeId"] for f in again["fills"]] == [99]  # none of its earlier trades are left over
+    assert reports.answer({"subscriptionId": 1, "event": {"e": "outboundAccountPosition", "B": []}}) is None
