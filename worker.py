@@ -23,7 +23,7 @@ from core.health import alerts, heartbeat, liveness
 from core.webhook import intake
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
-from core.binance.rest import FUTURES, BinanceRest, endpoints, market_of
+from core.binance.rest import BinanceRest, endpoints, market_of
 from core.binance.user_stream import UserStreamReader
 from core.brokers import PaperBroker
 from core.candles import Tick
@@ -44,7 +44,7 @@ UNKNOWN_CHECK_S = 5  # and ask Binance about orders of unknown outcome this ofte
 
 def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_events=None):
     """The broker OMNIWISE_BROKER names: paper, or a Binance broker calling the exchange through `rest`
-    (futures: settling orders from the user data stream's `user_events` too). Makes no network call;
+    (settling orders from the user data stream's `user_events` too). Makes no network call;
     ConfigError when the Binance keys are missing."""
     if settings.broker == "paper":
         return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
@@ -54,7 +54,7 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_ev
     if settings.broker == "binance-futures":
         return BinanceFuturesBroker(db, settings.symbol, rest, settings.order_quote, leverage=settings.futures_leverage,
                                     margin=settings.futures_margin, user_events=user_events)
-    return BinanceSpotBroker(db, settings.symbol, rest, settings.order_quote)
+    return BinanceSpotBroker(db, settings.symbol, rest, settings.order_quote, user_events=user_events)
 
 
 def guarded(job: Callable[[], object]) -> None:
@@ -78,10 +78,11 @@ class Worker:
         is_binance = settings.feed == "binance" or settings.broker != "paper"
         self.rest = BinanceRest(settings, market_of(settings)) if is_binance else None
         self.user_stream = None
-        if settings.broker == "binance-futures" and settings.binance_api_key and settings.binance_api_secret:
-            hosts = endpoints(settings, FUTURES)
+        if settings.broker != "paper" and settings.binance_api_key and settings.binance_api_secret:
+            hosts = endpoints(settings, market_of(settings))
             self.user_stream = UserStreamReader(settings.binance_api_key, settings.binance_api_secret, hosts.rest_url,
-                                                hosts.stream_url)
+                                                hosts.stream_url, market=market_of(settings),
+                                                ws_api_url=hosts.ws_api_url)
         broker = make_broker(settings, self.db, self.rest, self.user_stream and self.user_stream.events)
         self.trader = Trader(self.db, settings.symbol, self.loader, broker, clock=clock)
         self.heartbeat = heartbeat.HeartbeatSettings.from_settings(settings)

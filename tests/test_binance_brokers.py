@@ -122,6 +122,7 @@ def test_order_queries_lagging_a_fill_settle_nothing_and_nothing_is_sent_again(s
     broker = broker_for(standin, db)
     broker.position()
     standin.order_query_lag_ms = 3_600_000  # Binance answers -2013 for the order although it is FILLED
+    standin.trade_query_lag_ms = 3_600_000  # and its trade list does not show the trades yet either
     standin.fail("lost")
     order = place(broker, db, "BUY")
     broker.recover()

@@ -73,7 +73,11 @@ def test_worker_trades_the_stream_with_klines_equal_candles_and_one_order_per_de
     worker = start_worker(data_dir, standin)
     wait_until(lambda: newest_candle_ms(data_dir) >= DAY_START_MS + 3 * HOUR_MS + 15 * MINUTE_MS, worker,
                timeout_s=30, what="a quarter of an hour traded")
-    assert standin.drop_streams() == 1
+    subscribe = ("userDataStream.subscribe.signature", 200)
+    assert standin.ws_api_requests.count(subscribe) == 1  # the spot user data stream, over the WebSocket API
+    assert standin.drop_streams() == 2  # the kline stream and the WebSocket API connection
+    wait_until(lambda: standin.ws_api_requests.count(subscribe) == 2, worker, timeout_s=30,
+               what="the user data stream subscribed again")
     wait_until(lambda: newest_candle_ms(data_dir) >= DAY_START_MS + 3 * HOUR_MS + 30 * MINUTE_MS, worker,
                timeout_s=30, what="trading after the disconnect")
     skewed_at = len(standin.requests)

@@ -3,9 +3,11 @@
 The trader records each order (status `sending`) in its transaction; `execute` sends it once after the
 commit, under a client id unique to this installation (`ow<8 random characters>-<decision id>`). When the
 outcome is unknown (a timeout, a lost answer, a 5xx: Binance may have executed it, even seconds later),
-the order is never sent again: it stays `unknown` (alerted) until Binance's order query finds its
-client id. Order queries can lag a fill, so Binance's "order does not exist" (-2013) settles nothing;
-only after UNKNOWN_SETTLE_MS without any trace is the order given up as `not_found`. While an order is unknown no other order is
+the order is never sent again: it stays `unknown` (alerted) until Binance tells what became of it: the
+user data stream's order update for its client id (executionReport on spot, ORDER_TRADE_UPDATE on
+futures), or the order query. Order queries can lag a fill, so Binance's "order does not exist" (-2013)
+settles nothing by itself; spot then reads the account's trades (see BinanceSpotBroker._from_trades).
+Only after UNKNOWN_SETTLE_MS without any trace is the order given up as `not_found`. While an order is unknown no other order is
 sent: the next decision decides again against the exchange's account. Only a request that provably
 never left (connection refused) is sent again, by the REST client.
 
@@ -46,6 +48,7 @@ NO_NEED_TO_CHANGE_MARGIN_TYPE = -4046
 CLIENT_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,36}$")  # within Binance's ^[\.A-Z\:/a-z0-9_-]{1,36}$
 CLIENT_ID_PREFIX_KEY = "binance_client_id_prefix"
 ZERO = Decimal(0)
+FINAL_ORDER_STATUSES = ("FILLED", "EXPIRED", "EXPIRED_IN_MATCH", "CANCELED", "REJECTED")
 
 
 def client_id_prefix(db: Database, now_ms: int) -> str:
@@ -157,8 +160,10 @@ class BinanceBroker:
     create_method = query_method = exchange_info_method = ""
 
     def __init__(self, db: Database, symbol: str, rest: BinanceRest, order_quote: float | None = None,
-                 clock: Callable[[], float] = time.time, settle_after_ms: int = UNKNOWN_SETTLE_MS):
+                 clock: Callable[[], float] = time.time, settle_after_ms: int = UNKNOWN_SETTLE_MS,
+                 user_events: queue.Queue | None = None):
         self.db = db
+        self.user_events = user_events  # order answers from the user data stream (core.binance.user_stream)
         self.symbol = symbol
         self.rest = rest
         self.order_quote = None if order_quote is None else Decimal(str(order_quote))
@@ -315,7 +320,28 @@ class BinanceBroker:
         return waiting
 
     def _take_stream_updates(self) -> None:
-        """Settle open orders from the user data stream's order updates (futures; spot has none here)."""
+        """Settle open orders from the user data stream's order updates: they come even while order queries
+        lag. An update that is not final yet gives the order's exchange id, which ties trades to it."""
+        while self.user_events is not None:
+            try:
+                answer = self.user_events.get_nowait()
+            except queue.Empty:
+                return
+            row = self.db.execute(
+                f"SELECT id, client_order_id, side FROM orders WHERE broker = ? AND client_order_id = ? AND status "
+                f"IN ({', '.join('?' * len(OPEN_STATUSES))})",
+                [self.name, answer["clientOrderId"], *OPEN_STATUSES]).fetchone()
+            if row is None:
+                continue  # settled already (its REST answer came), or not ours
+            if answer["status"] in FINAL_ORDER_STATUSES:
+                if answer["status"] == "EXPIRED_IN_MATCH":  # expired by self-trade prevention: expired
+                    answer = {**answer, "status": "EXPIRED"}
+                log.warning("order %s settled by the user data stream: %s", row[1], answer["status"])
+                self._record({"id": row[0], "client_order_id": row[1], "side": row[2]}, answer)
+            elif answer.get("orderId") is not None:
+                with store.transaction(self.db):
+                    self.db.execute("UPDATE orders SET exchange_order_id = ? WHERE id = ?",
+                                    [str(answer["orderId"]), row[0]])
 
     def _status(self, order_id: int) -> str:
         return self.db.execute("SELECT status FROM orders WHERE id = ?", [order_id]).fetchone()[0]
@@ -324,6 +350,8 @@ class BinanceBroker:
         """Binance's answer for an order of unknown outcome, from the order query by its client id; None
         while Binance shows no trace of it (then, after `settle_after_ms`, it is given up as not_found)."""
         answer = self._query(origClientOrderId=order["client_order_id"])
+        if answer is None:
+            answer = self._from_trades(order)
         if answer is not None:
             log.warning("order %s settled: %s", order["client_order_id"], answer.get("status"))
             self._record(order, answer)
@@ -333,6 +361,11 @@ class BinanceBroker:
             self._settle(order, "not_found", f"Binance shows no trace of it {(now_ms - order['created_at_ms']) // 1000}"
                          " s after it was sent; the next decision decides again "
                          "against Binance's account", is_failure=True)
+        return None
+
+    def _from_trades(self, order: dict) -> dict | None:
+        """What the account's trades prove about an order the order query denies; None (futures: the user
+        data stream and the order query settle it)."""
         return None
 
     def _query(self, **by) -> dict | None:
@@ -424,6 +457,12 @@ class SpotAccount(NamedTuple):
     position: Position
     base_free: Decimal
     quote_free: Decimal
+    base_total: Decimal = ZERO  # free and locked
+
+
+BASE_BEFORE_KEY = "binance_spot_base_before"  # meta: the base balance just before the last order was sent
+SEND_TIME_SLACK_MS = 5_000  # trades are looked for from this long before the order was recorded (clock offset)
+BALANCE_TOLERANCE = Decimal("0.00000001")  # per trade: Binance keeps balances to 8 decimals
 
 
 class BinanceSpotBroker(BinanceBroker):
@@ -434,6 +473,7 @@ class BinanceSpotBroker(BinanceBroker):
     market = SPOT
     create_method, query_method = "create_order", "get_order"
     exchange_info_method = "get_exchange_info"
+    _account: SpotAccount | None = None  # the account read last
 
     def _read_account(self) -> SpotAccount:
         rules = self.rules
@@ -446,7 +486,71 @@ class BinanceSpotBroker(BinanceBroker):
         else:
             position = Position("flat")
         self._position = position
-        return SpotAccount(position, base_free, quote_free)
+        self._account = SpotAccount(position, base_free, quote_free, base_free + Decimal(base["locked"]))
+        return self._account
+
+    def _send(self, order: dict, params: dict) -> dict | None:
+        """Send a recorded order, keeping the base balance it was planned from: if the order query later
+        denies the order, the balance's change corroborates its trades (see _from_trades)."""
+        account = self._account
+        if account is not None:
+            with store.transaction(self.db):
+                store.set_meta(self.db, BASE_BEFORE_KEY, json.dumps(
+                    {"client_order_id": order["client_order_id"], "base_total": str(account.base_total)}),
+                    int(self.clock() * 1000))
+        return super()._send(order, params)
+
+    def _from_trades(self, order: dict) -> dict | None:
+        """The order's fill from the account's trade list (GET /api/v3/myTrades), for an order the order
+        query still denies (-2013). Trade rows carry Binance's order id, not the client id, so they are
+        taken only when they are provably this order's:
+        - by the order id the user data stream gave for its client id (a NEW executionReport); or
+        - when exactly one order of this side, not one of ours already recorded, traded since the order was
+          sent, AND the base balance changed by exactly its trades (less fees in the base asset) since
+          just before it was sent.
+        None otherwise: the order stays unknown. Never sends anything."""
+        exchange_id = self.db.execute("SELECT exchange_order_id FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        if exchange_id and exchange_id[0]:
+            trades = self.rest.call("get_my_trades", symbol=self.symbol, orderId=int(exchange_id[0]))
+            return self._answer_of_trades(trades) if trades else None
+        trades = self.rest.call("get_my_trades", symbol=self.symbol, limit=1000,
+                                startTime=order["created_at_ms"] - SEND_TIME_SLACK_MS)
+        accounted = {row[0] for row in self.db.execute(
+            "SELECT exchange_order_id FROM orders WHERE broker = ? AND symbol = ? AND exchange_order_id IS NOT NULL",
+            [self.name, self.symbol])}
+        by_order: dict[str, list[dict]] = {}
+        for trade in trades:
+            if trade["isBuyer"] == (order["side"] == "BUY") and str(trade["orderId"]) not in accounted:
+                by_order.setdefault(str(trade["orderId"]), []).append(trade)
+        if len(by_order) != 1:
+            if by_order:
+                log.warning("order %s: %d orders traded since it was sent; the trades do not tell which is ours",
+                            order["client_order_id"], len(by_order))
+            return None
+        (candidate,) = by_order.values()
+        before = json.loads(store.get_meta(self.db, BASE_BEFORE_KEY) or "{}")
+        if before.get("client_order_id") != order["client_order_id"]:
+            return None  # no balance from just before it was sent (a crash while sending): no corroboration
+        qty = sum((Decimal(t["qty"]) for t in candidate), ZERO)
+        base_fee = sum((Decimal(t["commission"]) for t in candidate if t["commissionAsset"] == self.rules.base_asset),
+                       ZERO)
+        expected = (qty if order["side"] == "BUY" else -qty) - base_fee
+        change = self._read_account().base_total - Decimal(before["base_total"])
+        if abs(change - expected) > BALANCE_TOLERANCE * len(candidate):
+            log.warning("order %s: the trades of order %s (%s %s) do not match the base balance's change (%s)",
+                        order["client_order_id"], candidate[0]["orderId"], decimal_text(expected),
+                        self.rules.base_asset, decimal_text(change))
+            return None
+        return self._answer_of_trades(candidate)
+
+    def _answer_of_trades(self, trades: list[dict]) -> dict:
+        """Trades of one order, shaped as the order query's answer (FILLED: what traded is what it did)."""
+        return {"orderId": trades[0]["orderId"], "status": "FILLED",
+                "executedQty": decimal_text(sum((Decimal(t["qty"]) for t in trades), ZERO)),
+                "cummulativeQuoteQty": decimal_text(sum((Decimal(t["quoteQty"]) for t in trades), ZERO)),
+                "transactTime": max(t["time"] for t in trades),
+                "fills": [{"price": t["price"], "qty": t["qty"], "commission": t["commission"],
+                           "commissionAsset": t["commissionAsset"]} for t in trades]}
 
     def _average_price(self) -> Decimal | None:
         """The price Binance checks a market order's notional at: the average of `avgPriceMins` minutes."""
@@ -538,9 +642,8 @@ class BinanceFuturesBroker(BinanceBroker):
     exchange_info_method = "futures_exchange_info"
 
     def __init__(self, db: Database, symbol: str, rest: BinanceRest, order_quote: float | None = None,
-                 leverage: int = 1, margin: str = "cross", user_events: queue.Queue | None = None, **kwargs):
+                 leverage: int = 1, margin: str = "cross", **kwargs):
         super().__init__(db, symbol, rest, order_quote, **kwargs)
-        self.user_events = user_events  # order answers from the user data stream (core.binance.user_stream)
         self.leverage = leverage
         self.margin_type = MARGIN_TYPES[margin]
         self.is_prepared = self.is_hedge_mode = False
@@ -796,21 +899,6 @@ class BinanceFuturesBroker(BinanceBroker):
     def _store_stop(self, stop: dict | None) -> None:
         with store.transaction(self.db):
             store.set_meta(self.db, STOP_KEY, json.dumps(stop) if stop else "", int(self.clock() * 1000))
-
-    def _take_stream_updates(self) -> None:
-        """Settle open orders from ORDER_TRADE_UPDATE events: they come even while order queries lag."""
-        while self.user_events is not None:
-            try:
-                answer = self.user_events.get_nowait()
-            except queue.Empty:
-                return
-            row = self.db.execute(
-                f"SELECT id, client_order_id, side FROM orders WHERE broker = ? AND client_order_id = ? AND status "
-                f"IN ({', '.join('?' * len(OPEN_STATUSES))})",
-                [self.name, answer["clientOrderId"], *OPEN_STATUSES]).fetchone()
-            if row is not None and answer["status"] in ("FILLED", "EXPIRED", "CANCELED", "REJECTED"):
-                log.warning("order %s settled by the user data stream: %s", row[1], answer["status"])
-                self._record({"id": row[0], "client_order_id": row[1], "side": row[2]}, answer)
 
     def _read_account(self) -> FuturesAccount:
         rules = self.rules

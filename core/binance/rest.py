@@ -66,12 +66,15 @@ class Endpoints:
 
     rest_url: str
     stream_url: str
+    ws_api_url: str = ""  # spot: the WebSocket API, where python-binance subscribes the user data stream
 
 
 # Binance's hosts; OMNIWISE_BINANCE_*_URL replace them (the tests point them at a local stand-in).
 _HOSTS = {
-    (SPOT, True): Endpoints(Client.API_TESTNET_URL, BinanceSocketManager.STREAM_TESTNET_URL),
-    (SPOT, False): Endpoints("https://api.binance.com/api", "wss://stream.binance.com:9443/"),
+    (SPOT, True): Endpoints(Client.API_TESTNET_URL, BinanceSocketManager.STREAM_TESTNET_URL,
+                            Client.WS_API_TESTNET_URL),
+    (SPOT, False): Endpoints("https://api.binance.com/api", "wss://stream.binance.com:9443/",
+                             "wss://ws-api.binance.com:443/ws-api/v3"),
     (FUTURES, True): Endpoints(Client.FUTURES_TESTNET_URL, BinanceSocketManager.FSTREAM_TESTNET_URL),
     (FUTURES, False): Endpoints("https://fapi.binance.com/fapi", "wss://fstream.binance.com/"),
 }
@@ -85,9 +88,10 @@ def market_of(settings) -> str:
 def endpoints(settings, market: str) -> Endpoints:
     """The URLs for `market`: testnet or live by OMNIWISE_TESTNET, each replaceable by a setting."""
     default = _HOSTS[(market, settings.testnet)]
-    if market == SPOT:
-        return Endpoints(settings.binance_api_url or default.rest_url,
-                         settings.binance_stream_url or default.stream_url)
+    if market == SPOT:  # a replaced stream host serves the WebSocket API too, at /ws-api/v3
+        stream_url = settings.binance_stream_url or default.stream_url
+        ws_api_url = f"{stream_url.rstrip('/')}/ws-api/v3" if settings.binance_stream_url else default.ws_api_url
+        return Endpoints(settings.binance_api_url or default.rest_url, stream_url, ws_api_url)
     return Endpoints(settings.binance_futures_url or default.rest_url,
                      settings.binance_futures_stream_url or default.stream_url)
 

@@ -22,6 +22,12 @@ answered -1007 "execution status unknown"), "500" (not executed, -1000), "429" a
 (not handled), "lost" (handled, then the connection closes without an answer); `order_query_lag_ms`
 makes order queries answer -2013 for orders younger than that; `skew_clock` makes timestamps fall
 outside the recvWindow (-1021); `drop_streams` cuts every stream connection.
+`trade_query_lag_ms` does the same to the account trade list (`GET /api/v3/myTrades`).
+
+The spot user data stream is served as Binance serves it today, over the WebSocket API (`ws_api_url`):
+`userDataStream.subscribe.signature` (checked like a SIGNED request), then `executionReport` and
+`outboundAccountPosition` events pushed to the subscription as spot orders execute (see
+`_serve_ws_api`).
 
 Each modelled behaviour cites the section of Binance's API documentation it follows:
 spot  = https://developers.binance.com/docs/binance-spot-api-docs (rest-api, errors, filters),
@@ -55,7 +61,7 @@ CLIENT_ORDER_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 CONDITIONAL_TYPES = ("STOP", "STOP_MARKET", "TAKE_PROFIT", "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET")
 # spot "General API Information" > "LIMITS": each endpoint's request weight, summed per minute.
 WEIGHTS = {"ping": 1, "time": 1, "exchangeInfo": 20, "klines": 2, "account": 20, "order": 4, "positionRisk": 5,
-           "balance": 5, "avgPrice": 2}
+           "balance": 5, "avgPrice": 2, "myTrades": 20}
 
 
 def e8(value: Decimal) -> str:
@@ -101,8 +107,12 @@ class StandIn:
         self.futures_leverage, self.futures_margin_type, self.futures_dual_side = 20, "ISOLATED", False
         self.futures_max_leverage = 125
         self.bnb_price: Decimal | None = None  # BNB in the quote asset; set (with a BNB balance) to pay fees in BNB
-        self.order_query_lag_ms = 0
-        self.listen_keys: list[str] = []  # order queries answer -2013 for orders younger than this
+        self.order_query_lag_ms = 0  # order queries answer -2013 for orders younger than this
+        self.trade_query_lag_ms = 0  # the account trade list leaves out trades younger than this
+        self.listen_keys: list[str] = []
+        self.ws_api_requests: list[tuple[str, int]] = []  # (method, status) of every WebSocket API request
+        self._user_subscriptions: dict = {}  # WebSocket API connection -> its user data stream subscription ids
+        self._next_subscription_id = 0
         # Exchange filters (spot "Filters"): the market-order limits beyond LOT_SIZE's minimum and step.
         self.market_max_qty = Decimal("2000000")
         self.max_notional = Decimal("9000000")
@@ -139,6 +149,7 @@ class StandIn:
         rest = f"http://127.0.0.1:{self._http.server_address[1]}"
         self.api_url, self.futures_url = f"{rest}/api", f"{rest}/fapi"
         self.stream_url = self.futures_stream_url = f"ws://127.0.0.1:{self._ws_port}/"
+        self.ws_api_url = f"ws://127.0.0.1:{self._ws_port}/ws-api/v3"
         return self
 
     def close(self) -> None:
@@ -247,6 +258,9 @@ class StandIn:
         # spot "WebSocket Streams" > "General WSS information": /ws/<stream> raw, /stream?streams=a/b combined;
         # a client that is not connected misses what is pushed meanwhile.
         path = connection.request.path
+        if path.startswith("/ws-api/v3"):
+            await self._serve_ws_api(connection)
+            return
         kinds = {kind for kind in ("aggTrade", "kline_1m") if f"{self.symbol.lower()}@{kind}" in path}
         if any(f"listenKey={key}" in path for key in self.listen_keys):  # fapi "Connect": /ws?listenKey=
             kinds.add("user")
@@ -316,6 +330,156 @@ class StandIn:
         for connection in connections:
             connection.transport.abort()
         return len(connections)
+
+    # -- the spot user data stream over the WebSocket API ------------------------------------------------
+
+    async def _serve_ws_api(self, connection) -> None:
+        """spot "WebSocket API" (wss://ws-api.binance.com/ws-api/v3, testnet wss://ws-api.testnet.binance.vision)
+        > "General API Information": requests {"id", "method", "params"}, answers {"id", "status", "result"} or
+        {"id", "status", "error": {"code", "msg"}}, with "rateLimits".
+
+        Only the user data stream requests are served, as python-binance sends them (ws/keepalive_websocket.py):
+        "User Data Stream requests" > "Subscribe to User Data Stream through signature subscription
+        (USER_STREAM)": method `userDataStream.subscribe.signature`, params apiKey, timestamp, recvWindow
+        (optional), signature; result {"subscriptionId": N}; and `userDataStream.unsubscribe` {subscriptionId}.
+        Events then come on the same connection as {"subscriptionId": N, "event": {...}} (spot "User Data
+        Streams" > "General information"), and only to a subscribed connection: one that was not connected
+        when an order executed never gets its executionReport.
+        """
+        self._subscribers[connection] = (False, {"ws-api"})  # cut by drop_streams, silenced by stall_streams
+        self._user_subscriptions[connection] = set()
+        try:
+            async for raw in connection:
+                try:
+                    request = json.loads(raw)
+                    answer = self._ws_api_answer(connection, request)
+                except (ValueError, TypeError, AttributeError):
+                    request, answer = {}, {"status": 400, "error": {"code": -1000, "msg": "Malformed request."}}
+                with self._lock:
+                    self.ws_api_requests.append((str(request.get("method")), answer["status"]))
+                if connection not in self._silenced:
+                    await connection.send(json.dumps({"id": request.get("id"), **answer, "rateLimits": [
+                        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000,
+                         "count": 2}]}))
+        except Exception:  # noqa: BLE001 - the connection was cut: its subscriptions end with it
+            pass
+        finally:
+            self._subscribers.pop(connection, None)
+            self._silenced.discard(connection)
+            self._user_subscriptions.pop(connection, None)
+
+    def _ws_api_answer(self, connection, request: dict) -> dict:
+        method, params = request["method"], dict(request.get("params") or {})
+        try:
+            if method == "userDataStream.subscribe.signature":
+                self._authenticate_ws_api(params)
+                self._next_subscription_id += 1
+                self._user_subscriptions[connection].add(self._next_subscription_id)
+                return {"status": 200, "result": {"subscriptionId": self._next_subscription_id}}
+            if method == "userDataStream.unsubscribe":
+                self._user_subscriptions[connection].discard(int(params.get("subscriptionId", -1)))
+                return {"status": 200, "result": {}}
+            raise ApiError(400, -1000, f"no WebSocket API method {method} in this stand-in")
+        except ApiError as exc:
+            with self._lock:
+                self.error_codes.append(exc.code)
+            return {"status": exc.status, "error": {"code": exc.code, "msg": exc.message}}
+
+    def _authenticate_ws_api(self, params: dict) -> None:
+        """spot "WebSocket API" > "Request security" > "SIGNED request security": the HMAC-SHA256 of every
+        parameter but `signature`, sorted by name, as `name=value` joined by `&`; apiKey in the params (not a
+        header); timestamp and recvWindow checked as for REST ("Timing security"); the same error codes."""
+        if not hmac.compare_digest(str(params.get("apiKey", "")), self.api_key):
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        if "timestamp" not in params or "signature" not in params:
+            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' or 'signature' was not sent, was "
+                                       "empty/null, or malformed.")
+        recv_window = int(params.get("recvWindow", 5000))
+        if recv_window > 60_000:
+            raise ApiError(400, -1131, "recvWindow must be less than 60000")
+        server_ms, timestamp = self.server_time_ms(), int(params["timestamp"])
+        if not (timestamp < server_ms + 1000 and server_ms - timestamp <= recv_window):
+            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+        payload = "&".join(f"{name}={value}" for name, value in sorted(params.items()) if name != "signature")
+        expected = hmac.new(self.api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(expected, str(params["signature"])):
+            raise ApiError(400, -1022, "Signature for this request is not valid.")
+
+    def _push_user_events(self, events: list[dict]) -> None:
+        """Push user data stream events to every subscription, in order, each in its own message."""
+        targets = [(c, sub) for c, subs in list(self._user_subscriptions.items()) if c not in self._silenced
+                   for sub in subs]
+        if not targets or self._loop is None:
+            return
+        for event in events:
+            for connection, subscription in targets:
+                message = json.dumps({"subscriptionId": subscription, "event": event})
+                self._loop.call_soon_threadsafe(broadcast, [connection], message)
+
+    def _push_execution_reports(self, order: dict) -> None:
+        """spot "User Data Streams" > "Order Update": a MARKET order gives an executionReport with x NEW,
+        then one per trade (x TRADE; X PARTIALLY_FILLED, the last FILLED), each with the trade's l (qty),
+        L (price), n and N (its commission and asset; N null without commission), t (trade id), and the
+        order's cumulative z (filled qty) and Z (quote qty); c is the client order id, i the order id, T the
+        transaction time. Then "Account Update" (outboundAccountPosition) with the changed balances."""
+        base = {"e": "executionReport", "E": order["transactTime"], "s": self.symbol, "c": order["clientOrderId"],
+                "S": order["side"], "o": "MARKET", "f": "GTC", "q": order["origQty"], "p": "0.00000000",
+                "P": "0.00000000", "F": "0.00000000", "g": -1, "C": "", "r": "NONE", "i": order["orderId"],
+                "T": order["transactTime"], "I": 0, "M": False, "O": order["transactTime"],
+                "Q": order["origQuoteOrderQty"], "W": order["transactTime"], "V": "EXPIRE_MAKER"}
+        events = [{**base, "x": "NEW", "X": "NEW", "l": "0.00000000", "z": "0.00000000", "L": "0.00000000",
+                   "n": "0", "N": None, "t": -1, "w": True, "m": False, "Z": "0.00000000", "Y": "0.00000000"}]
+        filled, quote = Decimal(0), Decimal(0)
+        for number, fill in enumerate(order["fills"], start=1):
+            qty, price = Decimal(fill["qty"]), Decimal(fill["price"])
+            filled, quote = filled + qty, quote + (qty * price).quantize(E8, rounding=ROUND_DOWN)
+            is_last = number == len(order["fills"])
+            events.append({**base, "x": "TRADE", "X": "FILLED" if is_last else "PARTIALLY_FILLED", "l": e8(qty),
+                           "z": e8(filled), "L": e8(price), "n": fill["commission"],
+                           "N": fill["commissionAsset"] if Decimal(fill["commission"]) else None,
+                           "t": fill["tradeId"], "w": False, "m": False,
+                           "Z": order["cummulativeQuoteQty"] if is_last else e8(quote), "Y": e8(qty * price)})
+        assets = {self.base, self.quote, *(f["commissionAsset"] for f in order["fills"])}
+        events.append({"e": "outboundAccountPosition", "E": order["transactTime"], "u": order["transactTime"],
+                       "B": [{"a": a, "f": e8(self.balances.get(a, Decimal(0))), "l": "0.00000000"}
+                             for a in sorted(assets)]})
+        self._push_user_events(events)
+
+    def _my_trades(self, params: dict) -> list[dict]:
+        """spot "Account endpoints" > "Account trade list (USER_DATA)" (GET /api/v3/myTrades): the account's
+        trades of `symbol`, by orderId, or from startTime / fromId, at most `limit` (500, at most 1000). The
+        rows carry orderId but no client order id. Like the order query it reads a copy that can lag
+        (`trade_query_lag_ms`). Parameter combinations outside the documented ones answer -1128."""
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if "orderId" in params and ("startTime" in params or "endTime" in params):
+            raise ApiError(400, -1128, "Combination of optional parameters invalid.")
+        limit = int(params.get("limit", 500))
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'limit'.")
+        start_ms = int(params.get("startTime", 0))
+        end_ms = int(params.get("endTime", start_ms + 24 * 3_600_000 if "startTime" in params else 2**62))
+        if end_ms - start_ms > 24 * 3_600_000 and "startTime" in params:
+            raise ApiError(400, -1127, "More than 24 hours between startTime and endTime.")
+        now_ms = self.server_time_ms()
+        rows = []
+        for order in self.orders:
+            if order["market"] != "spot" or now_ms - order["transactTime"] < self.trade_query_lag_ms:
+                continue
+            if "orderId" in params and str(order["orderId"]) != params["orderId"]:
+                continue
+            if not start_ms <= order["transactTime"] <= end_ms:
+                continue
+            for fill in order["fills"]:
+                if fill["tradeId"] < int(params.get("fromId", 0)):
+                    continue
+                rows.append({"symbol": self.symbol, "id": fill["tradeId"], "orderId": order["orderId"],
+                             "orderListId": -1, "price": fill["price"], "qty": fill["qty"],
+                             "quoteQty": e8(Decimal(fill["price"]) * Decimal(fill["qty"])),
+                             "commission": fill["commission"], "commissionAsset": fill["commissionAsset"],
+                             "time": order["transactTime"], "isBuyer": order["side"] == "BUY", "isMaker": False,
+                             "isBestMatch": True})
+        return rows[:limit] if "fromId" in params or "startTime" in params else rows[-limit:]
 
     # -- REST -----------------------------------------------------------------------------------------
 
@@ -407,6 +571,7 @@ class StandIn:
             ("GET", "/api/v3/account"): lambda: self._spot_account(),
             ("POST", "/api/v3/order"): lambda: self._spot_order(params),
             ("GET", "/api/v3/order"): lambda: self._query_order(params, "spot"),
+            ("GET", "/api/v3/myTrades"): lambda: self._my_trades(params),
             ("POST", "/fapi/v1/order"): lambda: self._futures_order(params),
             ("POST", "/fapi/v1/algoOrder"): lambda: self._new_algo_order(params),
             ("GET", "/fapi/v1/algoOrder"): lambda: self._query_algo_order(params),
@@ -603,6 +768,7 @@ class StandIn:
                             "commissionAsset": commission_asset, "tradeId": 56000 + len(self.orders)}],
                  "market": "spot", "params": params}
         self.orders.append(order)
+        self._push_execution_reports(order)
         return {k: v for k, v in order.items() if k not in ("market", "params")}
 
     def _average_price(self) -> Decimal:
