@@ -19,8 +19,6 @@ from pathlib import Path
 import schedule
 
 from core import config, controls, events, fault_policy, logs, maintenance, store
-from core.health import alerts, heartbeat, liveness
-from core.webhook import intake
 from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import BinanceRest, endpoints, market_of
@@ -29,8 +27,10 @@ from core.brokers import PaperBroker
 from core.candles import Tick
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
+from core.health import alerts, heartbeat, liveness
 from core.policy_loader import PolicyLoader
 from core.trader import Trader
+from core.webhook import intake
 
 log = logging.getLogger("omniwise.worker")
 ROOT = Path(__file__).resolve().parent
