@@ -9,8 +9,10 @@ vectorised with numpy, so a million candles take a fraction of a second.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
+import json
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -40,10 +42,44 @@ class Trade:
 
 
 @dataclasses.dataclass(frozen=True)
+class TradeTable:
+    """The round trips as columns, in entry order: what `Trade` objects are built from, only when asked for.
+
+    A sweep's rows need only the metrics, and a million candles make tens of thousands of trades, so
+    the per-trade objects are left to the rows that are printed.
+    """
+
+    entry_time: np.ndarray  # int64 ms
+    entry_price: np.ndarray
+    exit_time: np.ndarray  # int64 ms; -1 for the trade still open
+    exit_price: np.ndarray  # NaN for the trade still open
+    return_pct: np.ndarray
+    exit_reason: np.ndarray  # int8 code into exits.REASONS; -1 for the trade still open
+
+    def __len__(self) -> int:
+        return len(self.entry_time)
+
+    @property
+    def closed(self) -> np.ndarray:
+        """True for every trade that has ended."""
+        return self.exit_reason >= 0
+
+    def rows(self, start: int = 0) -> list[Trade]:
+        """The trades from index `start` on (negative counts from the end) as `Trade` objects."""
+        part = slice(start, None)
+        closed = self.closed[part]
+        reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason[part]]  # code -1 -> None
+        return list(map(Trade, self.entry_time[part].tolist(), self.entry_price[part].tolist(),
+                        np.where(closed, self.exit_time[part], None).tolist(),
+                        np.where(closed, self.exit_price[part], None).tolist(),
+                        self.return_pct[part].tolist(), reasons.tolist()))
+
+
+@dataclasses.dataclass(frozen=True)
 class BacktestResult:
     """What the strategy would have done over the candles."""
 
-    trades: list[Trade]
+    table: TradeTable  # the trades as columns; `trades` gives them as objects
     candles: int
     return_pct: float
     buy_hold_return_pct: float
@@ -58,23 +94,64 @@ class BacktestResult:
     size_share: float = 1.0  # share of equity each entry spent (SIZE)
     in_market: np.ndarray | None = None  # per candle: a position is held at its close
 
+    @functools.cached_property
+    def trades(self) -> list[Trade]:
+        """Every round trip, the last one possibly still open (built on first use)."""
+        return self.table.rows()
+
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
+        return self._summary_json() | {"trades": _trades_json(self.rows_for_json())}
+
+    def json_text(self, extra: dict | None = None) -> str:
+        """`json.dumps(self.as_json() | extra)`, the same text, with the trades written column by column.
+
+        json.dumps of tens of thousands of trade objects is a third of a one-backtest process.
+        """
+        head = json.dumps(self._summary_json())
+        tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
+        return f'{head[:-1]}, "trades": {_trades_json_text(self.rows_for_json())}{tail}}}'
+
+    def rows_for_json(self) -> dict[str, list]:
+        """The trades' JSON fields as columns of plain Python values (None while open, returns rounded)."""
+        table = self.table
+        closed = table.closed
+        reasons = np.array(exits.REASONS + (None,), dtype=object)[table.exit_reason]
+        return {"entry_time": table.entry_time.tolist(), "entry_price": table.entry_price.tolist(),
+                "exit_time": np.where(closed, table.exit_time, None).tolist(),
+                "exit_price": np.where(closed, table.exit_price, None).tolist(), "exit_reason": reasons.tolist(),
+                "return_pct": np.round(table.return_pct, 6).tolist()}
+
+    def _summary_json(self) -> dict:
         return {
             "candles": self.candles, "return_pct": _round(self.return_pct),
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
             "fee": self.fee_rate, "fill": self.fill, "size_pct": _round(self.size_share * 100),
-            "metrics": self.metrics.as_json(), "trades": _trades_json(self.trades),
+            "metrics": self.metrics.as_json(),
         }
 
 
-def _trades_json(trades: list[Trade]) -> list[dict]:
-    returns = np.round(np.array([t.return_pct for t in trades], dtype=np.float64), 6).tolist()
-    return [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
-             "exit_price": t.exit_price, "exit_reason": t.exit_reason, "return_pct": r}
-            for t, r in zip(trades, returns)]
+_TRADE_FIELDS = ("entry_time", "entry_price", "exit_time", "exit_price", "exit_reason", "return_pct")
+
+
+def _trades_json(columns: dict[str, list]) -> list[dict]:
+    return [dict(zip(_TRADE_FIELDS, row)) for row in zip(*(columns[name] for name in _TRADE_FIELDS))]
+
+
+def _trades_json_text(columns: dict[str, list]) -> str:
+    """What json.dumps writes for the trades, from one format per row: floats and ints as their repr,
+    which is what json.dumps writes for finite numbers (anything else goes through json.dumps)."""
+    numbers = columns["entry_price"] + columns["exit_price"] + columns["return_pct"]
+    if not all(math.isfinite(x) for x in numbers if x is not None):
+        return json.dumps(_trades_json(columns))
+    row = ('{{"entry_time": {}, "entry_price": {!r}, "exit_time": {}, "exit_price": {}, "exit_reason": {}, '
+           '"return_pct": {!r}}}').format
+    null = lambda values, text: ["null" if v is None else text(v) for v in values]  # noqa: E731
+    return "[" + ", ".join(map(row, columns["entry_time"], columns["entry_price"], null(columns["exit_time"], str),
+                               null(columns["exit_price"], repr), null(columns["exit_reason"], json.dumps),
+                               columns["return_pct"])) + "]"
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
@@ -86,7 +163,9 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     size = policy.risk.size_share
     if n == 0:
         ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
+        none = np.zeros(0, dtype=np.int64)
+        table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+        return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
     found = exits.find_trades(candles, policy.decide_all(candles), policy.risk, fill)
     closed = found.exit_index >= 0
@@ -96,22 +175,20 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     ratios = found.exit_price[closed] / entry_prices[closed] * (1 - fee_rate) ** 2
     equity = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
     open_return = candles["close"][-1] / entry_prices[~closed] * (1 - fee_rate) ** 2  # the open trade, if any
-    returns = ((np.concatenate((ratios, open_return)) - 1) * 100).tolist()
+    returns = (np.concatenate((ratios, open_return)) - 1) * 100
     times = candles["open_time_ms"]
     fill_times = times if fill == "next-open" else _close_times(candles)
     exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
                           fill_times[found.exit_index])
-    reasons = np.array(exits.REASONS + (None,), dtype=object)[found.exit_reason]  # code -1 (open) -> None
-    trades = list(map(Trade, fill_times[entries].tolist(), entry_prices.tolist(),
-                      np.where(closed, exit_times, None).tolist(), np.where(closed, found.exit_price, None).tolist(),
-                      returns, reasons.tolist()))
+    table = TradeTable(fill_times[entries], entry_prices, np.where(closed, exit_times, -1), found.exit_price,
+                       returns, found.exit_reason)
     in_market = _holding(n, entries, exits_at)
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     ledger = _ledger(candles, equity, in_market, entry_prices, found.exit_price[closed], ratios, fee_rate,
                      buy_hold_pct, size)
     metrics = compute_metrics(ledger)
     return BacktestResult(
-        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
+        table=table, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
         max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
@@ -223,26 +300,28 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
 def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.ndarray], last_trades: int = 10) -> str:
     """The readable table `omniwise.py backtest` prints."""
     times = candles["open_time_ms"]
-    closed = sum(1 for t in result.trades if t.exit_time is not None)
+    table = result.table
+    closed = int(np.count_nonzero(table.closed))
     span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
     fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
     lines = [
         title,
         f"  candles       {result.candles:,} ({span})",
-        f"  trades        {len(result.trades):,} ({closed:,} closed, {len(result.trades) - closed} open)",
+        f"  trades        {len(table):,} ({closed:,} closed, {len(table) - closed} open)",
         *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
         + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
-    reasons = collections.Counter(t.exit_reason for t in result.trades if t.exit_reason)
+    counts = np.bincount(table.exit_reason[table.closed], minlength=len(exits.REASONS)).tolist()
+    reasons = {reason: count for reason, count in zip(exits.REASONS, counts) if count}
     if reasons:
         lines.append("  exits by      " + ", ".join(f"{reason.replace('_', ' ')} {count:,}"
                                                    for reason, count in sorted(reasons.items())))
-    if result.trades:
-        lines += ["", f"  last {min(last_trades, len(result.trades))} trades:",
+    if len(table):
+        lines += ["", f"  last {min(last_trades, len(table))} trades:",
                   f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"
                   f"  exit by"]
-        for t in result.trades[-last_trades:]:
+        for t in table.rows(-last_trades):
             exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
             exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
             lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
