@@ -173,7 +173,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     entry_prices = found.entry_price
     # Each closed round trip multiplies the money it used by exit / entry, less a fee on each side (core.fills).
     ratios = found.exit_price[closed] / entry_prices[closed] * (1 - fee_rate) ** 2
-    equity = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
+    equity, in_market = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
     open_return = candles["close"][-1] / entry_prices[~closed] * (1 - fee_rate) ** 2  # the open trade, if any
     returns = (np.concatenate((ratios, open_return)) - 1) * 100
     times = candles["open_time_ms"]
@@ -182,7 +182,6 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
                           fill_times[found.exit_index])
     table = TradeTable(fill_times[entries], entry_prices, np.where(closed, exit_times, -1), found.exit_price,
                        returns, found.exit_reason)
-    in_market = _holding(n, entries, exits_at)
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     ledger = _ledger(candles, equity, in_market, entry_prices, found.exit_price[closed], ratios, fee_rate,
                      buy_hold_pct, size)
@@ -207,36 +206,30 @@ def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_r
                   len(entry_prices), fees_paid, buy_hold_pct)
 
 
-def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> np.ndarray:
-    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee.
+def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee,
+    and whether a position is held at each close.
 
     Each entry spends `size` of the account; the rest waits as cash, so a trade moves the account by
-    size · (ratio − 1)."""
-    n = len(candles["close"])
+    size · (ratio − 1). The candles fall into runs, flat before trade 0, holding trade 0, flat, ...:
+    each run's figures are spread over its candles with np.repeat, one pass instead of a mask per trade."""
+    n, count = len(candles["close"]), len(entries)
     cash_after = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # balance before trade k
-    # Trade k is open at the closes of candles entries[k] .. exits[k] - 1; mark +k+1 in, -(k+1) out.
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, entries, np.arange(1, len(entries) + 1))
-    np.add.at(marks, exits, -np.arange(1, len(exits) + 1))
-    trade_at = np.cumsum(marks[:n]) - 1  # which trade is open at each candle's close, -1 none
-    # Closed trades before each candle: the number of exits at or before it.
-    exit_marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(exit_marks, exits, 1)
-    closed_before = np.cumsum(exit_marks[:n])
-    equity = cash_after[closed_before].copy()
-    holding = trade_at >= 0
-    k = trade_at[holding]
-    units = cash_after[k] * size * (1 - fee_rate) / entry_prices[k]
-    equity[holding] = cash_after[k] * (1 - size) + units * candles["close"][holding] * (1 - fee_rate)
-    return equity
-
-
-def _holding(n: int, entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
-    """True at the close of every candle where a position is open."""
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, entries, 1)
-    np.add.at(marks, exits, -1)
-    return np.cumsum(marks[:n]) > 0
+    units = cash_after[:count] * size * (1 - fee_rate) / entry_prices
+    # Trade k is held at the closes of candles entries[k] .. exits[k] - 1 (the open one to the end).
+    edges = np.empty(2 * count + 2, dtype=np.int64)
+    edges[0], edges[1:-1:2], edges[-1] = 0, entries, n
+    edges[2:-1:2] = np.concatenate((exits, np.full(count - len(exits), n)))
+    run_lengths = np.diff(edges)  # flat 0, holding 0, flat 1, ..., holding count-1, flat count
+    cash = np.empty(2 * count + 1)
+    cash[0:-1:2], cash[1::2] = cash_after[:count], cash_after[:count] * (1 - size)
+    cash[-1] = cash_after[-1]  # after the last trade: its run is empty while that trade is still open
+    held_units = np.zeros(2 * count + 1)
+    held_units[1::2] = units
+    # Flat candles add 0 · close: the account is exactly its cash there.
+    equity = np.repeat(cash, run_lengths) + np.repeat(held_units, run_lengths) * candles["close"] * (1 - fee_rate)
+    in_market = np.repeat(np.arange(2 * count + 1) % 2 == 1, run_lengths)
+    return equity, in_market
 
 
 def _close_times(candles) -> np.ndarray:
