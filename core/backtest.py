@@ -64,6 +64,15 @@ class TradeTable:
         """True for every trade that has ended."""
         return self.exit_reason >= 0
 
+    def json_columns(self) -> dict[str, list]:
+        """The trades' JSON fields as columns of plain Python values (None while open, returns rounded)."""
+        closed = self.closed
+        reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason]  # code -1 -> None
+        return {"entry_time": self.entry_time.tolist(), "entry_price": self.entry_price.tolist(),
+                "exit_time": np.where(closed, self.exit_time, None).tolist(),
+                "exit_price": np.where(closed, self.exit_price, None).tolist(), "exit_reason": reasons.tolist(),
+                "return_pct": np.round(self.return_pct, 6).tolist()}
+
     def rows(self, start: int = 0) -> list[Trade]:
         """The trades from index `start` on (negative counts from the end) as `Trade` objects."""
         part = slice(start, None)
@@ -101,7 +110,7 @@ class BacktestResult:
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
-        return self._summary_json() | {"trades": _trades_json(self.rows_for_json())}
+        return self._summary_json() | {"trades": _trades_json(self.table.json_columns())}
 
     def json_text(self, extra: dict | None = None) -> str:
         """`json.dumps(self.as_json() | extra)`, the same text, with the trades written column by column.
@@ -110,17 +119,7 @@ class BacktestResult:
         """
         head = json.dumps(self._summary_json())
         tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
-        return f'{head[:-1]}, "trades": {_trades_json_text(self.rows_for_json())}{tail}}}'
-
-    def rows_for_json(self) -> dict[str, list]:
-        """The trades' JSON fields as columns of plain Python values (None while open, returns rounded)."""
-        table = self.table
-        closed = table.closed
-        reasons = np.array(exits.REASONS + (None,), dtype=object)[table.exit_reason]
-        return {"entry_time": table.entry_time.tolist(), "entry_price": table.entry_price.tolist(),
-                "exit_time": np.where(closed, table.exit_time, None).tolist(),
-                "exit_price": np.where(closed, table.exit_price, None).tolist(), "exit_reason": reasons.tolist(),
-                "return_pct": np.round(table.return_pct, 6).tolist()}
+        return f'{head[:-1]}, "trades": {_trades_json_text(self.table)}{tail}}}'
 
     def _summary_json(self) -> dict:
         return {
@@ -140,23 +139,36 @@ def _trades_json(columns: dict[str, list]) -> list[dict]:
     return [dict(zip(_TRADE_FIELDS, row)) for row in zip(*(columns[name] for name in _TRADE_FIELDS))]
 
 
-def _trades_json_text(columns: dict[str, list]) -> str:
-    """What json.dumps writes for the trades, from one format per row: floats and ints as their repr,
-    which is what json.dumps writes for finite numbers (anything else goes through json.dumps)."""
-    numbers = columns["entry_price"] + columns["exit_price"] + columns["return_pct"]
-    if not all(math.isfinite(x) for x in numbers if x is not None):
-        return json.dumps(_trades_json(columns))
-    row = ('{{"entry_time": {}, "entry_price": {!r}, "exit_time": {}, "exit_price": {}, "exit_reason": {}, '
-           '"return_pct": {!r}}}').format
-    null = lambda values, text: ["null" if v is None else text(v) for v in values]  # noqa: E731
-    return "[" + ", ".join(map(row, columns["entry_time"], columns["entry_price"], null(columns["exit_time"], str),
-                               null(columns["exit_price"], repr), null(columns["exit_reason"], json.dumps),
-                               columns["return_pct"])) + "]"
+def _trades_json_text(table: TradeTable) -> str:
+    """What json.dumps writes for the trades' JSON objects, glued from whole columns of text: a finite
+    float or an int is written as its repr, as json.dumps does (anything else goes through json.dumps)."""
+    closed, count = table.closed, len(table)
+    returns = np.round(table.return_pct, 6)
+    if not (np.all(np.isfinite(table.entry_price)) and np.all(np.isfinite(table.exit_price[closed]))
+            and np.all(np.isfinite(returns))):
+        return json.dumps(_trades_json(table.json_columns()))
+    exit_time, exit_price = list(map(str, table.exit_time.tolist())), list(map(repr, table.exit_price.tolist()))
+    for i in np.flatnonzero(~closed).tolist():
+        exit_time[i] = exit_price[i] = "null"
+    reasons = np.array([json.dumps(r) for r in exits.REASONS] + ["null"], dtype=object)[table.exit_reason].tolist()
+    columns = (list(map(str, table.entry_time.tolist())), list(map(repr, table.entry_price.tolist())), exit_time,
+               exit_price, reasons, list(map(repr, returns.tolist())))
+    # Row i is pieces[13 i .. 13 i + 12]: '{"entry_time": ', its value, ', "entry_price": ', ..., '}, '.
+    pieces: list = [None] * (13 * count)
+    for k, (name, column) in enumerate(zip(_TRADE_FIELDS, columns)):
+        pieces[2 * k::13] = [("{" if k == 0 else ", ") + f'"{name}": '] * count
+        pieces[2 * k + 1::13] = column
+    pieces[12::13] = ["}, "] * count
+    if count:
+        pieces[-1] = "}"
+    return "[" + "".join(pieces) + "]"
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
-                 fill: str = "next-open") -> BacktestResult:
-    """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays)."""
+                 fill: str = "next-open", indicator_cache: dict | None = None) -> BacktestResult:
+    """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays).
+
+    `indicator_cache`: see `Policy.decide_all` (a sweep shares indicators between its combinations)."""
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     n = len(candles["close"])
@@ -167,7 +179,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    found = exits.find_trades(candles, policy.decide_all(candles), policy.risk, fill)
+    found = exits.find_trades(candles, policy.decide_all(candles, indicator_cache), policy.risk, fill)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices = found.entry_price

@@ -108,13 +108,13 @@ class Policy:
         values: list = [None] * len(self._steps)
         with np.errstate(all="ignore"):
             for slot, step in enumerate(self._steps):
-                node = self._indicator_nodes.get(slot)
-                if node is not None and indicator_cache is not None:
-                    if node not in indicator_cache:
-                        indicator_cache[node] = step(values, candles)
-                    values[slot] = indicator_cache[node]
-                else:
-                    values[slot] = step(values, candles)
+                node = self._indicator_nodes.get(slot) if indicator_cache is not None else None
+                value = None if node is None else indicator_cache.get(node)
+                if value is None:
+                    value = step(values, candles)
+                    if node is not None:
+                        indicator_cache[node] = value  # the cache may decline to keep it (a memory limit)
+                values[slot] = value
         return values
 
     def decide(self, candles: Candles) -> Decision:
