@@ -218,7 +218,8 @@ def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_r
                   len(entry_prices), fees_paid, buy_hold_pct)
 
 
-def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def _equity(candles, entries, exits, entry_prices, ratios, fee_rate,
+            size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee,
     and whether a position is held at each close.
 
