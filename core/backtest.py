@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
