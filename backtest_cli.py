@@ -106,7 +106,7 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
 
         chart.write_text(render_svg(result, candles), encoding="utf-8")
     if as_json:
-        _print_json(result.as_json() | {"strategy_version": policy.version})
+        sys.stdout.write(result.json_text({"strategy_version": policy.version}) + "\n")
     else:
         title = f"Backtest of {strategy_path} (version {policy.version}) on {candles_path.name}"
         click.echo(backtest.format_report(result, title, candles))

@@ -9,8 +9,9 @@ vectorised with numpy, so a million candles take a fraction of a second.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
+import functools
+import json
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -40,10 +41,53 @@ class Trade:
 
 
 @dataclasses.dataclass(frozen=True)
+class TradeTable:
+    """The round trips as columns, in entry order: what `Trade` objects are built from, only when asked for.
+
+    A sweep's rows need only the metrics, and a million candles make tens of thousands of trades, so
+    the per-trade objects are left to the rows that are printed.
+    """
+
+    entry_time: np.ndarray  # int64 ms
+    entry_price: np.ndarray
+    exit_time: np.ndarray  # int64 ms; -1 for the trade still open
+    exit_price: np.ndarray  # NaN for the trade still open
+    return_pct: np.ndarray
+    exit_reason: np.ndarray  # int8 code into exits.REASONS; -1 for the trade still open
+
+    def __len__(self) -> int:
+        return len(self.entry_time)
+
+    @property
+    def closed(self) -> np.ndarray:
+        """True for every trade that has ended."""
+        return self.exit_reason >= 0
+
+    def json_columns(self) -> dict[str, list]:
+        """The trades' JSON fields as columns of plain Python values (None while open, returns rounded)."""
+        closed = self.closed
+        reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason]  # code -1 -> None
+        return {"entry_time": self.entry_time.tolist(), "entry_price": self.entry_price.tolist(),
+                "exit_time": np.where(closed, self.exit_time, None).tolist(),
+                "exit_price": np.where(closed, self.exit_price, None).tolist(), "exit_reason": reasons.tolist(),
+                "return_pct": np.round(self.return_pct, 6).tolist()}
+
+    def rows(self, start: int = 0) -> list[Trade]:
+        """The trades from index `start` on (negative counts from the end) as `Trade` objects."""
+        part = slice(start, None)
+        closed = self.closed[part]
+        reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason[part]]  # code -1 -> None
+        return list(map(Trade, self.entry_time[part].tolist(), self.entry_price[part].tolist(),
+                        np.where(closed, self.exit_time[part], None).tolist(),
+                        np.where(closed, self.exit_price[part], None).tolist(),
+                        self.return_pct[part].tolist(), reasons.tolist()))
+
+
+@dataclasses.dataclass(frozen=True)
 class BacktestResult:
     """What the strategy would have done over the candles."""
 
-    trades: list[Trade]
+    table: TradeTable  # the trades as columns; `trades` gives them as objects
     candles: int
     return_pct: float
     buy_hold_return_pct: float
@@ -58,60 +102,103 @@ class BacktestResult:
     size_share: float = 1.0  # share of equity each entry spent (SIZE)
     in_market: np.ndarray | None = None  # per candle: a position is held at its close
 
+    @functools.cached_property
+    def trades(self) -> list[Trade]:
+        """Every round trip, the last one possibly still open (built on first use)."""
+        return self.table.rows()
+
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
+        return self._summary_json() | {"trades": _trades_json(self.table.json_columns())}
+
+    def json_text(self, extra: dict | None = None) -> str:
+        """`json.dumps(self.as_json() | extra)`, the same text, with the trades written column by column.
+
+        json.dumps of tens of thousands of trade objects is a third of a one-backtest process.
+        """
+        head = json.dumps(self._summary_json())
+        tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
+        return f'{head[:-1]}, "trades": {_trades_json_text(self.table)}{tail}}}'
+
+    def _summary_json(self) -> dict:
         return {
             "candles": self.candles, "return_pct": _round(self.return_pct),
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
             "fee": self.fee_rate, "fill": self.fill, "size_pct": _round(self.size_share * 100),
-            "metrics": self.metrics.as_json(), "trades": _trades_json(self.trades),
+            "metrics": self.metrics.as_json(),
         }
 
 
-def _trades_json(trades: list[Trade]) -> list[dict]:
-    returns = np.round(np.array([t.return_pct for t in trades], dtype=np.float64), 6).tolist()
-    return [{"entry_time": t.entry_time, "entry_price": t.entry_price, "exit_time": t.exit_time,
-             "exit_price": t.exit_price, "exit_reason": t.exit_reason, "return_pct": r}
-            for t, r in zip(trades, returns)]
+_TRADE_FIELDS = ("entry_time", "entry_price", "exit_time", "exit_price", "exit_reason", "return_pct")
+
+
+def _trades_json(columns: dict[str, list]) -> list[dict]:
+    return [dict(zip(_TRADE_FIELDS, row)) for row in zip(*(columns[name] for name in _TRADE_FIELDS))]
+
+
+def _trades_json_text(table: TradeTable) -> str:
+    """What json.dumps writes for the trades' JSON objects, glued from whole columns of text: a finite
+    float or an int is written as its repr, as json.dumps does (anything else goes through json.dumps)."""
+    closed, count = table.closed, len(table)
+    returns = np.round(table.return_pct, 6)
+    if not (np.all(np.isfinite(table.entry_price)) and np.all(np.isfinite(table.exit_price[closed]))
+            and np.all(np.isfinite(returns))):
+        return json.dumps(_trades_json(table.json_columns()))
+    exit_time, exit_price = list(map(str, table.exit_time.tolist())), list(map(repr, table.exit_price.tolist()))
+    for i in np.flatnonzero(~closed).tolist():
+        exit_time[i] = exit_price[i] = "null"
+    reasons = np.array([json.dumps(r) for r in exits.REASONS] + ["null"], dtype=object)[table.exit_reason].tolist()
+    columns = (list(map(str, table.entry_time.tolist())), list(map(repr, table.entry_price.tolist())), exit_time,
+               exit_price, reasons, list(map(repr, returns.tolist())))
+    # Row i is pieces[13 i .. 13 i + 12]: '{"entry_time": ', its value, ', "entry_price": ', ..., '}, '.
+    pieces: list = [None] * (13 * count)
+    for k, (name, column) in enumerate(zip(_TRADE_FIELDS, columns)):
+        pieces[2 * k::13] = [("{" if k == 0 else ", ") + f'"{name}": '] * count
+        pieces[2 * k + 1::13] = column
+    pieces[12::13] = ["}, "] * count
+    if count:
+        pieces[-1] = "}"
+    return "[" + "".join(pieces) + "]"
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
-                 fill: str = "next-open") -> BacktestResult:
-    """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays)."""
+                 fill: str = "next-open", indicator_cache: dict | None = None) -> BacktestResult:
+    """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays).
+
+    `indicator_cache`: see `Policy.decide_all` (a sweep shares indicators between its combinations)."""
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     n = len(candles["close"])
     size = policy.risk.size_share
     if n == 0:
         ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
-        return BacktestResult([], 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
+        none = np.zeros(0, dtype=np.int64)
+        table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+        return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    found = exits.find_trades(candles, policy.decide_all(candles), policy.risk, fill)
+    found = exits.find_trades(candles, policy.decide_all(candles, indicator_cache), policy.risk, fill)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices = found.entry_price
     # Each closed round trip multiplies the money it used by exit / entry, less a fee on each side (core.fills).
     ratios = found.exit_price[closed] / entry_prices[closed] * (1 - fee_rate) ** 2
-    equity = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
+    equity, in_market = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
     open_return = candles["close"][-1] / entry_prices[~closed] * (1 - fee_rate) ** 2  # the open trade, if any
-    returns = ((np.concatenate((ratios, open_return)) - 1) * 100).tolist()
+    returns = (np.concatenate((ratios, open_return)) - 1) * 100
     times = candles["open_time_ms"]
     fill_times = times if fill == "next-open" else _close_times(candles)
     exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
                           fill_times[found.exit_index])
-    reasons = np.array(exits.REASONS + (None,), dtype=object)[found.exit_reason]  # code -1 (open) -> None
-    trades = list(map(Trade, fill_times[entries].tolist(), entry_prices.tolist(),
-                      np.where(closed, exit_times, None).tolist(), np.where(closed, found.exit_price, None).tolist(),
-                      returns, reasons.tolist()))
-    in_market = _holding(n, entries, exits_at)
+    table = TradeTable(fill_times[entries], entry_prices, np.where(closed, exit_times, -1), found.exit_price,
+                       returns, found.exit_reason)
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     ledger = _ledger(candles, equity, in_market, entry_prices, found.exit_price[closed], ratios, fee_rate,
                      buy_hold_pct, size)
     metrics = compute_metrics(ledger)
     return BacktestResult(
-        trades=trades, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
+        table=table, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
         win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
         max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
@@ -130,36 +217,31 @@ def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_r
                   len(entry_prices), fees_paid, buy_hold_pct)
 
 
-def _equity(candles, entries, exits, entry_prices, ratios, fee_rate, size: float = 1.0) -> np.ndarray:
-    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee.
+def _equity(candles, entries, exits, entry_prices, ratios, fee_rate,
+            size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee,
+    and whether a position is held at each close.
 
     Each entry spends `size` of the account; the rest waits as cash, so a trade moves the account by
-    size · (ratio − 1)."""
-    n = len(candles["close"])
+    size · (ratio − 1). The candles fall into runs, flat before trade 0, holding trade 0, flat, ...:
+    each run's figures are spread over its candles with np.repeat, one pass instead of a mask per trade."""
+    n, count = len(candles["close"]), len(entries)
     cash_after = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # balance before trade k
-    # Trade k is open at the closes of candles entries[k] .. exits[k] - 1; mark +k+1 in, -(k+1) out.
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, entries, np.arange(1, len(entries) + 1))
-    np.add.at(marks, exits, -np.arange(1, len(exits) + 1))
-    trade_at = np.cumsum(marks[:n]) - 1  # which trade is open at each candle's close, -1 none
-    # Closed trades before each candle: the number of exits at or before it.
-    exit_marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(exit_marks, exits, 1)
-    closed_before = np.cumsum(exit_marks[:n])
-    equity = cash_after[closed_before].copy()
-    holding = trade_at >= 0
-    k = trade_at[holding]
-    units = cash_after[k] * size * (1 - fee_rate) / entry_prices[k]
-    equity[holding] = cash_after[k] * (1 - size) + units * candles["close"][holding] * (1 - fee_rate)
-    return equity
-
-
-def _holding(n: int, entries: np.ndarray, exits: np.ndarray) -> np.ndarray:
-    """True at the close of every candle where a position is open."""
-    marks = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(marks, entries, 1)
-    np.add.at(marks, exits, -1)
-    return np.cumsum(marks[:n]) > 0
+    units = cash_after[:count] * size * (1 - fee_rate) / entry_prices
+    # Trade k is held at the closes of candles entries[k] .. exits[k] - 1 (the open one to the end).
+    edges = np.empty(2 * count + 2, dtype=np.int64)
+    edges[0], edges[1:-1:2], edges[-1] = 0, entries, n
+    edges[2:-1:2] = np.concatenate((exits, np.full(count - len(exits), n)))
+    run_lengths = np.diff(edges)  # flat 0, holding 0, flat 1, ..., holding count-1, flat count
+    cash = np.empty(2 * count + 1)
+    cash[0:-1:2], cash[1::2] = cash_after[:count], cash_after[:count] * (1 - size)
+    cash[-1] = cash_after[-1]  # after the last trade: its run is empty while that trade is still open
+    held_units = np.zeros(2 * count + 1)
+    held_units[1::2] = units
+    # Flat candles add 0 · close: the account is exactly its cash there.
+    equity = np.repeat(cash, run_lengths) + np.repeat(held_units, run_lengths) * candles["close"] * (1 - fee_rate)
+    in_market = np.repeat(np.arange(2 * count + 1) % 2 == 1, run_lengths)
+    return equity, in_market
 
 
 def _close_times(candles) -> np.ndarray:
@@ -223,26 +305,28 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
 def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.ndarray], last_trades: int = 10) -> str:
     """The readable table `omniwise.py backtest` prints."""
     times = candles["open_time_ms"]
-    closed = sum(1 for t in result.trades if t.exit_time is not None)
+    table = result.table
+    closed = int(np.count_nonzero(table.closed))
     span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
     fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
     lines = [
         title,
         f"  candles       {result.candles:,} ({span})",
-        f"  trades        {len(result.trades):,} ({closed:,} closed, {len(result.trades) - closed} open)",
+        f"  trades        {len(table):,} ({closed:,} closed, {len(table) - closed} open)",
         *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
         + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
-    reasons = collections.Counter(t.exit_reason for t in result.trades if t.exit_reason)
+    counts = np.bincount(table.exit_reason[table.closed], minlength=len(exits.REASONS)).tolist()
+    reasons = {reason: count for reason, count in zip(exits.REASONS, counts) if count}
     if reasons:
         lines.append("  exits by      " + ", ".join(f"{reason.replace('_', ' ')} {count:,}"
                                                    for reason, count in sorted(reasons.items())))
-    if result.trades:
-        lines += ["", f"  last {min(last_trades, len(result.trades))} trades:",
+    if len(table):
+        lines += ["", f"  last {min(last_trades, len(table))} trades:",
                   f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"
                   f"  exit by"]
-        for t in result.trades[-last_trades:]:
+        for t in table.rows(-last_trades):
             exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
             exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
             lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "

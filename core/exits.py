@@ -148,11 +148,11 @@ class TradeArrays:
 def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open") -> TradeArrays:
     """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`."""
     n = len(actions)
-    # Rule segments: from a BUY while flat to the next SELL, as without risk exits.
-    acted = np.where(actions != Action.HOLD, np.arange(n), -1)
-    last_act = np.maximum.accumulate(acted)
-    wants_long = np.where(last_act >= 0, actions[np.maximum(last_act, 0)] == Action.BUY, False)
-    change = np.flatnonzero(np.diff(np.concatenate(([False], wants_long))))
+    # Rule segments: from a BUY while flat to the next SELL, as without risk exits. The wish to be long
+    # changes only on a candle whose BUY or SELL differs from the last BUY or SELL before it.
+    acted = np.flatnonzero(actions != Action.HOLD)
+    wants_long = actions[acted] == Action.BUY
+    change = acted[np.flatnonzero(np.diff(np.concatenate(([False], wants_long))))]
     if fill == "next-open":
         change = change[change + 1 < n]  # a decision on the last candle has no next open to fill at
     seg_entry, seg_exit = change[0::2], change[1::2]

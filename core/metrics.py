@@ -121,7 +121,8 @@ def daily_returns(equity: np.ndarray, open_time_ms: np.ndarray) -> np.ndarray:
     midnights = np.arange(first_day + 1, last_day + 1, dtype=np.int64) * DAY_MS
     # The candle before each midnight (a search per day, not a pass over every candle); a day without
     # candles repeats the day before's and is dropped.
-    last_of_day = np.unique(np.append(np.searchsorted(open_time_ms, midnights) - 1, len(open_time_ms) - 1))
+    ends = np.append(np.searchsorted(open_time_ms, midnights) - 1, len(open_time_ms) - 1)  # sorted
+    last_of_day = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]  # np.unique, without importing numpy.ma
     closes = equity[last_of_day]
     return closes / np.concatenate(([1.0], closes[:-1])) - 1
 

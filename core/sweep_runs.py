@@ -51,6 +51,26 @@ class Fold:
 
 # Set in the parent before the pool forks; the workers read them instead of receiving copies.
 _JOB: dict = {}
+INDICATOR_CACHE_BYTES = 256 * 2**20  # per process: 32 indicators over a million candles
+
+
+class IndicatorCache(dict):
+    """Indicator values over one set of candles, shared by a process's combinations, up to a memory limit.
+
+    MA{fast: 2..11} x MA{slow: 12..30..2} needs 20 distinct averages, not 200: each is computed once
+    per process. Past the limit new values are not kept (computed again when needed), so a sweep over
+    hundreds of distinct indicators costs time, never all the memory.
+    """
+
+    def __init__(self, limit_bytes: int = INDICATOR_CACHE_BYTES):
+        super().__init__()
+        self.limit_bytes, self.kept_bytes = limit_bytes, 0
+
+    def __setitem__(self, key, value) -> None:
+        size = getattr(value, "nbytes", 0)
+        if key not in self and self.kept_bytes + size <= self.limit_bytes:
+            super().__setitem__(key, value)
+            self.kept_bytes += size
 
 
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
@@ -59,7 +79,8 @@ def run_combinations(combinations: list[Combination], candles: Candles, fee_rate
     """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores)."""
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
-    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports)
+    # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
+    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -83,7 +104,7 @@ def run_combinations(combinations: list[Combination], candles: Candles, fee_rate
 def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
     result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
-                          fill=_JOB["fill"])
+                          fill=_JOB["fill"], indicator_cache=_JOB["indicators"])
     report = result.as_json() if _JOB["keep_reports"] else None
     return index, Run(combination.params, combination.text, result.metrics, report)
 

@@ -58,6 +58,7 @@ class Policy:
         self._steps: list[Step] = []
         self._slots: dict[object, int] = {}
         self._rule_slots: list[int] = []
+        self._indicator_nodes: dict[int, Indicator] = {}  # slot -> node, for decide_all's indicator_cache
         warmups = [0]
         for rule in self.rules:
             try:
@@ -82,21 +83,39 @@ class Policy:
         fired = np.full(n, -1, dtype=np.int16)
         if not self.rules or n == 0:
             return fired
+        values = self._evaluate(candles)
+        # Walk the rules bottom-up so that the first true rule is the one left standing.
+        for index in range(len(self.rules) - 1, -1, -1):
+            np.copyto(fired, index, where=values[self._rule_slots[index]])
+        return fired
+
+    def decide_all(self, candles: Candles, indicator_cache: dict | None = None) -> np.ndarray:
+        """The action (an Action value, int8) for every candle of a history.
+
+        `indicator_cache` keeps indicator values between calls over the same candles (a sweep's
+        combinations share their averages); whoever passes it makes sure the candles are the same.
+        """
+        actions = np.full(len(candles["close"]), Action.HOLD, dtype=np.int8)
+        if not self.rules or len(actions) == 0:
+            return actions
+        values = self._evaluate(candles, indicator_cache)
+        for index in range(len(self.rules) - 1, -1, -1):  # bottom-up: the first true rule is written last
+            np.copyto(actions, self._actions[index], where=values[self._rule_slots[index]])
+        return actions
+
+    def _evaluate(self, candles: Candles, indicator_cache: dict | None = None) -> list:
+        """Every step's value over `candles`, in slot order."""
         values: list = [None] * len(self._steps)
         with np.errstate(all="ignore"):
             for slot, step in enumerate(self._steps):
-                values[slot] = step(values, candles)
-        # Walk the rules bottom-up so that the first true rule is the one left standing.
-        for index in range(len(self.rules) - 1, -1, -1):
-            fired[np.broadcast_to(values[self._rule_slots[index]], (n,))] = index
-        return fired
-
-    def decide_all(self, candles: Candles) -> np.ndarray:
-        """The action (an Action value, int8) for every candle of a history."""
-        fired = self.fired_rules(candles)
-        if not self.rules:
-            return np.zeros(len(fired), dtype=np.int8)
-        return np.where(fired >= 0, self._actions[fired], np.int8(Action.HOLD)).astype(np.int8)
+                node = self._indicator_nodes.get(slot) if indicator_cache is not None else None
+                value = None if node is None else indicator_cache.get(node)
+                if value is None:
+                    value = step(values, candles)
+                    if node is not None:
+                        indicator_cache[node] = value  # the cache may decline to keep it (a memory limit)
+                values[slot] = value
+        return values
 
     def decide(self, candles: Candles) -> Decision:
         """The decision for the newest candle, computed over the last `window` candles."""
@@ -117,7 +136,18 @@ class Policy:
         step = self._step(node)
         self._steps.append(step)
         self._slots[node] = len(self._steps) - 1
+        if isinstance(node, Indicator):
+            self._indicator_nodes[self._slots[node]] = node
         return self._slots[node]
+
+    def _difference(self, left, right) -> int:
+        """The slot of (left − right, tolerance), shared by every comparison of the same two values."""
+        key = ("difference", left, right)
+        if key not in self._slots:
+            a, b = self._compile(left), self._compile(right)
+            self._steps.append(lambda values, candles: _difference(values[a], values[b]))
+            self._slots[key] = len(self._steps) - 1
+        return self._slots[key]
 
     def _step(self, node) -> Step:
         match node:
@@ -139,11 +169,11 @@ class Policy:
                 a = self._compile(operand)
                 return lambda values, candles: np.negative(values[a])
             case Compare(op=op, left=left, right=right):
-                a, b, test = self._compile(left), self._compile(right), _COMPARISONS[op]
-                return lambda values, candles: _compare(values[a], values[b], test)
+                d, test = self._difference(left, right), _COMPARISONS[op]
+                return lambda values, candles: test(*values[d])
             case Crosses(direction=direction, left=left, right=right):
-                a, b = self._compile(left), self._compile(right)
-                return lambda values, candles: _crosses(values[a], values[b], direction, len(candles["close"]))
+                d = self._difference(left, right)
+                return lambda values, candles: _crosses(*values[d], direction, len(candles["close"]))
             case All(parts=parts):
                 slots = [self._compile(part) for part in parts]
                 return lambda values, candles: functools.reduce(np.logical_and, [values[s] for s in slots])
@@ -178,13 +208,7 @@ def _difference(a, b):
     return a - b, REL_TOL * np.maximum(np.abs(a), np.abs(b))
 
 
-def _compare(a, b, test):
-    d, tol = _difference(a, b)
-    return test(d, tol)
-
-
-def _crosses(a, b, direction: str, n: int) -> np.ndarray:
-    d, tol = _difference(a, b)
+def _crosses(d, tol, direction: str, n: int) -> np.ndarray:
     d = np.broadcast_to(d, (n,))
     tol = np.broadcast_to(tol, (n,))
     if direction == "above":
