@@ -8,6 +8,7 @@ line of it can pass for a record of its own.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -64,13 +65,23 @@ def redact(text: str, secrets: tuple[str, ...] | None = None) -> str:
     secrets = tuple(s for s in secrets if s)
     if not secrets:
         return text
-    for decode in (_unescape_json, unquote_plus, unquote):
-        if not any(s in text for s in secrets) and any(s in decode(text) for s in secrets):
-            text = decode(text)
+    if any(mark in text for mark in _ESCAPE_MARKS):  # without one, every decoding below leaves the text as it is
+        for decode in (_unescape_json, unquote_plus, unquote):
+            if not any(s in text for s in secrets) and any(s in decode(text) for s in secrets):
+                text = decode(text)
     for secret in secrets:
-        for written in {secret, json.dumps(secret)[1:-1], quote_plus(secret), quote(secret, safe="")}:
+        for written in _written_forms(secret):
             text = text.replace(written, REDACTED)
     return text
+
+
+_ESCAPE_MARKS = ("\\", "%", "+")  # what a JSON escape or percent-encoding needs
+
+
+@functools.lru_cache(maxsize=64)
+def _written_forms(secret: str) -> tuple[str, ...]:
+    """The ways `secret` can be written: plain, inside a JSON string, percent-encoded."""
+    return tuple({secret, json.dumps(secret)[1:-1], quote_plus(secret), quote(secret, safe="")})
 
 
 def _unescape_json(text: str) -> str:

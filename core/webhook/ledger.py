@@ -155,7 +155,7 @@ def _write_turn(db: Database):
         _note_busy()
         raise LedgerBusy(f"no turn to write the ledger within {deadline - now:g} s")
     try:
-        if fd is not None and not _flock_until(fd, deadline):
+        if fd is not None and not _flock_until(fd, deadline, is_busy):
             _note_busy()
             raise LedgerBusy("another process holds the ledger")
         try:
@@ -183,8 +183,16 @@ def _note_busy(is_busy: bool = True) -> None:
     _busy_since = time.monotonic() if is_busy else None
 
 
-def _flock_until(fd: int, deadline: float) -> bool:
-    """Take the process lock; a blocked flock() cannot time out, so poll it (the holder needs one write)."""
+def _flock_until(fd: int, deadline: float, is_busy: bool) -> bool:
+    """Take the process lock by `deadline`.
+
+    Normally a blocked flock() waits: it wakes the moment the holder is done, and the holder keeps it for one
+    write bounded by its own deadline, so the wait is bounded too (polling here cost a quarter of the webhook's
+    throughput). While the ledger is known busy, a blocked flock() cannot time out, so it is polled instead.
+    """
+    if not is_busy:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return True
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
