@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from flask import Blueprint, current_app, render_template
 
 from blueprints.db import get_db
@@ -11,12 +10,11 @@ from core import account, clock
 bp = Blueprint("trades", __name__)
 
 
-
 def _page_data() -> dict:
     db, settings, now_ms = get_db(), current_app.config["SETTINGS"], clock.now_ms()
-    orders = account.filled_orders(db, settings.symbol)
+    _, trips = account.ledger(db, settings.symbol)
     start = settings.paper_balance if settings.broker == "paper" else None
-    return {"trips": account.round_trips(orders)[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
+    return {"trips": trips[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
             "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol), now_ms, start)}
 
 
@@ -38,5 +36,5 @@ def equity():
     db, settings = get_db(), current_app.config["SETTINGS"]
     start = settings.paper_balance if settings.broker == "paper" else 0.0  # an exchange account: P&L from 0
     price, at_ms = account.last_close(db, settings.symbol) or (None, clock.now_ms())
-    curve = account.equity_curve(account.filled_orders(db, settings.symbol), start, price, at_ms)
+    curve = account.equity_curve(account.ledger(db, settings.symbol)[0], start, price, at_ms)
     return {"asset": account.quote_asset(settings.symbol), "start": start, "points": curve}

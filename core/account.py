@@ -9,6 +9,7 @@ of the round trips is exactly the change of the paper balance.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from sqlite_utils import Database
 
@@ -58,6 +59,31 @@ def filled_orders(db: Database, symbol: str) -> list[dict]:
         [symbol])
     names = ("id", "side", "qty", "price", "quote", "fee_quote", "filled_at_ms", "reason")
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+def ledger(db: Database, symbol: str) -> tuple[list[dict], list[RoundTrip]]:
+    """The filled orders of `symbol` and their round trips (shared: do not change them).
+
+    Pages refresh every few seconds while fills change once a trade, so both are read and paired again only
+    when the fills' fingerprint (count, newest id, sums of times, quantities, quotes and fees) has changed.
+    """
+    fingerprint = tuple(db.execute(
+        "SELECT count(*), max(id), sum(filled_at_ms), sum(qty), sum(quote), sum(fee_quote) FROM orders "
+        "WHERE symbol = ? AND status = 'filled' AND filled_at_ms IS NOT NULL", [symbol]).fetchone())
+    key = (db.conn.execute("PRAGMA database_list").fetchone()[2], symbol)
+    with _ledger_lock:
+        cached = _ledger_cache.get(key)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1], cached[2]
+    orders = filled_orders(db, symbol)
+    trips = round_trips(orders)
+    with _ledger_lock:
+        _ledger_cache[key] = (fingerprint, orders, trips)
+    return orders, trips
+
+
+_ledger_lock = threading.Lock()
+_ledger_cache: dict[tuple[str, str], tuple[tuple, list[dict], list[RoundTrip]]] = {}
 
 
 def round_trips(orders: list[dict]) -> list[RoundTrip]:
@@ -117,8 +143,7 @@ class Account:
 def account(db: Database, symbol: str, price: float | None, now_ms: int,
             start_balance: float | None = None) -> Account:
     """The account of `symbol` valued at `price` (the last close); `start_balance` is the paper account's."""
-    orders = filled_orders(db, symbol)
-    trips = round_trips(orders)
+    orders, trips = ledger(db, symbol)
     day_start_ms = now_ms - now_ms % DAY_MS
     closed = [t for t in trips if t.exit_time_ms is not None]
     cash, qty = _paper_balance(db, symbol)

@@ -124,3 +124,16 @@ def test_a_close_sent_in_parts_is_one_round_trip_at_the_parts_average_price():
     assert closed.pnl == pytest.approx((190 - 0.19 + 180 - 0.18 + 85 - 0.085) - (500 + 0.5))
     assert closed.fees == pytest.approx(0.5 + 0.19 + 0.18 + 0.085)
     assert (still_open.side, still_open.qty, still_open.exit_time_ms) == ("long", 10, None)
+
+
+def test_the_account_is_read_again_as_soon_as_a_fill_lands(db, paper):
+    trade(db, paper, "BUY", 2.0, T0)
+    first = account.account(db, SYMBOL, 2.0, T0)
+    assert account.account(db, SYMBOL, 2.0, T0) == first  # unchanged fills: the same figures
+    trade(db, paper, "SELL", 3.0, T0 + 60_000)
+    after = account.account(db, SYMBOL, 3.0, T0 + 60_000)
+    assert (first.trades, after.trades) == (0, 1)
+    assert after.realized_pnl == pytest.approx(1000 * 0.999 / 2.0 * 3.0 * 0.999 - 1000)
+    with db.conn:  # a fee corrected on an order already filled (a BNB fee priced later) is seen too
+        db.execute("UPDATE orders SET fee_quote = fee_quote + 1 WHERE side = 'SELL'")
+    assert account.account(db, SYMBOL, 3.0, T0 + 60_000).fees == pytest.approx(after.fees + 1)
