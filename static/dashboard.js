@@ -2,31 +2,18 @@
 (function () {
   "use strict";
   const box = document.getElementById("chart");
-  const LWC = window.LightweightCharts;
-  if (!box || !LWC) return;
-  const REFRESH_MS = 10000;
+  const LWC = window.LightweightCharts, charts = window.omniwiseCharts;
+  if (!box || !LWC || !charts) return;
   const LINE_COLORS = ["#2962ff", "#d81b60", "#ef6c00", "#00897b", "#8e24aa", "#6d4c41"];
   const GOOD = "#17803d", BAD = "#b42318", SIGNAL = "#1565c0";
 
-  const chart = LWC.createChart(box, {
-    autoSize: true,
-    layout: { background: { color: "transparent" }, textColor: "#1d232a", fontSize: 12 },
-    grid: { vertLines: { color: "#eef0f3" }, horzLines: { color: "#eef0f3" } },
-    rightPriceScale: { borderVisible: false },
-    timeScale: { borderVisible: false, timeVisible: true, secondsVisible: false },
-  });
+  const chart = charts.create(box);
   const candles = chart.addSeries(LWC.CandlestickSeries, {
     upColor: GOOD, downColor: BAD, wickUpColor: GOOD, wickDownColor: BAD, borderVisible: false,
   });
   const markers = LWC.createSeriesMarkers(candles, []);
   const lines = new Map();
   let isFitted = false;
-
-  // Enough decimals for five significant digits of the price (0.00141 needs 7, 43000 needs 2).
-  function priceFormat(price) {
-    const precision = Math.min(10, Math.max(2, 4 - Math.floor(Math.log10(Math.abs(price) || 1))));
-    return { type: "price", precision: precision, minMove: Math.pow(10, -precision) };
-  }
 
   function toMarker(marker) {
     if (marker.kind === "signal") {
@@ -51,7 +38,7 @@
 
   function draw(data) {
     if (data.candles.length) {
-      const format = priceFormat(data.candles[data.candles.length - 1].close);
+      const format = charts.priceFormat(data.candles[data.candles.length - 1].close);
       candles.applyOptions({ priceFormat: format });
       lines.forEach((series) => series.applyOptions({ priceFormat: format }));
     }
@@ -73,16 +60,5 @@
     if (!isFitted && data.candles.length) { chart.timeScale().fitContent(); isFitted = true; }
   }
 
-  async function refresh() {
-    try {
-      const response = await fetch(box.dataset.src, { headers: { Accept: "application/json" } });
-      if (response.status === 401) { window.location.reload(); return; }
-      if (response.ok) draw(await response.json());
-    } catch (error) {
-      console.warn("chart refresh failed", error);
-    }
-  }
-
-  refresh();
-  setInterval(refresh, REFRESH_MS);
+  charts.poll(box, draw, "chart");
 })();

@@ -2,16 +2,10 @@
 (function () {
   "use strict";
   const box = document.getElementById("equity");
-  const LWC = window.LightweightCharts;
-  if (!box || !LWC) return;
-  const REFRESH_MS = 10000;
+  const LWC = window.LightweightCharts, charts = window.omniwiseCharts;
+  if (!box || !LWC || !charts) return;
 
-  const chart = LWC.createChart(box, {
-    autoSize: true,
-    layout: { background: { color: "transparent" }, textColor: "#1d232a", fontSize: 12 },
-    grid: { vertLines: { color: "#eef0f3" }, horzLines: { color: "#eef0f3" } },
-    rightPriceScale: { borderVisible: false },
-    timeScale: { borderVisible: false, timeVisible: true, secondsVisible: false },
+  const chart = charts.create(box, {
     localization: { timeFormatter: (t) => new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" },
   });
   const line = chart.addSeries(LWC.BaselineSeries, {
@@ -21,29 +15,13 @@
   });
   let isFitted = false;
 
-  function precision(value) {  // five significant digits of the account's size
-    return Math.min(10, Math.max(2, 4 - Math.floor(Math.log10(Math.abs(value) || 1))));
-  }
-
   function draw(data) {
-    const digits = precision(data.start || (data.points[0] && data.points[0].value) || 1);
-    line.applyOptions({ baseValue: { type: "price", price: data.start },
-                        priceFormat: { type: "price", precision: digits, minMove: Math.pow(10, -digits) } });
+    const size = data.start || (data.points[0] && data.points[0].value) || 1;  // five digits of the account
+    line.applyOptions({ baseValue: { type: "price", price: data.start }, priceFormat: charts.priceFormat(size) });
     line.setData(data.points);
     box.dataset.points = String(data.points.length);
     if (!isFitted && data.points.length) { chart.timeScale().fitContent(); isFitted = true; }
   }
 
-  async function refresh() {
-    try {
-      const response = await fetch(box.dataset.src, { headers: { Accept: "application/json" } });
-      if (response.status === 401) { window.location.reload(); return; }
-      if (response.ok) draw(await response.json());
-    } catch (error) {
-      console.warn("equity refresh failed", error);
-    }
-  }
-
-  refresh();
-  setInterval(refresh, REFRESH_MS);
+  charts.poll(box, draw, "equity");
 })();
