@@ -7,21 +7,14 @@ import dataclasses
 import pytest
 
 from core import account, controls, store
-from core.health import alerts
 from core.brokers import PaperBroker
-from core.candles import Candle, Tick
+from core.candles import Tick
+from core.health import alerts
 from core.policy_loader import PolicyLoader
 from core.trader import Trader
+from tests.test_trader import MINUTE, T0, candle
 
-MINUTE = 60_000
-T0 = 1_570_752_000_000
 NOW_MS = 1_700_000_000_000
-
-
-def candle(i: int, close: float, open_: float | None = None) -> Candle:
-    o = close if open_ is None else open_
-    return Candle(T0 + i * MINUTE, o, max(o, close), min(o, close), close, 1.0, T0 + i * MINUTE + 59_999,
-                  close, 1, 0.5, close / 2)
 
 
 @pytest.fixture

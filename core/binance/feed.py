@@ -92,18 +92,12 @@ class StreamSilent(Exception):
     """No message for STALL_S: the connection is treated as dead."""
 
 
-class StreamReader(threading.Thread):
-    """Reads the kline stream in its own thread and event loop, putting KlineUpdate and Disconnected events
-    on `events`; reconnects until `close()`."""
+class StreamThread(threading.Thread):
+    """A stream read by an asyncio loop (`_read`) in its own thread, its events on `events`, until `close()`."""
 
-    def __init__(self, stream_url: str, symbol: str, market: str = SPOT,
-                 random: Callable[[], float] = _random.random, stall_s: float = STALL_S):
-        super().__init__(name="binance-stream", daemon=True)
-        self.stream_url = stream_url
-        self.symbol = symbol
-        self.market = market
+    def __init__(self, name: str, random: Callable[[], float]):
+        super().__init__(name=name, daemon=True)
         self.random = random
-        self.stall_s = stall_s
         self.events: queue.Queue = queue.Queue()
         self.connections = 0
         self._closing = threading.Event()
@@ -116,6 +110,22 @@ class StreamReader(threading.Thread):
         self._closing.set()
         if self.is_alive():
             self.join(timeout_s)
+
+    async def _read(self) -> None:
+        raise NotImplementedError
+
+
+class StreamReader(StreamThread):
+    """Reads the kline stream in its own thread and event loop, putting KlineUpdate and Disconnected events
+    on `events`; reconnects until `close()`."""
+
+    def __init__(self, stream_url: str, symbol: str, market: str = SPOT,
+                 random: Callable[[], float] = _random.random, stall_s: float = STALL_S):
+        super().__init__("binance-stream", random)
+        self.stream_url = stream_url
+        self.symbol = symbol
+        self.market = market
+        self.stall_s = stall_s
 
     async def _read(self) -> None:
         client = AsyncClient()  # only the socket manager's settings: makes no network call

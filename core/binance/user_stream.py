@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import random as _random
-import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -26,7 +24,7 @@ from binance.async_client import AsyncClient
 from binance.ws.streams import BinanceSocketManager
 from binance.ws.websocket_api import WebsocketAPI
 
-from core.binance.feed import QUEUE_SIZE
+from core.binance.feed import QUEUE_SIZE, StreamThread
 from core.binance.rest import FUTURES, SPOT, backoff_s
 
 log = logging.getLogger(__name__)
@@ -76,32 +74,19 @@ class ExecutionReports:
         return {**answer, "status": "NEW"} if is_first else None
 
 
-class UserStreamReader(threading.Thread):
+class UserStreamReader(StreamThread):
     """Reads the account's user data stream (futures, or spot over the WebSocket API) in its own thread;
     order answers go on `events`."""
 
     def __init__(self, api_key: str, api_secret: str, rest_url: str, stream_url: str,
                  random: Callable[[], float] = _random.random, market: str = FUTURES, ws_api_url: str = ""):
-        super().__init__(name="binance-user-stream", daemon=True)
+        super().__init__("binance-user-stream", random)
         self._keys = (api_key, api_secret)
         self.rest_url = rest_url
         self.stream_url = stream_url
         self.ws_api_url = ws_api_url
         self.market = market
-        self.random = random
-        self.events: queue.Queue = queue.Queue()
-        self.connections = 0
-        self._closing = threading.Event()
         self._reports = ExecutionReports()
-
-    def run(self) -> None:
-        asyncio.run(self._read())
-
-    def close(self, timeout_s: float = 3.0) -> None:
-        """Stop reading and wait for the thread."""
-        self._closing.set()
-        if self.is_alive():
-            self.join(timeout_s)
 
     async def _read(self) -> None:
         client = AsyncClient(*self._keys)  # makes no network call until the socket subscribes

@@ -385,12 +385,10 @@ class StandIn:
                 self.error_codes.append(exc.code)
             return {"status": exc.status, "error": {"code": exc.code, "msg": exc.message}}
 
-    def _authenticate_ws_api(self, params: dict) -> None:
-        """spot "WebSocket API" > "Request security" > "SIGNED request security": the HMAC-SHA256 of every
-        parameter but `signature`, sorted by name, as `name=value` joined by `&`; apiKey in the params (not a
-        header); timestamp and recvWindow checked as for REST ("Timing security"); the same error codes."""
-        if not hmac.compare_digest(str(params.get("apiKey", "")), self.api_key):
-            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+    def _check_timing(self, params: dict) -> None:
+        """"Timing security", the same for REST and the WebSocket API: timestamp and signature present
+        (-1102), recvWindow at most 60000 (-1131), a timestamp at most 1 s ahead of the server and no older
+        than recvWindow (-1021)."""
         if "timestamp" not in params or "signature" not in params:
             raise ApiError(400, -1102, "Mandatory parameter 'timestamp' or 'signature' was not sent, was "
                                        "empty/null, or malformed.")
@@ -400,6 +398,14 @@ class StandIn:
         server_ms, timestamp = self.server_time_ms(), int(params["timestamp"])
         if not (timestamp < server_ms + 1000 and server_ms - timestamp <= recv_window):
             raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+
+    def _authenticate_ws_api(self, params: dict) -> None:
+        """spot "WebSocket API" > "Request security" > "SIGNED request security": the HMAC-SHA256 of every
+        parameter but `signature`, sorted by name, as `name=value` joined by `&`; apiKey in the params (not a
+        header); timestamp and recvWindow checked as for REST ("Timing security"); the same error codes."""
+        if not hmac.compare_digest(str(params.get("apiKey", "")), self.api_key):
+            raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
+        self._check_timing(params)
         payload = "&".join(f"{name}={value}" for name, value in sorted(params.items()) if name != "signature")
         expected = hmac.new(self.api_secret.encode(), payload.encode(), hashlib.sha256).hexdigest()
         if not hmac.compare_digest(expected, str(params["signature"])):
@@ -617,15 +623,7 @@ class StandIn:
             raise ApiError(401, -2014, "API-key format invalid.")
         if not hmac.compare_digest(key, self.api_key):
             raise ApiError(401, -2015, "Invalid API-key, IP, or permissions for action.")
-        if "timestamp" not in params or "signature" not in params:
-            raise ApiError(400, -1102, "Mandatory parameter 'timestamp' or 'signature' was not sent, was "
-                                       "empty/null, or malformed.")
-        recv_window = int(params.get("recvWindow", 5000))
-        if recv_window > 60_000:
-            raise ApiError(400, -1131, "recvWindow must be less than 60000")
-        server_ms, timestamp = self.server_time_ms(), int(params["timestamp"])
-        if not (timestamp < server_ms + 1000 and server_ms - timestamp <= recv_window):
-            raise ApiError(400, -1021, "Timestamp for this request is outside of the recvWindow.")
+        self._check_timing(params)
         unsigned = "".join("&".join(p for p in part.split("&") if not p.startswith("signature="))
                            for part in (query, body))
         expected = hmac.new(self.api_secret.encode(), unsigned.encode(), hashlib.sha256).hexdigest()
