@@ -19,7 +19,8 @@ from pathlib import Path
 import schedule
 
 from core import config, controls, events, fault_policy, logs, maintenance, store
-from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker
+from core.binance.futures import BinanceFuturesBroker
+from core.binance.spot import BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import BinanceRest, endpoints, market_of
 from core.binance.user_stream import UserStreamReader

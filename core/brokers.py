@@ -1,4 +1,4 @@
-"""Brokers: where target positions become orders. Paper trading here; Binance in core/binance/brokers.py
+"""Brokers: where target positions become orders. Paper trading here; Binance in core/binance/ (spot.py, futures.py)
 (worker.py chooses the broker).
 
 A broker is asked for the `position()` and given orders that were already recorded (with a client

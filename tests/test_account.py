@@ -108,7 +108,7 @@ def test_round_trips_always_add_up_to_the_paper_balance(tmp_path_factory, prices
 
 
 def test_a_close_sent_in_parts_is_one_round_trip_at_the_parts_average_price():
-    # A futures close above the market order maximum goes as 100 + 100 + 50 (core/binance/brokers.py).
+    # A futures close above the market order maximum goes as 100 + 100 + 50 (core/binance/futures.py).
     def fill(order_id, side, qty, price, reason, fee=0.0):
         quote = qty * price - fee if side == "SELL" else qty * price + fee
         return {"id": order_id, "side": side, "qty": qty, "price": price, "quote": quote, "fee_quote": fee,

@@ -1,4 +1,4 @@
-"""core/binance/brokers.py against the exchange stand-in: one order per decision whatever the fault."""
+"""The Binance brokers (core/binance/spot.py, futures.py) against the exchange stand-in: one order per decision whatever the fault."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from decimal import Decimal
 import pytest
 
 from core import brokers, store
-from core.binance.brokers import BinanceFuturesBroker, BinanceSpotBroker, SymbolRules, floor_to
+from core.binance.filters import SymbolRules, floor_to
+from core.binance.futures import BinanceFuturesBroker
+from core.binance.spot import BinanceSpotBroker
 from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected
 from core.config import ConfigError, Settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin

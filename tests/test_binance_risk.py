@@ -12,7 +12,8 @@ from decimal import ROUND_DOWN, Decimal
 import pytest
 
 from core import store
-from core.binance.brokers import STOP_KEY, BinanceFuturesBroker
+from core.binance.futures import BinanceFuturesBroker
+from core.binance.stops import STOP_KEY
 from core.binance.rest import FUTURES, BinanceRest, ExchangeRejected
 from core.candles import Candle, Tick
 from core.policy_loader import PolicyLoader

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core import store
-from core.binance.brokers import BASE_BEFORE_KEY
+from core.binance.settle import BASE_BEFORE_KEY
 from core.binance.rest import SPOT, endpoints
 from core.binance.user_stream import ExecutionReports, UserStreamReader
 from core.config import Settings

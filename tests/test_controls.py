@@ -124,7 +124,7 @@ def test_the_worker_carries_out_a_flatten_request_records_and_alerts_it(settings
 def test_flatten_of_a_futures_short_buys_it_back_reduce_only_at_the_exchange(db, data_dir):
     # The real python-binance client against the exchange stand-in: a flatten is the target "flat", never a BUY
     # that would turn the short into a long.
-    from core.binance.brokers import BinanceFuturesBroker
+    from core.binance.futures import BinanceFuturesBroker
     from core.binance.rest import FUTURES
     from tests.test_binance_brokers import broker_for
     from tests.exchange.standin import start_standin
