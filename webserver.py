@@ -17,6 +17,19 @@ WATCHDOG_EVERY_S = 10.0
 def serve(settings: Settings, create_app: Callable[[Settings], Flask], host: str, port: int, workers: int) -> None:
     """Run `create_app(settings)` on gunicorn's threaded workers, each with its own watchdog."""
 
+    def load() -> Flask:
+        logs.configure(settings.log_level)
+        app = create_app(settings)
+        watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
+        return app
+
+    run_gunicorn(load, host, port, workers, settings.log_level)
+
+
+def run_gunicorn(load: Callable[[], Callable], host: str, port: int, workers: int, log_level: str) -> None:
+    """Serve the WSGI app that `load()` makes in each worker process with the settings `serve` uses; the
+    webhook benchmark serves its floor with the very same ones."""
+
     class Server(BaseApplication):
         def load_config(self) -> None:
             self.cfg.set("bind", f"{host}:{port}")
@@ -25,13 +38,10 @@ def serve(settings: Settings, create_app: Callable[[Settings], Flask], host: str
             self.cfg.set("threads", 4)
             self.cfg.set("control_socket_disable", True)
             self.cfg.set("accesslog", None)
-            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(settings.log_level))
+            self.cfg.set("logconfig_dict", logs.gunicorn_logconfig(log_level))
 
-        def load(self) -> Flask:
-            logs.configure(settings.log_level)
-            app = create_app(settings)
-            watchdog(settings).start()  # one per gunicorn worker; state changes are atomic in SQLite
-            return app
+        def load(self) -> Callable:
+            return load()
 
     Server().run()
 
