@@ -17,7 +17,7 @@ run: $(STAMP)
 	@OMNIWISE_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest
+	$(VENV)/bin/python -m pytest -n auto
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
