@@ -21,6 +21,7 @@ from collections.abc import Callable
 from decimal import Decimal
 
 from binance.async_client import AsyncClient
+from binance.ws.constants import WSListenerState
 from binance.ws.streams import BinanceSocketManager
 from binance.ws.websocket_api import WebsocketAPI
 
@@ -119,6 +120,12 @@ class UserStreamReader(StreamThread):
                 failures += 1
                 await self._pause(backoff_s(failures, self.random))
         finally:
+            ws_api = client.ws_api if self.market == SPOT else None
+            if ws_api is not None and ws_api.ws is not None:
+                # python-binance ends its WebSocket API read loop only once a read times out (TIMEOUT, 5 s
+                # here): marked as exiting, with its connection closed, it ends at once.
+                ws_api.ws_state = WSListenerState.EXITING
+                await ws_api.ws.close()
             await client.close_connection()
 
     async def _pump(self, stream, ws_api_connection, client) -> None:

@@ -245,7 +245,8 @@ class StandIn:
     async def _serve_streams(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
         self._stop_streams = asyncio.Event()
-        async with serve(self._stream, "127.0.0.1", 0) as server:
+        # close_timeout: a client gone without a close frame (drop_streams) must not hold close() for 10 s
+        async with serve(self._stream, "127.0.0.1", 0, close_timeout=0.5) as server:
             self._ws_port = server.sockets[0].getsockname()[1]
             ready.set()
             market = asyncio.create_task(self._publish())
