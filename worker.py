@@ -262,6 +262,11 @@ def main() -> int:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    try:
+        lock = maintenance.hold_worker_lock(settings.data_dir)  # one worker a data folder; `restore` waits for none
+    except maintenance.WorkerRunning as exc:
+        print(f"omniwise worker: {exc}", file=sys.stderr)
+        return 2
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
         logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,
                          settings.binance_api_secret)
@@ -272,7 +277,10 @@ def main() -> int:
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop.set())
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":
