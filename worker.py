@@ -128,7 +128,8 @@ class Worker:
             urllib.request.urlopen(self.settings.ping_url, timeout=10).close()
 
     def obey_operator(self) -> None:
-        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
+        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived or a mismatch's
+        grace has just ended."""
         request_id = controls.waiting_flatten(self.db)
         if request_id is not None:
             result = self.trader.flatten()
@@ -137,6 +138,8 @@ class Worker:
         (latest,) = self.db.execute("SELECT max(id) FROM external_signals WHERE outcome = 'accepted'").fetchone()
         if latest != self._latest_signal_id:
             self._latest_signal_id = latest
+            self.check_heartbeat()
+        elif heartbeat.is_recheck_due(self.db, int(self.clock() * 1000)):
             self.check_heartbeat()
 
     def on_position_changed(self, sender, order) -> None:
