@@ -17,7 +17,7 @@ import click
 from core.dsl import StrategyError, compile_strategy, sweeps
 from core.metrics import NAMES
 
-RANK_CHOICES = NAMES
+RANK_CHOICES = tuple(name for name in NAMES if name != "days")
 _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports its progress on stderr
 
 
@@ -132,13 +132,13 @@ def _run(combinations, candles, fee, fill, keep_reports, label=""):
 def _sweep(combinations, candles, fee, fill, as_json, rank_by) -> None:
     from core import sweep_runs
 
-    ranked = sweep_runs.rank(_run(combinations, candles, fee, fill, as_json), rank_by)
+    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json), rank_by, as_json)
     if as_json:
         _print_json([run.report | {"params": run.params} for run in ranked])
         return
     shown = ranked[:sweep_runs.TOP_SHOWN]
-    click.echo(f"Sweep of {len(ranked):,} combinations over {len(candles['close']):,} candles, "
-               f"the best {len(shown)} by {rank_by}:")
+    click.echo(f"Sweep of {len(ranked):,} combinations over {len(candles['close']):,} candles "
+               f"({_days(ranked[0])}), the best {len(shown)} by {rank_by}:")
     click.echo(_table(shown, rank_by))
 
 
@@ -148,7 +148,7 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by) -> None
     n = len(candles["close"])
     point = sweep_runs.split_point(n, fraction)
     inside, outside = sweep_runs.part(candles, slice(0, point)), sweep_runs.part(candles, slice(point, n))
-    ranked = sweep_runs.rank(_run(combinations, inside, fee, fill, as_json, "in sample: "), rank_by)
+    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: "), rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
     again = sweep_runs.recheck(best, outside, fee, fill, as_json)
     if as_json:
@@ -167,10 +167,14 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by) -> 
     from core.backtest import metric_lines
 
     n = len(candles["close"])
-    done = []
+    done, notes = [], []
     for number, (train, test) in enumerate(sweep_runs.walk_forward_folds(n, folds), start=1):
-        ranked = sweep_runs.rank(_run(combinations, sweep_runs.part(candles, train), fee, fill, False,
-                                      f"fold {number} of {folds}: "), rank_by)
+        runs = _run(combinations, sweep_runs.part(candles, train), fee, fill, False, f"fold {number} of {folds}: ")
+        metric, note = sweep_runs.choose_metric(runs, rank_by)
+        if note and as_json:
+            click.echo(f"fold {number}: {note}", err=True)
+        notes.append((metric, note))
+        ranked = sweep_runs.rank(runs, metric)
         best = ranked[:sweep_runs.TOP_RECHECKED]
         done.append(sweep_runs.Fold(train, test, ranked, sweep_runs.recheck(best, sweep_runs.part(candles, test),
                                                                             fee, fill)))
@@ -185,18 +189,36 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by) -> 
                               "params": [fold.ranked[0].params for fold in done], "metrics": joined.as_json()},
         })
         return
-    for number, fold in enumerate(done, start=1):
-        click.echo(f"Fold {number} of {folds}: ranked by {rank_by} on {fold.train.stop:,} candles "
+    for number, (fold, (metric, note)) in enumerate(zip(done, notes), start=1):
+        click.echo(f"Fold {number} of {folds}: ranked by {metric} on {fold.train.stop:,} candles "
                    f"({_span(sweep_runs.part(candles, fold.train))}), tested on the next "
                    f"{fold.test.stop - fold.test.start:,} ({_span(sweep_runs.part(candles, fold.test))}):")
-        click.echo(_side_by_side(fold.ranked[:len(fold.rechecked)], fold.rechecked, rank_by))
+        if note:
+            click.echo(f"  ({note})")
+        click.echo(_side_by_side(fold.ranked[:len(fold.rechecked)], fold.rechecked, metric))
         click.echo("")
     click.echo(f"Out of sample, joined: the best of each fold traded on the block after it "
                f"({sum(len(r.equity) for r in results):,} candles)")
     click.echo("\n".join(metric_lines(joined)))
 
 
+def _rank(runs, rank_by: str, as_json: bool, label: str = ""):
+    """The runs best first, and the metric they were ranked by; a fallback to return_pct is said (on
+    stderr under --json, so the JSON stays clean)."""
+    from core import sweep_runs
+
+    metric, note = sweep_runs.choose_metric(runs, rank_by)
+    if note:
+        click.echo(f"{label}{note}", err=as_json)
+    return sweep_runs.rank(runs, metric), metric
+
+
 # -- output -----------------------------------------------------------------------------------------
+
+def _days(run) -> str:
+    days = run.metrics.days
+    return f"{days:,} complete UTC day{'' if days == 1 else 's'}"
+
 
 def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value))

@@ -24,7 +24,8 @@ from core.metrics import LOWER_IS_BETTER, NAMES, Metrics, compute_metrics, join
 
 TOP_SHOWN = 20
 TOP_RECHECKED = 5
-RANKABLE = NAMES
+RANKABLE = tuple(name for name in NAMES if name != "days")
+FALLBACK_METRIC = "return_pct"  # never null
 
 Candles = Mapping[str, np.ndarray]
 
@@ -132,16 +133,33 @@ def available_cores() -> int:
 
 
 def rank(runs: list[Run], metric: str) -> list[Run]:
-    """Best first by `metric` (lower first for drawdown and fees); undefined values last, ties in sweep order."""
+    """Best first by `metric` (lower first for drawdown and fees).
+
+    A null that means "no loss" (profit factor without a losing trade, sortino without a losing day and
+    a positive mean) ranks above every number, any other null below every number; nulls of one kind
+    are ordered by return_pct. Ties keep the sweep's order.
+    """
     if metric not in RANKABLE:
         raise ValueError(f"cannot rank by {metric!r}; choose one of {', '.join(RANKABLE)}")
     sign = 1 if metric in LOWER_IS_BETTER else -1
 
     def key(run: Run):
         value = getattr(run.metrics, metric)
-        return (value is None, 0 if value is None else sign * value)
+        if value is None:
+            return (0 if run.metrics.is_no_loss(metric) else 2, -run.metrics.return_pct)
+        return (1, sign * value)
 
     return sorted(runs, key=key)
+
+
+def choose_metric(runs: list[Run], metric: str) -> tuple[str, str | None]:
+    """The metric to rank by: `metric`, or return_pct when `metric` is null for every run, with a note
+    saying so (else None)."""
+    if metric == FALLBACK_METRIC or not runs or any(getattr(run.metrics, metric) is not None for run in runs):
+        return metric, None
+    reason = runs[0].metrics.why_null.get(metric, "undefined")
+    return FALLBACK_METRIC, (f"{metric} is null for every combination ({reason}): "
+                             f"ranked by {FALLBACK_METRIC} instead")
 
 
 def split_point(n: int, fraction: float) -> int:
