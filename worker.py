@@ -130,10 +130,8 @@ class Worker:
     def obey_operator(self) -> None:
         """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived or a mismatch's
         grace has just ended."""
-        request_id = controls.waiting_flatten(self.db)
-        if request_id is not None:
-            result = self.trader.flatten()
-            controls.finish_flatten(self.db, request_id, result, int(self.clock() * 1000))
+        result = controls.carry_out_flatten(self.db, self.trader, int(self.clock() * 1000))
+        if result is not None:
             log.warning("flatten by the operator: %s", result)
         (latest,) = self.db.execute("SELECT max(id) FROM external_signals WHERE outcome = 'accepted'").fetchone()
         if latest != self._latest_signal_id:

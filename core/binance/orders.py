@@ -112,13 +112,14 @@ class BinanceBroker(Settling):
             ":size_share)", order).lastrowid
         return order
 
-    def execute(self, order: dict) -> None:
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """Size a recorded order from the exchange's account and send it once; an unknown outcome is
-        never sent again but settled (see the module docstring)."""
+        never sent again but settled (see the module docstring). While another order's outcome is unknown
+        nothing is sent, unless `even_if_unknown` (a flatten: it closes what the account holds now)."""
         try:
             self._prepare_for(order["side"])
             waiting = self._settle_open(exclude_id=order["id"])
-            if waiting:
+            if waiting and not even_if_unknown:
                 self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
                              "next decision decides again against Binance's account")
                 return
