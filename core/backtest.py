@@ -110,18 +110,19 @@ class BacktestResult:
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
-        return self._summary_json() | {"trades": _trades_json(self.table.json_columns())}
+        return self.summary_json() | {"trades": _trades_json(self.table.json_columns())}
 
     def json_text(self, extra: dict | None = None) -> str:
         """`json.dumps(self.as_json() | extra)`, the same text, with the trades written column by column.
 
         json.dumps of tens of thousands of trade objects is a third of a one-backtest process.
         """
-        head = json.dumps(self._summary_json())
+        head = json.dumps(self.summary_json())
         tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
         return f'{head[:-1]}, "trades": {_trades_json_text(self.table)}{tail}}}'
 
-    def _summary_json(self) -> dict:
+    def summary_json(self) -> dict:
+        """`as_json()` without the trades: what a sweep's row carries unless `--trades` asks for them."""
         return {
             "candles": self.candles, "return_pct": _round(self.return_pct),
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
