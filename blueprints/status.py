@@ -42,6 +42,12 @@ def page_warnings() -> list[dashboard.Warning]:
 
 
 @bp.app_template_global()
+def entry_size_share() -> float:
+    """The share of the account each entry spends: the strategy's SIZE (1.0 without one)."""
+    return current_app.extensions["omniwise.policy"].current().risk.size_share
+
+
+@bp.app_template_global()
 def page_read_ms() -> int:
     """When this page's data was read."""
     return clock.now_ms()

@@ -7,6 +7,8 @@ import dataclasses
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from core.health import heartbeat
 from core.webhook import ledger
@@ -145,3 +147,120 @@ def test_every_page_says_when_its_data_was_read(operator):
     for path in PAGES:
         page = operator.get(path).get_data(as_text=True)
         assert 'id="freshness"' in page and "data read " in page, path
+
+
+# -- money written like money -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, decimals, text", [
+    (2000620.0, 6, "2,000,620.000000"),  # was "2.00062e+06"
+    (1.4092325e+09, 2, "1,409,232,500.00"),  # was "1.4092325e+09"
+    (1e-7, 8, "0.00000010"),
+    (0.125, 2, "0.13"),  # half up, as a person rounds money
+    (-0.004, 2, "0.00"),  # no "-0.00"
+    (-1234.5, 1, "-1,234.5"),
+    (7063664.1, 0, "7,063,664"),
+    (1e22, 2, "10,000,000,000,000,000,000,000.00"),
+])
+def test_numbers_have_fixed_decimals_and_separators_and_never_an_exponent(value, decimals, text):
+    from core.precision import fixed
+
+    assert fixed(value, decimals) == text
+
+
+def test_signed_money_has_a_plus_and_zero_has_no_sign():
+    from core.precision import fixed
+
+    assert (fixed(3.14159, 2, signed=True), fixed(-3.14159, 2, signed=True), fixed(0.001, 2, signed=True)) == \
+        ("+3.14", "-3.14", "0.00")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e30, max_value=1e30), st.integers(0, 8))
+def test_any_number_reads_back_within_half_its_last_decimal(value, decimals):
+    from core.precision import fixed
+
+    text = fixed(value, decimals)
+    assert "e" not in text.lower() and text.count(".") == (1 if decimals else 0)
+    whole = text.split(".")[0].lstrip("-")
+    assert whole == format(int(whole.replace(",", "")), ",")  # separators every three digits
+    back = float(text.replace(",", ""))
+    assert abs(back - value) <= 0.5 * 10 ** -decimals + abs(value) * 1e-15
+
+
+@pytest.mark.parametrize("step, decimals", [("0.00100000", 3), ("1.00000000", 0), ("10", 0), ("0.00000001", 8),
+                                            ("0.5", 1), ("0", 8)])
+def test_decimals_of_a_step_size(step, decimals):
+    from core.precision import decimals_of_step
+
+    assert decimals_of_step(step) == decimals
+
+
+@pytest.mark.parametrize("price, quote, expected", [
+    (90_000.0, "USDT", (8, 2, 2)),  # BTCUSDT: a satoshi of BTC is worth 0.0009 USDT; a cent of money
+    (3_000.0, "USDT", (7, 2, 2)),
+    (0.00141, "ETH", (1, 7, 6)),  # XRPETH: prices to five digits, 0.1 XRP is worth 0.00014 ETH
+    (1.0, "BTC", (4, 4, 8)),
+    (None, "ETH", (8, 8, 6)),  # no price yet: every decimal Binance could have
+])
+def test_paper_trading_decimals_follow_the_price_and_the_quote_asset(price, quote, expected):
+    from core.precision import paper_defaults
+
+    got = paper_defaults(price, quote)
+    assert (got.qty, got.price, got.money) == expected
+
+
+def test_the_binance_brokers_step_sizes_are_what_the_pages_use(db):
+    from decimal import Decimal
+
+    from core import precision
+
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141).source == "paper"
+    precision.publish(db, "XRPETH", Decimal("1.00000000"), Decimal("0.00000001"), "ETH", 1)
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141) == precision.Precision(0, 8, 6, "binance")
+
+
+def test_pages_write_quantities_prices_and_money_with_the_markets_decimals(operator, db, settings):
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    at = now_ms() - 120_000
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 95000, 95000, 95000, 95000, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, at - at % 60_000, at - at % 60_000 + 59_999])
+        decision_id = db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, created_at_ms) "
+            "VALUES (?, ?, 'BUY', 'long', 'flat', 'strategy', ?)", [SYMBOL, at, at]).lastrowid
+    broker.submit(decision_id, "BUY", at)
+    broker.fill_pending(95_000.0, at)
+    qty = 10_000 / 95_000 * 0.999  # the paper fill: all the cash less the fee, at the next open
+    brokers.save_position(db, broker.position(), at)  # as the worker's heartbeat check does
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    assert f"long {qty:,.8f} <small>BTC</small>" in summary  # 8 decimals for BTC at 95,000 USDT
+    assert "entry 95,000.00" in summary and ">95,000.00<" in summary
+    assert "9,990.00" in summary  # position value at 95,000: all the cash less the 0.1 % fee, in cents
+    assert not re.search(r"\d[eE][+-]\d", summary)
+    activity = operator.get("/dashboard/activity").get_data(as_text=True)
+    assert f'<td class="num">{qty:,.8f}</td><td class="num">95,000.00</td>' in activity
+    trades = operator.get("/trades").get_data(as_text=True)
+    assert f'<td class="num">{qty:,.8f}</td>' in trades and "fees USDT" in trades
+
+
+def test_the_money_text_follows_the_strategys_size(operator, data_dir):
+    (data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\nSIZE 50%\n")
+    page = operator.get("/").get_data(as_text=True)
+    assert "Each BUY spends 50 % of the\n  equity (<code>SIZE 50%</code>)" in page and "all the cash" not in page
+    (data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\n")
+    assert "Each BUY spends all the cash" in operator.get("/").get_data(as_text=True)
+
+
+def test_a_binance_broker_publishes_the_exchanges_step_sizes_when_it_reads_them(db):
+    from core import precision
+    from tests.exchange.standin import start_standin
+    from tests.test_binance_brokers import broker_for, place
+
+    exchange = start_standin(speed=1)
+    try:
+        place(broker_for(exchange, db), db, "BUY")  # the first order reads exchangeInfo
+    finally:
+        exchange.close()
+    # the stand-in's XRPETH: LOT_SIZE stepSize 1, PRICE_FILTER tickSize 0.00000001, as Binance's own
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141) == precision.Precision(0, 8, 6, "binance")

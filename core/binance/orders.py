@@ -26,7 +26,7 @@ from decimal import Decimal
 
 from sqlite_utils import Database
 
-from core import brokers, store
+from core import brokers, precision, store
 from core.health import alerts
 from core.binance.filters import Plan, SymbolRules
 from core.binance.rest import SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
@@ -259,6 +259,9 @@ class BinanceBroker(Settling):
             for symbol in info.get("symbols", ()):
                 if symbol["symbol"] == self.symbol:
                     self._rules, self._rules_read_ms = SymbolRules.from_symbol(symbol, self.market), now_ms
+                    # the pages write quantities and prices with the exchange's own decimals
+                    precision.publish(self.db, self.symbol, self._rules.step, self._rules.tick,
+                                      self._rules.quote_asset, now_ms)
                     break
             else:
                 raise BrokerError(f"Binance does not list {self.symbol} for {self.market} trading")

@@ -1,4 +1,4 @@
-"""Rules -> one compiled policy that decides BUY / SELL / HOLD over numpy candle arrays.
+"""Rules -> one compiled policy that decides BUY / SELL / SHORT / HOLD over numpy candle arrays.
 
 The policy is a flat program: every distinct sub-expression of every rule becomes one step, computed
 once per evaluation over whole arrays. The same object decides the newest candle for the live worker
@@ -71,6 +71,11 @@ class Policy:
         self.warmup = max(warmups + [_warmup(Indicator("ATR", (float(n),))) for n in self.risk.atr_periods])
         # The live decision needs the warm-up plus one previous candle for CROSSES.
         self.window = min(max(self.warmup + 2, MIN_WINDOW), MAX_WINDOW)
+
+    @property
+    def has_short(self) -> bool:
+        """True when a rule can answer SHORT (a broker that cannot short refuses such a strategy)."""
+        return any(rule.action == Action.SHORT for rule in self.rules)
 
     def __repr__(self) -> str:
         return f"<Policy {self.version}: {len(self.rules)} rules, window {self.window}>"
