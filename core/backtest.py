@@ -178,7 +178,9 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    found = exits.find_trades(candles, policy.decide_all(candles, indicator_cache), policy.risk, fill)
+    actions, decided = policy.decide_minutes(candles, indicator_cache)
+    atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
+    found = exits.find_trades(candles, actions, policy.risk, fill, decided, atr)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices = found.entry_price

@@ -41,11 +41,6 @@ _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more
 SCALAR_SEGMENTS = 16  # this few segments left: follow them candle by candle
 
 
-def atr_at_decision(risk: Risk, candles, index: int = -1) -> dict[int, float]:
-    """ATR(n) of candle `index` for every period the levels use (NaN while warming up)."""
-    return {n: float(indicators.compute("ATR", candles, (float(n),))[index]) for n in risk.atr_periods}
-
-
 def _below(distance: Distance | None, price, atr: dict) -> float:
     """price·(1−p) or price − k·ATR; NaN without the statement or the ATR."""
     if distance is None:
@@ -145,8 +140,13 @@ class TradeArrays:
     exit_at_open: np.ndarray  # bool: the exit filled at a candle's open (rule exits with next-open, gaps)
 
 
-def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open") -> TradeArrays:
-    """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`."""
+def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open", decided: np.ndarray | None = None,
+                atr: dict[int, np.ndarray] | None = None) -> TradeArrays:
+    """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`.
+
+    With a strategy timeframe only some minutes decide (`decided`, from Policy.decide_minutes; None = all);
+    the others hold HOLD and do not count as an answer of the rules after a risk exit. `atr`: ATR(n) per
+    period at each deciding candle (Policy.atr_by_minute); computed on the candles when None."""
     n = len(actions)
     # Rule segments: from a BUY while flat to the next SELL, as without risk exits. The wish to be long
     # changes only on a candle whose BUY or SELL differs from the last BUY or SELL before it.
@@ -159,7 +159,7 @@ def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open
     seg_exit = np.concatenate((seg_exit, np.full(len(seg_entry) - len(seg_exit), -1)))
     if not risk.has_exits:
         return _rule_trades(candles, seg_entry, seg_exit, fill)
-    return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit)
+    return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit, decided, atr)
 
 
 def _entry_fill(candles, decision: np.ndarray, fill: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,13 +185,15 @@ def _next_index(mask: np.ndarray) -> np.ndarray:
     return np.concatenate((np.minimum.accumulate(where[::-1])[::-1], [n]))
 
 
-def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit) -> TradeArrays:
+def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, decided=None, atr=None) -> TradeArrays:
     """Trades with risk exits: each rule segment's trades, followed candle range by candle range for
     all open trades at once (numpy over a 2-D window), so only the candles of open trades are looked
     at, and a trade re-enters inside its segment only as the rules allow after a risk exit."""
     n = len(actions)
-    atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
-    next_not_buy = _next_index(actions != Action.BUY)
+    if atr is None:
+        atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
+    not_buy = actions != Action.BUY
+    next_not_buy = _next_index(not_buy if decided is None else not_buy & decided)
     next_buy = _next_index(actions == Action.BUY)
     # The candle through which each segment's trades are checked: its SELL decision, or the last candle.
     seg_last = np.where(seg_exit >= 0, seg_exit, n - 1)
