@@ -1,4 +1,4 @@
-"""Omniwise web app (Flask app factory) and command line: check, serve, init.
+"""Omniwise web app (Flask app factory) and command line: check, serve, init, backup, restore, ...
 
 `python omniwise.py COMMAND` and `flask --app omniwise COMMAND` run the same commands.
 """
@@ -138,6 +138,41 @@ def backup_command(dest: Path) -> None:
     click.echo(f"backed up {settings.db_path} to {dest}: {pages} pages, integrity ok")
 
 
+@click.command("restore")
+@click.argument("backup_file", metavar="BACKUP", type=click.Path(dir_okay=False, path_type=Path))
+def restore_command(backup_file: Path) -> None:
+    """Put BACKUP in place of the database (stop both processes first): the session key and the client-id
+    prefix are made new, so no cookie from before and no order id is used again."""
+    from core.maintenance import BackupError, WorkerRunning, restore
+
+    settings = _settings_or_exit()
+    try:
+        summary = restore(backup_file, settings.data_dir, clock.now_ms())
+    except WorkerRunning as exc:
+        raise click.ClickException(f"{exc}: stop it first (sudo systemctl stop omniwise-worker)") from None
+    except BackupError as exc:
+        raise click.ClickException(f"{exc}; nothing was changed") from None
+    click.echo(f"restored {backup_file} to {settings.db_path}")
+    click.echo(f"  taken at:       {_utc(summary.taken_at_ms) or 'not recorded (an older backup)'}")
+    click.echo(f"  worker's last beacon: {_utc(summary.last_beacon_ms) or 'none'}")
+    click.echo(f"  last candle:    {_utc(summary.last_candle_ms) or 'none'}")
+    if summary.last_decision:
+        decision_id, created_at_ms, action = summary.last_decision
+        click.echo(f"  last decision:  #{decision_id} {action} at {_utc(created_at_ms)}")
+    else:
+        click.echo("  last decision:  none")
+    click.echo("Every session is logged out and orders get a new client-id prefix. Start the web app and the "
+               "worker again; the worker reads the position from the exchange.")
+
+
+def _utc(time_ms: int | None) -> str | None:
+    if time_ms is None:
+        return None
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(time_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 @click.command("init")
 def init_command() -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
@@ -208,7 +243,7 @@ def _settings_or_exit() -> Settings:
 
 
 COMMANDS = (check_command, init_command, serve_command, candles_command, backtest_command, backup_command,
-            set_password_command)
+            restore_command, set_password_command)
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
 for _command in COMMANDS:

@@ -128,15 +128,16 @@ class Worker:
             urllib.request.urlopen(self.settings.ping_url, timeout=10).close()
 
     def obey_operator(self) -> None:
-        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived."""
-        request_id = controls.waiting_flatten(self.db)
-        if request_id is not None:
-            result = self.trader.flatten()
-            controls.finish_flatten(self.db, request_id, result, int(self.clock() * 1000))
+        """Carry out a waiting flatten; re-check the heartbeat at once when a new signal arrived or a mismatch's
+        grace has just ended."""
+        result = controls.carry_out_flatten(self.db, self.trader, int(self.clock() * 1000))
+        if result is not None:
             log.warning("flatten by the operator: %s", result)
         (latest,) = self.db.execute("SELECT max(id) FROM external_signals WHERE outcome = 'accepted'").fetchone()
         if latest != self._latest_signal_id:
             self._latest_signal_id = latest
+            self.check_heartbeat()
+        elif heartbeat.is_recheck_due(self.db, int(self.clock() * 1000)):
             self.check_heartbeat()
 
     def on_position_changed(self, sender, order) -> None:
@@ -262,6 +263,11 @@ def main() -> int:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
     logs.configure(settings.log_level)
+    try:
+        lock = maintenance.hold_worker_lock(settings.data_dir)  # one worker a data folder; `restore` waits for none
+    except maintenance.WorkerRunning as exc:
+        print(f"omniwise worker: {exc}", file=sys.stderr)
+        return 2
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
         logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,
                          settings.binance_api_secret)
@@ -272,7 +278,10 @@ def main() -> int:
         return 2
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: worker.stop.set())
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        lock.close()
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint
+from flask import Blueprint, current_app, g
 from markupsafe import Markup
 
-from core import clock, dashboard
+from blueprints.db import get_db
+from core import account, clock, dashboard, precision
 
 bp = Blueprint("formats", __name__)
 
@@ -37,20 +38,56 @@ def ago(iso_time: str | None, now_ms: int) -> str:
     return dashboard.age(iso_time, now_ms)
 
 
+@bp.app_template_global()
+def market_precision() -> precision.Precision:
+    """The decimals of this market's quantities, prices and money (once a request)."""
+    if "precision" not in g:
+        settings, db = current_app.config["SETTINGS"], get_db()
+        g.precision = precision.for_market(db, settings.symbol, account.quote_asset(settings.symbol),
+                                           account.last_price(db, settings.symbol))
+    return g.precision
+
+
+@bp.app_template_global()
+def base_asset() -> str:
+    """What the market's quantities count: XRPETH -> XRP (the symbol itself when its quote is unknown)."""
+    symbol = current_app.config["SETTINGS"].symbol
+    quote = account.quote_asset(symbol)
+    return symbol[:-len(quote)] if quote != "quote" else symbol
+
+
 @bp.app_template_filter("num")
-def num(value: float | None, digits: int = 8) -> str:
-    """A number with `digits` significant digits and thousands separators: 7,063,664.1."""
-    return "" if value is None else format(value, f",.{digits}g")
+def num(value: float | None, decimals: int = 2) -> str:
+    """A plain number with fixed decimals and thousands separators, never in scientific notation."""
+    return precision.fixed(value, decimals)
+
+
+@bp.app_template_filter("qty")
+def qty(value: float | None) -> str:
+    """A quantity of the base asset with the market's decimals (the exchange's step size)."""
+    return precision.fixed(value, market_precision().qty)
+
+
+@bp.app_template_filter("price")
+def price(value: float | None) -> str:
+    """A price with the market's decimals (the exchange's tick size)."""
+    return precision.fixed(value, market_precision().price)
+
+
+@bp.app_template_filter("money")
+def money(value: float | None) -> str:
+    """An amount of the quote asset with its decimals: 10,000.00 USDT, 9.876543 ETH."""
+    return precision.fixed(value, market_precision().money)
 
 
 @bp.app_template_filter("signed")
-def signed(value: float | None, digits: int = 6) -> Markup:
-    """Money won or lost: green with +, red with -, plain when it rounds to nothing."""
+def signed(value: float | None) -> Markup:
+    """Money won or lost in the quote asset's decimals: green with +, red with -, plain when it rounds to 0."""
     if value is None:
         return Markup("")
-    text = format(value, f"+,.{digits}g")
-    if abs(value) < 10 ** -(digits + 2):
-        return Markup('<span class="muted">0</span>')
+    text = precision.fixed(value, market_precision().money, signed=True)
+    if not text.startswith(("+", "-")):
+        return Markup('<span class="muted">{}</span>').format(text)
     return Markup('<span class="{}">{}</span>').format("good" if value > 0 else "bad", text)
 
 
@@ -61,7 +98,7 @@ def pct(value: float | None) -> Markup:
         return Markup("")
     text = f"{value:+.2f}"
     if text in ("+0.00", "-0.00"):
-        return Markup('<span class="muted">{} %</span>').format(f"{value:+.3g}" if value else "0.00")
+        return Markup('<span class="muted">{} %</span>').format(precision.fixed(value, 3) if value else "0.00")
     return Markup('<span class="{}">{} %</span>').format("good" if value > 0 else "bad", text)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 
 from flask import Blueprint, current_app, render_template, request, session
 
@@ -29,6 +30,33 @@ def index():
     return render_template("status/index.html", report=dashboard.overview(db, settings, now_ms),
                            activity=dashboard.recent_activity(db), now_ms=now_ms, policy=loader.current(),
                            strategy_error=loader.error, worker=strategies.worker_view(db, now_ms))
+
+
+@bp.app_template_global()
+def page_warnings() -> list[dashboard.Warning]:
+    """What every page's banner says is wrong now (none for a database that cannot be read)."""
+    try:
+        return dashboard.warnings(get_db(), clock.now_ms())
+    except sqlite3.Error:  # the error page says why; the banner must not fail it
+        return []
+
+
+@bp.app_template_global()
+def entry_size_share() -> float:
+    """The share of the account each entry spends: the strategy's SIZE (1.0 without one)."""
+    return current_app.extensions["omniwise.policy"].current().risk.size_share
+
+
+@bp.app_template_global()
+def page_read_ms() -> int:
+    """When this page's data was read."""
+    return clock.now_ms()
+
+
+@bp.get("/banner")
+def banner():
+    """The #banner fragment on every page: the worker down, a heartbeat mismatch or a stale signal."""
+    return render_template("_banner.html", warnings=page_warnings())
 
 
 @bp.get("/dashboard/summary")

@@ -43,8 +43,14 @@ def set_password(db: Database, password: str, now_ms: int) -> None:
     hashed = generate_password_hash(password)
     with store.transaction(db):
         store.set_meta(db, PASSWORD_KEY, hashed, now_ms)
-        store.set_meta(db, SIGNING_KEY, secrets.token_urlsafe(32), now_ms)
-        _advance_generation(db, now_ms)
+        rotate_session_key(db, now_ms)
+
+
+def rotate_session_key(db: Database, now_ms: int) -> None:
+    """A new cookie signing key and session generation: every session made before opens nothing. Part of
+    the caller's transaction."""
+    store.set_meta(db, SIGNING_KEY, secrets.token_urlsafe(32), now_ms)
+    _advance_generation(db, now_ms)
 
 
 def session_keys(db: Database) -> tuple[str | None, str]:

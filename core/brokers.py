@@ -86,8 +86,9 @@ class PaperBroker:
         order["id"] = cursor.lastrowid
         return order
 
-    def execute(self, order: dict) -> None:
-        """Send a recorded order (after the trader's transaction committed). Paper: it waits for the next price."""
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
+        """Send a recorded order (after the trader's transaction committed). Paper: it waits for the next price
+        (and no order's outcome is ever unknown)."""
 
     def recover(self) -> None:
         """On start, settle orders whose outcome a crash left unknown. Paper: nothing is ever in flight."""

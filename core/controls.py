@@ -86,6 +86,18 @@ def waiting_flatten(db: Database) -> int | None:
     return row[0] if row else None
 
 
+def carry_out_flatten(db: Database, trader, now_ms: int) -> str | None:
+    """Carry out the waiting flatten request with `trader` (core.trader.Trader), record and alert what it did;
+    returns that, or None when no flatten waits. A request a crash interrupted is carried out again: the
+    trader reports its earlier order's real fill and closes what the exchange still holds."""
+    request_id = waiting_flatten(db)
+    if request_id is None:
+        return None
+    result = trader.flatten(request_id)
+    finish_flatten(db, request_id, result, now_ms)
+    return result
+
+
 def finish_flatten(db: Database, request_id: int, result: str, now_ms: int) -> None:
     """Record what a flatten did and alert it (call inside the worker's transaction or alone)."""
     with store.transaction(db):

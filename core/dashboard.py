@@ -13,7 +13,7 @@ import numpy as np
 from sqlite_utils import Database
 
 from core import controls, indicators
-from core.health import alerts, heartbeat
+from core.health import alerts, heartbeat, liveness
 from core.candles import Candle
 from core.dsl import Policy
 from core.dsl.nodes import AtTimeframe, Indicator, Series
@@ -38,6 +38,35 @@ def overview(db: Database, settings, now_ms: int) -> dict:
     state = heartbeat.state_of(db, "position")
     report["heartbeat_pending_until_ms"] = state["pending_until_ms"] if state else None
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class Warning:
+    """Something every page must say at once: the worker is down, or the heartbeat is bad."""
+
+    kind: str  # "worker down", "mismatch", "stale"
+    text: str
+
+
+def warnings(db: Database, now_ms: int) -> list[Warning]:
+    """What is wrong now, worst first: the worker down, then a heartbeat mismatch or a stale signal."""
+    found = []
+    worker = liveness.worker_status(db, now_ms)
+    if not worker.alive:
+        seen = ("it has never started" if worker.last_seen_ms is None
+                else f"last seen {age_ms(worker.last_seen_ms, now_ms)} ago")
+        found.append(Warning("worker down", f"The worker is down ({seen}): no trading, no heartbeat checks, "
+                                            "no alerts until it runs again."))
+    state = heartbeat.state_of(db, "position")
+    if state and state["state"] in (heartbeat.MISMATCH, heartbeat.STALE):
+        found.append(Warning(state["state"], f"Heartbeat {state['state']} since {age_ms(state['since_ms'], now_ms)} "
+                                             f"ago: {state['reason']}"))
+    return found
+
+
+def age_ms(time_ms: int, now_ms: int) -> str:
+    """How long ago a time in ms was, in words."""
+    return age(datetime.datetime.fromtimestamp(time_ms / 1000, tz=datetime.timezone.utc).isoformat(), now_ms)
 
 
 def last_candle(db: Database, symbol: str) -> Candle | None:

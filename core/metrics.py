@@ -1,8 +1,9 @@
 """The standard figures of a backtest, from its trades and its equity marked to market at every candle close.
 
 Every formula is written out in the README ("Backtest metrics"); names follow DESIGN.md. A figure that
-has no meaning for the history (no losing trade for the profit factor, one day for the Sharpe ratio)
-is None, printed as "-" and as JSON null, never a made-up 0 or infinity.
+has no meaning for the history (no losing trade for the profit factor, fewer than 30 complete UTC days
+for the Sharpe ratio) is None, printed as "-" and as JSON null, never a made-up 0 or infinity; `why_null`
+says why in words.
 """
 
 from __future__ import annotations
@@ -15,11 +16,17 @@ import numpy as np
 DAY_MS = 86_400_000
 YEAR_DAYS = 365  # crypto trades every day of the year
 CANDLE_MS = 60_000
+MIN_DAYS = 30  # complete UTC days below which sharpe, sortino and calmar say nothing (one standard error
+# of an annualised Sharpe is about sqrt(365 / days): ±3.5 at 30 days, ±6 at 10)
 
 NAMES = ("return_pct", "buy_and_hold_pct", "max_drawdown_pct", "trades", "win_rate_pct", "profit_factor",
-         "expectancy_pct", "exposure_pct", "sharpe", "sortino", "calmar", "fees_paid")
+         "expectancy_pct", "exposure_pct", "sharpe", "sortino", "calmar", "fees_paid", "days")
 # Metrics where a smaller value is better, for ranking sweeps.
 LOWER_IS_BETTER = frozenset({"max_drawdown_pct", "fees_paid"})
+# Why a figure is missing, when that means "nothing was lost": such a null ranks above every number.
+NO_LOSING_TRADE = "no losing trade"
+NO_LOSING_DAY = "no losing day"
+NO_LOSS = frozenset({NO_LOSING_TRADE, NO_LOSING_DAY})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +45,24 @@ class Metrics:
     sortino: float | None
     calmar: float | None
     fees_paid: float
+    days: int = 0  # complete UTC days, the daily returns' count
+    why_null: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> why it is None
 
     def as_json(self) -> dict:
-        """The `metrics` object of `backtest --json`, rounded to 6 decimals."""
-        return {name: _round(getattr(self, name)) for name in NAMES}
+        """The `metrics` object of `backtest --json`, rounded to 6 decimals, with `why_null`."""
+        return {name: _round(getattr(self, name)) for name in NAMES} | {"why_null": dict(self.why_null)}
+
+    def null_reasons(self) -> list[tuple[str, list[str]]]:
+        """Each reason of `why_null` with the figures it leaves out, in the order of NAMES."""
+        grouped: dict[str, list[str]] = {}
+        for name in NAMES:
+            if name in self.why_null:
+                grouped.setdefault(self.why_null[name], []).append(name)
+        return list(grouped.items())
+
+    def is_no_loss(self, name: str) -> bool:
+        """True when `name` is None because nothing was lost (a winner's null, DESIGN.md "Sweeps")."""
+        return self.why_null.get(name) in NO_LOSS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +105,9 @@ def compute_metrics(ledger: Ledger) -> Metrics:
     equity, open_time_ms = ledger.equity, ledger.open_time_ms
     n = len(equity)
     if n == 0:
-        return Metrics(0.0, 0.0, 0.0, 0, None, None, None, 0.0, None, None, None, 0.0)
+        why = dict.fromkeys(("win_rate_pct", "profit_factor", "expectancy_pct"), "no closed trade")
+        return Metrics(0.0, 0.0, 0.0, 0, None, None, None, 0.0, None, None, None, 0.0, 0,
+                       why | dict.fromkeys(("sharpe", "sortino", "calmar"), _too_few_days(0)))
     return_pct = float(equity[-1] - 1) * 100
     drawdown_pct = max_drawdown_pct(equity)
     closed_returns, closed_pnl = ledger.closed_returns, ledger.closed_pnl
@@ -93,7 +116,7 @@ def compute_metrics(ledger: Ledger) -> Metrics:
     daily = daily_returns(equity, open_time_ms)
     span_days = (int(open_time_ms[-1]) + CANDLE_MS - int(open_time_ms[0])) / DAY_MS
     annual_pct = annualised_return_pct(float(equity[-1]), span_days)
-    return Metrics(
+    metrics = Metrics(
         return_pct=return_pct,
         buy_and_hold_pct=float(ledger.buy_and_hold_pct),
         max_drawdown_pct=drawdown_pct,
@@ -102,11 +125,41 @@ def compute_metrics(ledger: Ledger) -> Metrics:
         profit_factor=float(np.sum(closed_pnl[closed_pnl > 0])) / gross_loss if gross_loss > 0 else None,
         expectancy_pct=float(np.mean(closed_returns)) * 100 if has_closed else None,
         exposure_pct=float(np.mean(ledger.in_market)) * 100,
-        sharpe=sharpe(daily),
-        sortino=sortino(daily),
-        calmar=annual_pct / drawdown_pct if annual_pct is not None and drawdown_pct > 0 else None,
+        sharpe=sharpe(daily) if len(daily) >= MIN_DAYS else None,
+        sortino=sortino(daily) if len(daily) >= MIN_DAYS else None,
+        calmar=(annual_pct / drawdown_pct if annual_pct is not None and drawdown_pct > 0 and len(daily) >= MIN_DAYS
+                else None),
         fees_paid=float(ledger.fees_paid),
+        days=len(daily),
     )
+    return dataclasses.replace(metrics, why_null=_why_null(metrics, closed_pnl, daily))
+
+
+def _why_null(m: Metrics, closed_pnl: np.ndarray, daily: np.ndarray) -> dict[str, str]:
+    """Each None figure of `m` with the reason, in words a trader reads in the table and the editor."""
+    why = {}
+    if m.win_rate_pct is None:
+        why["win_rate_pct"] = why["expectancy_pct"] = "no closed trade"
+    if m.profit_factor is None:
+        if not len(closed_pnl):
+            why["profit_factor"] = "no closed trade"
+        else:
+            why["profit_factor"] = NO_LOSING_TRADE if np.any(closed_pnl > 0) else "no trade won or lost money"
+    if len(daily) < MIN_DAYS:
+        why["sharpe"] = why["sortino"] = why["calmar"] = _too_few_days(len(daily))
+        return why
+    mean = float(np.mean(daily))
+    if m.sharpe is None:
+        why["sharpe"] = "the daily returns do not vary"
+    if m.sortino is None:
+        why["sortino"] = NO_LOSING_DAY if mean > 0 else "no day gained or lost"
+    if m.calmar is None:
+        why["calmar"] = "no drawdown" if m.max_drawdown_pct == 0 else "the annualised return is out of range"
+    return why
+
+
+def _too_few_days(days: int) -> str:
+    return f"{days} complete UTC day{'' if days == 1 else 's'}, fewer than {MIN_DAYS}"
 
 
 def max_drawdown_pct(equity: np.ndarray) -> float:
@@ -116,15 +169,25 @@ def max_drawdown_pct(equity: np.ndarray) -> float:
 
 
 def daily_returns(equity: np.ndarray, open_time_ms: np.ndarray) -> np.ndarray:
-    """Each UTC day's return: its last close's equity over the day before's (the first day over 1.0)."""
-    first_day, last_day = int(open_time_ms[0]) // DAY_MS, int(open_time_ms[-1]) // DAY_MS
-    midnights = np.arange(first_day + 1, last_day + 1, dtype=np.int64) * DAY_MS
-    # The candle before each midnight (a search per day, not a pass over every candle); a day without
-    # candles repeats the day before's and is dropped.
-    ends = np.append(np.searchsorted(open_time_ms, midnights) - 1, len(open_time_ms) - 1)  # sorted
-    last_of_day = ends[np.concatenate(([True], ends[1:] != ends[:-1]))]  # np.unique, without importing numpy.ma
-    closes = equity[last_of_day]
-    return closes / np.concatenate(([1.0], closes[:-1])) - 1
+    """Each complete UTC day's return: the equity at its last close over the equity at the midnight it
+    began with (the last close before it, or the starting 1.0 when the history starts at that midnight).
+
+    A day is complete when the history covers it from 00:00 to 24:00: the first and the last day of a
+    history that starts or ends within a day are left out (a few minutes are not a day). A day inside
+    the history without any candle has no close and gives no return.
+    """
+    if not len(open_time_ms):
+        return np.zeros(0)
+    first_midnight = -(-int(open_time_ms[0]) // DAY_MS)  # the first day that starts within the history
+    last_midnight = (int(open_time_ms[-1]) + CANDLE_MS) // DAY_MS  # the end of the last day it covers whole
+    if last_midnight <= first_midnight:
+        return np.zeros(0)
+    midnights = np.arange(first_midnight, last_midnight + 1, dtype=np.int64) * DAY_MS
+    # The last candle before each midnight (a search per day, not a pass over every candle); -1: none yet.
+    before = np.searchsorted(open_time_ms, midnights) - 1
+    marks = np.where(before >= 0, equity[np.maximum(before, 0)], 1.0)
+    has_candles = before[1:] != before[:-1]
+    return (marks[1:] / marks[:-1] - 1)[has_candles]
 
 
 def sharpe(daily: np.ndarray) -> float | None:

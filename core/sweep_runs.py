@@ -24,7 +24,8 @@ from core.metrics import LOWER_IS_BETTER, NAMES, Metrics, compute_metrics, join
 
 TOP_SHOWN = 20
 TOP_RECHECKED = 5
-RANKABLE = NAMES
+RANKABLE = tuple(name for name in NAMES if name != "days")
+FALLBACK_METRIC = "return_pct"  # never null
 
 Candles = Mapping[str, np.ndarray]
 
@@ -36,7 +37,7 @@ class Run:
     params: dict[str, int | float]
     text: str
     metrics: Metrics
-    report: dict | None  # BacktestResult.as_json(), kept only for `--json`
+    report: dict | None  # for `--json`: BacktestResult.summary_json(), or as_json() with the trades
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +76,15 @@ class IndicatorCache(dict):
 
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
                      keep_reports: bool = False, jobs: int | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[Run]:
-    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores)."""
+                     progress: Callable[[int], None] | None = None, with_trades: bool = False) -> list[Run]:
+    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores).
+
+    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`."""
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
-    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, indicators=IndicatorCache())
+    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, with_trades=with_trades,
+                indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -105,7 +109,9 @@ def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
     result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
                           fill=_JOB["fill"], indicator_cache=_JOB["indicators"])
-    report = result.as_json() if _JOB["keep_reports"] else None
+    report = None
+    if _JOB["keep_reports"]:
+        report = result.as_json() if _JOB["with_trades"] else result.summary_json()
     return index, Run(combination.params, combination.text, result.metrics, report)
 
 
@@ -132,16 +138,33 @@ def available_cores() -> int:
 
 
 def rank(runs: list[Run], metric: str) -> list[Run]:
-    """Best first by `metric` (lower first for drawdown and fees); undefined values last, ties in sweep order."""
+    """Best first by `metric` (lower first for drawdown and fees).
+
+    A null that means "no loss" (profit factor without a losing trade, sortino without a losing day and
+    a positive mean) ranks above every number, any other null below every number; nulls of one kind
+    are ordered by return_pct. Ties keep the sweep's order.
+    """
     if metric not in RANKABLE:
         raise ValueError(f"cannot rank by {metric!r}; choose one of {', '.join(RANKABLE)}")
     sign = 1 if metric in LOWER_IS_BETTER else -1
 
     def key(run: Run):
         value = getattr(run.metrics, metric)
-        return (value is None, 0 if value is None else sign * value)
+        if value is None:
+            return (0 if run.metrics.is_no_loss(metric) else 2, -run.metrics.return_pct)
+        return (1, sign * value)
 
     return sorted(runs, key=key)
+
+
+def choose_metric(runs: list[Run], metric: str) -> tuple[str, str | None]:
+    """The metric to rank by: `metric`, or return_pct when `metric` is null for every run, with a note
+    saying so (else None)."""
+    if metric == FALLBACK_METRIC or not runs or any(getattr(run.metrics, metric) is not None for run in runs):
+        return metric, None
+    reason = runs[0].metrics.why_null.get(metric, "undefined")
+    return FALLBACK_METRIC, (f"{metric} is null for every combination ({reason}): "
+                             f"ranked by {FALLBACK_METRIC} instead")
 
 
 def split_point(n: int, fraction: float) -> int:
@@ -170,10 +193,10 @@ def part(candles: Candles, where: slice) -> dict[str, np.ndarray]:
 
 
 def recheck(runs: list[Run], candles: Candles, fee_rate: float, fill: str, keep_reports: bool = False,
-            jobs: int | None = None) -> list[Run]:
+            jobs: int | None = None, with_trades: bool = False) -> list[Run]:
     """The same combinations run again over other candles (out of sample)."""
     combinations = [Combination(run.params, run.text) for run in runs]
-    return run_combinations(combinations, candles, fee_rate, fill, keep_reports, jobs)
+    return run_combinations(combinations, candles, fee_rate, fill, keep_reports, jobs, with_trades=with_trades)
 
 
 def joined_out_of_sample(folds: list[Fold], candles: Candles, fee_rate: float, fill: str) -> tuple[Metrics, list[BacktestResult]]:

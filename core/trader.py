@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 TARGETS = {Action.BUY: "long", Action.SELL: "flat", Action.HOLD: None}
 SIDE_FOR_TARGET = {"long": "BUY", "flat": "SELL"}
+FLATTEN_ORDER_KEY = "flatten_order"  # meta: the flatten request being carried out and its order, as JSON
 _SERIES = ("open", "high", "low", "close", "volume")
 
 
@@ -422,14 +424,18 @@ class Trader:
         events.emit(events.order_placed, self.broker, order=order)
         return order
 
-    def flatten(self) -> str:
+    def flatten(self, request_id: int | None = None) -> str:
         """Close the position now (the operator's flatten): a decision of its own with reason 'manual' and its
-        order, filled at once by an exchange, or by paper at the latest trade's price. Returns what it did."""
+        order, filled at once by an exchange, or by paper at the latest trade's price. It acts on the position
+        the exchange reports now, even while an earlier order's outcome is unknown. The order of request
+        `request_id` is noted with it, so a flatten that a crash interrupted reports its real fill when the
+        worker is back (and closes what is still open). Returns what it did."""
         now_ms = int(self.clock() * 1000)
+        before = self._earlier_flatten(request_id)
         try:
             self.broker.position()  # a fresh read: inside the transaction an exchange broker answers its last one
         except brokers.BrokerError as exc:
-            return f"nothing done, the position could not be read: {exc}"
+            return _joined(before, f"nothing done, the position could not be read: {exc}")
         with store.transaction(self.db):
             # An entry still waiting for the next price would undo the flatten: it is cancelled first.
             cancelled = self.db.execute(
@@ -437,9 +443,9 @@ class Trader:
                 "AND symbol = ? AND status = 'pending' AND side = 'BUY'", [self.broker.name, self.symbol]).rowcount
             position = self.broker.position()
             if position.side == "flat" or self.broker.has_pending():
-                return ("nothing to close, the position is flat" if position.side == "flat"
-                        else "a closing order is already waiting") + (f"; {cancelled} waiting entry cancelled"
-                                                                      if cancelled else "")
+                return _joined(before, ("nothing to close, the position is flat" if position.side == "flat"
+                                        else "a closing order is already waiting")
+                               + (f"; {cancelled} waiting entry cancelled" if cancelled else ""))
             side = SIDE_FOR_TARGET["flat"]  # brokers take targets: SELL means be flat, closing a short too
             # Keyed by the request's own time, not a candle's: two flattens within one candle are two decisions.
             decision_id = self.db.execute(
@@ -447,12 +453,26 @@ class Trader:
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, 'flat', ?, 'flatten by the operator', ?, "
                 "'manual', ?)", [self.symbol, now_ms, side, position.side, self._policy_version, now_ms]).lastrowid
             order = self.broker.submit(decision_id, side, now_ms)
-        self.broker.execute(order)
+            if request_id is not None:
+                store.set_meta(self.db, FLATTEN_ORDER_KEY, json.dumps({"request": request_id, "order": order["id"]}),
+                               now_ms)
+        self.broker.execute(order, even_if_unknown=True)
         events.emit(events.order_placed, self.broker, order=order)
         if self.broker.has_pending() and self.last_price is not None:
             self._fill_pending(self.last_price, now_ms)
-        row = self.db.execute("SELECT status, qty, price, error FROM orders WHERE id = ?", [order["id"]]).fetchone()
-        status, qty, price, error = row
+        return _joined(before, self._order_outcome(order["id"]))
+
+    def _earlier_flatten(self, request_id: int | None) -> str | None:
+        """What the order of flatten request `request_id` did, when a crash interrupted that flatten; else None."""
+        value = store.get_meta(self.db, FLATTEN_ORDER_KEY)
+        noted = json.loads(value) if value else None
+        if request_id is None or noted is None or noted["request"] != request_id:
+            return None
+        return f"before the worker stopped: {self._order_outcome(noted['order'])}"
+
+    def _order_outcome(self, order_id: int) -> str:
+        side, status, qty, price, error = self.db.execute(
+            "SELECT side, status, qty, price, error FROM orders WHERE id = ?", [order_id]).fetchone()
         if status == "filled":
             return f"{side} {qty:.8g} {self.symbol} at {price:.8g}"
         return f"{side} order {status}" + (f": {error}" if error else "")
@@ -489,6 +509,10 @@ class Trader:
         elif error is None and (is_new_version or is_new_error):
             events.emit(events.strategy_reloaded, self, policy=policy)
         return policy
+
+
+def _joined(before: str | None, now: str) -> str:
+    return now if before is None else f"{before}; now: {now}"
 
 
 def _iso(time_ms: int) -> str:

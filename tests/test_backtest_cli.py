@@ -51,9 +51,13 @@ def write(folder, name, text):
 def test_json_carries_every_metric_design_names(files):
     report = json.loads(backtest("--candles", files / "candles.csv", "--strategy", write(files, "s.txt", fixed(4, 9)),
                                  "--json").stdout)
-    assert list(report["metrics"]) == list(NAMES)
+    assert list(report["metrics"]) == list(NAMES) + ["why_null"]
     assert set(NAMES) == {"return_pct", "buy_and_hold_pct", "max_drawdown_pct", "trades", "win_rate_pct",
-                          "profit_factor", "expectancy_pct", "exposure_pct", "sharpe", "sortino", "calmar", "fees_paid"}
+                          "profit_factor", "expectancy_pct", "exposure_pct", "sharpe", "sortino", "calmar", "fees_paid",
+                          "days"}
+    # 3,000 minutes from 2019-10-10 09:01: day 2019-10-11 is the one whole UTC day.
+    assert report["metrics"]["days"] == 1 and report["metrics"]["sharpe"] is None
+    assert report["metrics"]["why_null"]["sharpe"] == "1 complete UTC day, fewer than 30"
     assert report["metrics"]["trades"] == len(report["trades"]) and report["candles"] == 3000
     assert report["metrics"]["return_pct"] == pytest.approx(report["return_pct"], abs=1e-6)
     table = backtest("--candles", files / "candles.csv", "--strategy", files / "s.txt").stdout
@@ -62,16 +66,26 @@ def test_json_carries_every_metric_design_names(files):
 
 
 def test_a_sweep_runs_every_combination_and_each_equals_that_strategy_run_alone(files):
-    runs = json.loads(backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--json").stdout)
+    result = backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--json")
+    runs = json.loads(result.stdout)
     assert sorted((r["params"]["fast"], r["params"]["slow"]) for r in runs) == [
         (f, s) for f in (3, 4, 5, 6) for s in (8, 12, 16, 20)]
-    sharpes = [r["metrics"]["sharpe"] for r in runs]
-    assert sharpes == sorted(sharpes, reverse=True)  # best first by the default rank
+    # Two days of candles: Sharpe (the default rank) is null everywhere, so the rank falls back and says so.
+    assert all(r["metrics"]["sharpe"] is None for r in runs)
+    assert result.stderr == ("sharpe is null for every combination (1 complete UTC day, fewer than 30): "
+                             "ranked by return_pct instead\n")
+    returns = [r["metrics"]["return_pct"] for r in runs]
+    assert returns == sorted(returns, reverse=True)
+    assert all("trades" not in r for r in runs)  # only with --trades
+    with_trades = json.loads(backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--json",
+                                      "--trades").stdout)
+    assert [{k: v for k, v in r.items() if k != "trades"} for r in with_trades] == runs
     for fast, slow in ((3, 8), (6, 20)):
         alone = json.loads(backtest("--candles", files / "candles.csv", "--strategy",
                                     write(files, "one.txt", fixed(fast, slow)), "--json").stdout)
-        (swept,) = [r for r in runs if r["params"] == {"fast": fast, "slow": slow}]
+        (swept,) = [r for r in with_trades if r["params"] == {"fast": fast, "slow": slow}]
         assert swept["metrics"] == alone["metrics"] and swept["trades"] == alone["trades"]
+        assert swept["candles"] == alone["candles"] and swept["return_pct"] == alone["return_pct"]
 
 
 def test_the_table_shows_the_best_twenty_by_the_chosen_metric(files):
@@ -113,7 +127,8 @@ def test_split_ranks_in_sample_and_runs_the_best_five_again_on_the_rest(files):
     inside = {k: v[:2100] for k, v in candles.items()}  # 70 % of 3,000
     outside = {k: v[2100:] for k, v in candles.items()}
     assert [r["candles"] for r in runs] == [2100] * 16
-    assert [r["metrics"]["sharpe"] for r in runs] == sorted((r["metrics"]["sharpe"] for r in runs), reverse=True)
+    returns = [r["metrics"]["return_pct"] for r in runs]  # sharpe is null on 2,100 minutes: return_pct ranks
+    assert returns == sorted(returns, reverse=True)
     assert ["out_of_sample" in r for r in runs] == [True] * 5 + [False] * 11
     for run in runs[:5]:
         text = fixed(run["params"]["fast"], run["params"]["slow"])
@@ -123,6 +138,7 @@ def test_split_ranks_in_sample_and_runs_the_best_five_again_on_the_rest(files):
             run_backtest(outside, compile_strategy(text)).return_pct, abs=1e-6)
     table = backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--split", "0.7").stdout
     assert "first 2,100 candles" in table and "last 900" in table and "out of sample" in table
+    assert "sharpe is null for every combination" in table and "Ranked by return_pct" in table
 
 
 def test_walk_forward_tests_each_folds_best_on_the_next_block_and_joins_them(files):

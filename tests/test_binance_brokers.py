@@ -237,13 +237,16 @@ def test_restart_before_the_send_finds_no_order_and_sends_none(standin, db):
     assert len(order_alerts(db)) == 1 and "no trace" in order_alerts(db)[0]
 
 
-def test_client_ids_carry_a_random_prefix_kept_in_the_database(standin, db, tmp_path):
+def test_client_ids_carry_a_random_prefix_new_at_every_start(standin, db, tmp_path):
     broker = broker_for(standin, db)
     assert re.fullmatch(r"ow[A-Za-z0-9]{8}", broker.prefix)
-    assert broker_for(standin, db).prefix == broker.prefix  # the same installation, restarted
+    assert store.get_meta(db, "binance_client_id_prefix") == broker.prefix
+    restarted = broker_for(standin, db)
+    assert restarted.prefix != broker.prefix  # the same installation, restarted: new ids all the same
+    assert store.get_meta(db, "binance_client_id_prefix") == restarted.prefix
     other_db = store.connect(tmp_path / "other.db")
     other = broker_for(standin, other_db)
-    assert other.prefix != broker.prefix  # a reset database or a second instance: other ids
+    assert other.prefix not in (broker.prefix, restarted.prefix)  # a reset database or a second instance
     decision(db, 123456789012)
     with db.conn:
         order = broker.submit(123456789012, "BUY", 0)
@@ -261,6 +264,45 @@ def test_client_ids_carry_a_random_prefix_kept_in_the_database(standin, db, tmp_
     other.recover()
     assert order_row(other_db, theirs)["status"] == "not_found" and len(standin.orders) == 1
     other_db.close()
+
+
+def test_a_restored_backup_never_reuses_a_client_id(standin, settings, tmp_path):
+    """BUY, backup, SELL, restore, BUY: the last BUY's decision takes the SELL's decision id again (the backup
+    knew neither); its answer is lost, so it is settled by asking Binance for its client id. Every client id
+    Binance saw is new, and each order is settled as itself."""
+    from core import maintenance
+
+    db = store.connect(settings.db_path)
+    buy = place(broker_for(standin, db), db, "BUY")
+    maintenance.backup(settings.db_path, tmp_path / "backup.db")
+    sell = place(broker_for(standin, db), db, "SELL")
+    db.close()
+    maintenance.restore(tmp_path / "backup.db", settings.data_dir, int(time.time() * 1000))
+    db = store.connect(settings.db_path)
+    broker = broker_for(standin, db)
+    standin.fail("lost")
+    again = place(broker, db, "BUY")
+    assert again["decision_id"] == sell["decision_id"]  # the restored database hands out the same id again
+    sent = [order["clientOrderId"] for order in standin.orders]
+    assert len(sent) == 3 and len(set(sent)) == 3, sent
+    assert [order["side"] for order in standin.orders] == ["BUY", "SELL", "BUY"]
+    row = order_row(db, again)
+    assert (row["status"], row["exchange_order_id"]) == ("filled", str(standin.orders[2]["orderId"])), row
+    assert {buy["client_order_id"], sell["client_order_id"], again["client_order_id"]} == set(sent)
+    db.close()
+
+
+def test_a_restore_alone_gives_new_client_ids(standin, settings, tmp_path):
+    """The restore's own rotation, for a worker that kept its broker across it (no restart)."""
+    from core import maintenance
+
+    db = store.connect(settings.db_path)
+    broker = broker_for(standin, db)
+    maintenance.backup(settings.db_path, tmp_path / "backup.db")
+    db.close()
+    maintenance.restore(tmp_path / "backup.db", settings.data_dir, int(time.time() * 1000))
+    with store.connect(settings.db_path) as restored:
+        assert store.get_meta(restored, "binance_client_id_prefix") not in (None, broker.prefix)
 
 
 @pytest.mark.parametrize("client_id", ["ow~1", "x" * 37, ""])

@@ -65,7 +65,7 @@ def test_status_json_has_the_account_in_the_quote_asset_and_the_trading_state(op
 def test_trades_page_lists_round_trips_newest_first_with_pnl_fees_and_exit_reason(operator, traded):
     page = operator.get("/trades").get_data(as_text=True)
     assert page.index("<em>open</em>") < page.index(">manual<") < page.index(">rule<")
-    assert ">+978.011<" in page  # 9,990 ETH-worth sold at 110 less the fee, minus the 10,000 spent
+    assert ">+978.01<" in page  # 9,990 USDT-worth sold at 110 less the fee, minus the 10,000 spent (in cents)
     assert ">+9.78 %<" in page and 'id="equity"' in page and "Round trips" in page
     fragment = operator.get("/trades/table").get_data(as_text=True)
     assert fragment.lstrip().startswith('<section id="trades"') and 'hx-trigger="every 10s"' in fragment

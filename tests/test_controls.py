@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from decimal import Decimal
 
 import pytest
 
@@ -142,3 +143,90 @@ def test_flatten_of_a_futures_short_buys_it_back_reduce_only_at_the_exchange(db,
         assert broker.position().side == "flat"
     finally:
         exchange.close()
+
+
+@pytest.fixture
+def exchange():
+    from tests.exchange.standin import start_standin
+
+    standin = start_standin(speed=1, balances={"ETH": "1", "XRP": "500"})
+    yield standin
+    standin.close()
+
+
+def exchange_trader(exchange, db, data_dir, market: str):
+    from core.binance.futures import BinanceFuturesBroker
+    from core.binance.rest import FUTURES, SPOT
+    from core.binance.spot import BinanceSpotBroker
+    from tests.test_binance_brokers import broker_for
+
+    broker = (broker_for(exchange, db, BinanceFuturesBroker, FUTURES) if market == "futures"
+              else broker_for(exchange, db, BinanceSpotBroker, SPOT))
+    (data_dir / "strategy.txt").write_text("IF CLOSE < 0 THEN BUY\n")
+    return Trader(db, "XRPETH", PolicyLoader(data_dir / "strategy.txt"), broker, clock=lambda: NOW_MS / 1000)
+
+
+def record_sell(db, broker) -> dict:
+    """A rule's SELL decision and its order, recorded as the trader does (now: the broker's clock is real)."""
+    import time
+
+    now_ms = int(time.time() * 1000)
+    with store.transaction(db):
+        decision_id = db.execute("INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, "
+                                 "reason, created_at_ms) VALUES ('XRPETH', 0, 'SELL', 'flat', 'long', 'strategy', ?)",
+                                 [now_ms]).lastrowid
+        return broker.submit(decision_id, "SELL", now_ms)
+
+
+@pytest.mark.parametrize("market, path", [("spot", "/api/v3/order"), ("futures", "/fapi/v1/order")])
+def test_flatten_acts_on_the_exchanges_position_while_an_earlier_orders_outcome_is_unknown(
+        exchange, db, data_dir, market, path):
+    exchange.futures_amount, exchange.futures_entry = 50, exchange.last_price()
+    trader = exchange_trader(exchange, db, data_dir, market)
+    trader.broker.position()
+    exchange.fail("500", path=path)  # Binance: a 5xx "could have been a success": never sent again
+    sell = record_sell(db, trader.broker)
+    trader.broker.execute(sell)
+    assert db.execute("SELECT status FROM orders WHERE id = ?", [sell["id"]]).fetchone() == ("unknown",)
+    result = trader.flatten()
+    (flatten_client_id,) = db.execute("SELECT client_order_id FROM orders ORDER BY id DESC LIMIT 1").fetchone()
+    (sent,) = exchange.orders_for(flatten_client_id)
+    price = Decimal(sent.get("cummulativeQuoteQty") or sent["cumQuote"]) / Decimal(sent["executedQty"])
+    qty = "50" if market == "futures" else "500"  # the position, or the whole free base balance
+    assert result == f"SELL {qty} XRPETH at {float(price):.8g}"
+    assert sent["side"] == "SELL" and sent["params"]["quantity"] == qty
+    if market == "futures":
+        assert sent["params"]["reduceOnly"] == "true"
+    assert trader.broker.position().side == "flat"
+
+
+class Crash(BaseException):
+    """The worker dies here (nothing catches a BaseException on the way up)."""
+
+
+def test_a_flatten_a_crash_interrupted_reports_its_real_fill_when_the_worker_is_back(exchange, db, data_dir):
+    trader = exchange_trader(exchange, db, data_dir, "spot")
+    request_id = controls.request_flatten(db, NOW_MS)
+    call = trader.broker.rest.call
+
+    def dies_after_sending(method, *args, **kwargs):
+        answer = call(method, *args, **kwargs)
+        if method == "create_order":
+            raise Crash  # sent and executed; the answer is never written down
+        return answer
+
+    trader.broker.rest.call = dies_after_sending
+    with pytest.raises(Crash):
+        controls.carry_out_flatten(db, trader, NOW_MS)
+    assert controls.waiting_flatten(db) == request_id
+    assert db.execute("SELECT status FROM orders").fetchall() == [("sending",)]
+
+    back = exchange_trader(exchange, db, data_dir, "spot")  # the worker started again
+    back.resume()  # settles the order from Binance's answer for its client id
+    result = controls.carry_out_flatten(db, back, NOW_MS + 5_000)
+    (sent,) = exchange.orders
+    price = Decimal(sent["cummulativeQuoteQty"]) / Decimal(sent["executedQty"])
+    assert result == (f"before the worker stopped: SELL 500 XRPETH at {float(price):.8g}; "
+                      "now: nothing to close, the position is flat")
+    assert controls.waiting_flatten(db) is None and controls.last_flatten(db)["result"] == result
+    assert len(exchange.orders) == 1

@@ -93,3 +93,68 @@ def test_the_database_and_its_backups_are_private_to_their_owner(tmp_path):
     finally:
         os.umask(previous)
     assert modes == dict.fromkeys(modes, 0o600)
+
+
+def meta_of(path, key: str) -> str | None:
+    connection = sqlite3.connect(path)
+    try:
+        row = connection.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+    finally:
+        connection.close()
+    return row[0] if row else None
+
+
+def test_restore_is_refused_while_the_worker_runs_then_puts_the_backup_in_place_with_new_keys(
+        data_dir, tmp_path, runner):
+    from core import auth
+    from core.binance.orders import CLIENT_ID_PREFIX_KEY
+
+    db_path = data_dir / "omniwise.db"
+    worker = start_worker(data_dir, replay_file=AGG_TRADES, replay_speed=3000, symbol="XRPETH")
+    try:
+        wait_until(lambda: count(data_dir, "decisions") >= 20, worker, what="20 decisions")
+        backup_file = tmp_path / "backups" / "one.db"
+        assert runner.invoke(args=["backup", str(backup_file)]).exit_code == 0
+        second = start_worker(data_dir, replay_file=AGG_TRADES, symbol="XRPETH")
+        assert second.wait(timeout=30) == 2 and "a worker is running" in second.stdout.read()
+        refused = runner.invoke(args=["restore", str(backup_file)])
+        assert refused.exit_code == 1 and "a worker is running" in refused.output, refused.output
+        wait_until(lambda: count(data_dir, "decisions") > 40, worker, what="decisions after the backup")
+    finally:
+        stop_worker(worker)
+    with sqlite3.connect(db_path) as live:
+        live.execute("INSERT OR REPLACE INTO meta VALUES (?, 'owAAAAAAAA', 0)", [CLIENT_ID_PREFIX_KEY])
+    before = {key: meta_of(db_path, key) for key in (auth.SIGNING_KEY, auth.GENERATION_KEY)}
+    backup_candles = sqlite3.connect(backup_file).execute("SELECT count(*), max(open_time_ms) FROM candles").fetchone()
+    last = sqlite3.connect(backup_file).execute("SELECT id, action FROM decisions ORDER BY id DESC LIMIT 1").fetchone()
+    assert count(data_dir, "candles") > backup_candles[0]  # the live database went on after the backup
+
+    result = runner.invoke(args=["restore", str(backup_file)])
+    assert result.exit_code == 0, result.output
+    assert count(data_dir, "candles") == backup_candles[0]
+    assert not (data_dir / "omniwise.db-wal").exists() or (data_dir / "omniwise.db-wal").stat().st_size == 0
+    from datetime import UTC, datetime
+    last_candle = datetime.fromtimestamp(backup_candles[1] / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"last candle:    {last_candle}" in result.output
+    assert f"last decision:  #{last[0]} {last[1]} at" in result.output
+    assert re.search(r"taken at: +\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", result.output)
+    prefix = meta_of(db_path, CLIENT_ID_PREFIX_KEY)
+    assert re.fullmatch(r"ow[A-Za-z0-9]{8}", prefix)
+    assert prefix not in ("owAAAAAAAA", meta_of(backup_file, CLIENT_ID_PREFIX_KEY))
+    assert meta_of(db_path, auth.SIGNING_KEY) not in (before[auth.SIGNING_KEY], meta_of(backup_file, auth.SIGNING_KEY))
+    assert int(meta_of(db_path, auth.GENERATION_KEY)) > int(meta_of(backup_file, auth.GENERATION_KEY) or 0)
+    assert sqlite3.connect(db_path).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database at all\n" * 100, b"SQLite format 3\x00" + b"\xff" * 4000])
+def test_restore_refuses_what_is_not_an_omniwise_backup_and_changes_nothing(data_dir, tmp_path, runner, db,
+                                                                            content):
+    db.execute("CREATE TABLE kept (x)")
+    db.conn.commit()
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(content)
+    result = runner.invoke(args=["restore", str(bad)])
+    assert result.exit_code == 1 and "nothing was changed" in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert db.execute("SELECT name FROM sqlite_master WHERE name = 'kept'").fetchone() == ("kept",)
+    assert sorted(p.name for p in data_dir.iterdir() if p.name.startswith(".omniwise")) == []

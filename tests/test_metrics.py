@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 
 from core.backtest import run_backtest
 from core.dsl import compile_strategy
-from core.metrics import max_drawdown_pct
+from core.metrics import Ledger, compute_metrics, daily_returns, max_drawdown_pct
 
 DAY_MS = 86_400_000
 STRATEGY = compile_strategy("IF CLOSE > 3 THEN BUY\nIF CLOSE < 3 THEN SELL")
@@ -41,14 +41,10 @@ def test_metrics_of_a_hand_worked_history_without_fees():
     assert m.profit_factor == pytest.approx(0.25 / 0.75)  # won 0.25 of 1.0, then lost 60 % of 1.25
     assert m.expectancy_pct == pytest.approx((25 - 60) / 2)
     assert m.exposure_pct == pytest.approx(50.0)  # long at the closes of days 2, 3, 5, 6 and 9
-    mean = sum(DAILY) / 10
-    sample_sd = math.sqrt(sum((r - mean) ** 2 for r in DAILY) / 9)
-    downside = math.sqrt((0.6 ** 2 + (5 / 6) ** 2) / 10)
-    assert m.sharpe == pytest.approx(mean / sample_sd * math.sqrt(365))
-    assert m.sortino == pytest.approx(mean / downside * math.sqrt(365))
-    span_days = 9 + 1 / 1440  # first open to the last candle's close (a candle lasts a minute)
-    annual_pct = (0.625 ** (365 / span_days) - 1) * 100
-    assert m.calmar == pytest.approx(annual_pct / (100 * (1 - 0.25 / 1.5)))
+    # One candle a day from day 0's midnight: days 0..8 are whole, day 9 ends a minute after its midnight.
+    assert m.days == 9
+    assert (m.sharpe, m.sortino, m.calmar) == (None, None, None)
+    assert m.why_null["sharpe"] == m.why_null["calmar"] == "9 complete UTC days, fewer than 30"
     assert m.fees_paid == 0.0
 
 
@@ -87,6 +83,42 @@ def test_with_size_fees_and_profits_count_only_the_money_each_entry_spent():
     assert m.return_pct == pytest.approx((balance - spent3 + open_value - 1) * 100)
 
 
+def test_daily_figures_of_a_hand_worked_thirty_day_history():
+    # One candle a day, equity +2 % then -1 % in turn for 30 days, then a 31st candle (day 30 begins).
+    equity = np.cumprod([1.02, 0.99] * 15)
+    equity = np.append(equity, equity[-1])
+    ledger = Ledger(equity, np.arange(31, dtype=np.int64) * DAY_MS, np.ones(31, bool), np.zeros(0), np.zeros(0), 1,
+                    0.0, 0.0)
+    m = compute_metrics(ledger)
+    assert m.days == 30  # days 0..29; day 30 is covered for one minute only
+    sample_sd = 0.015 * math.sqrt(30 / 29)  # each return is 0.015 from the mean 0.005
+    assert m.sharpe == pytest.approx(0.005 / sample_sd * math.sqrt(365))
+    assert m.sortino == pytest.approx(0.005 / math.sqrt(15 * 0.01 ** 2 / 30) * math.sqrt(365))
+    assert m.max_drawdown_pct == pytest.approx(1.0)
+    final = (1.02 * 0.99) ** 15
+    assert m.calmar == pytest.approx((final ** (365 / (30 + 1 / 1440)) - 1) * 100 / 1.0)
+    assert m.why_null == {"win_rate_pct": "no closed trade", "expectancy_pct": "no closed trade",
+                          "profit_factor": "no closed trade"}
+    # One day less and the daily figures say nothing.
+    short = compute_metrics(Ledger(equity[:30], ledger.open_time_ms[:30], ledger.in_market[:30], np.zeros(0),
+                                   np.zeros(0), 1, 0.0, 0.0))
+    assert short.days == 29 and (short.sharpe, short.sortino, short.calmar) == (None, None, None)
+    assert short.why_null["sortino"] == "29 complete UTC days, fewer than 30"
+
+
+def test_minutes_or_hours_of_data_give_no_sharpe_sortino_or_calmar():
+    # The issue's cases: 7 minutes gave a Calmar of 7,337, 5 candles across midnight a Sharpe of 27.2.
+    for start_ms, count in ((0, 7), (DAY_MS - 3 * 60_000, 5), (0, 12 * 60)):
+        closes = 100 * 1.01 ** np.arange(count)
+        closes[count // 2] *= 0.97
+        candles = {"open_time_ms": start_ms + np.arange(count, dtype=np.int64) * 60_000, "open": closes,
+                   "high": closes, "low": closes, "close": closes, "volume": np.ones(count)}
+        m = run_backtest(candles, compile_strategy("IF CLOSE > 0 THEN BUY"), fee_rate=0.0).metrics
+        assert m.days == 0 and m.return_pct > 0
+        assert (m.sharpe, m.sortino, m.calmar) == (None, None, None)
+        assert m.as_json()["why_null"]["sharpe"] == "0 complete UTC days, fewer than 30"
+
+
 def test_undefined_figures_are_none_not_zero_or_infinity():
     # One winning trade on one day: no loss, so no profit factor; one day, so no Sharpe.
     candles = days([2, 2, 4, 5, 6], [2, 4, 5, 1, 1])  # in at 4, out at 6
@@ -100,9 +132,21 @@ def test_undefined_figures_are_none_not_zero_or_infinity():
 
 
 def test_a_history_that_only_rises_has_no_downside_and_no_sortino():
-    m = run_backtest(days([4, 4, 5, 6, 7], [4, 5, 6, 7, 8]), STRATEGY, fee_rate=0.0).metrics
-    assert m.max_drawdown_pct == 0.0 and m.sortino is None and m.calmar is None
+    closes = (4 + np.cumsum([0.1, 0.2] * 20)).tolist()  # rises every day, by steps of two sizes
+    m = run_backtest(days([4] + closes[:-1], closes), STRATEGY, fee_rate=0.0).metrics
+    assert m.days == 39 and m.max_drawdown_pct == 0.0
+    assert m.sortino is None and m.why_null["sortino"] == "no losing day" and m.is_no_loss("sortino")
+    assert m.calmar is None and m.why_null["calmar"] == "no drawdown" and not m.is_no_loss("calmar")
     assert m.sharpe is not None and m.sharpe > 0
+
+
+def test_a_winner_without_a_losing_trade_has_a_no_loss_null_profit_factor():
+    m = run_backtest(days([2, 2, 4, 5, 6], [2, 4, 5, 1, 1]), STRATEGY, fee_rate=0.0).metrics  # in at 4, out at 6
+    assert m.profit_factor is None and m.why_null["profit_factor"] == "no losing trade"
+    assert m.is_no_loss("profit_factor")
+    flat = run_backtest(days([2, 2, 4, 4, 4], [2, 4, 4, 1, 1]), STRATEGY, fee_rate=0.0).metrics  # in at 4, out at 4
+    assert flat.profit_factor is None and not flat.is_no_loss("profit_factor")
+    assert flat.why_null["profit_factor"] == "no trade won or lost money"
 
 
 def test_drawdown_counts_the_starting_balance_as_a_peak():
@@ -110,17 +154,27 @@ def test_drawdown_counts_the_starting_balance_as_a_peak():
     assert max_drawdown_pct(np.array([0.5, 0.9])) == pytest.approx(50.0)
 
 
-def test_daily_returns_take_each_days_last_close_and_skip_days_without_candles():
-    from core.metrics import daily_returns
-
-    # Day 0: two candles, day 1: none, day 2: one, day 5: two.
-    times = np.array([0, 3_600_000, 2 * DAY_MS + 5, 5 * DAY_MS, 5 * DAY_MS + 60_000], dtype=np.int64)
-    equity = np.array([1.1, 1.2, 0.9, 1.0, 1.35])
+def test_daily_returns_take_each_complete_days_last_close_and_skip_days_without_candles():
+    # From day 0's midnight (the start, 1.0, is the base) to day 6 00:01. Day 0: two candles, day 1:
+    # none, day 2: one, day 5: two, day 6: one (covered for a minute only, so not complete).
+    times = np.array([0, 3_600_000, 2 * DAY_MS + 5, 5 * DAY_MS, 5 * DAY_MS + 60_000, 6 * DAY_MS], dtype=np.int64)
+    equity = np.array([1.1, 1.2, 0.9, 1.0, 1.35, 2.0])
     assert daily_returns(equity, times).tolist() == pytest.approx([0.2, 0.9 / 1.2 - 1, 1.35 / 0.9 - 1])
 
 
+def test_a_day_the_history_starts_or_ends_within_is_not_a_day():
+    hour, minute = 3_600_000, 60_000
+    # Starts day 0 at 12:00, ends day 2 at 06:00: only day 1 is whole; its base is day 0's last close.
+    times = np.array([12 * hour, DAY_MS - minute, DAY_MS + hour, 2 * DAY_MS - minute, 2 * DAY_MS + 6 * hour])
+    equity = np.array([1.5, 1.2, 1.3, 0.9, 3.0])
+    assert daily_returns(equity, times).tolist() == pytest.approx([0.9 / 1.2 - 1])
+    # Ending with the minute 23:59 completes the day.
+    assert daily_returns(equity[:4], times[:4]).tolist() == pytest.approx([0.9 / 1.2 - 1])
+    assert daily_returns(equity[:3], times[:3]).tolist() == []
+
+
 def test_joined_periods_continue_from_the_balance_the_last_one_ended_with():
-    from core.metrics import Ledger, compute_metrics, join
+    from core.metrics import join
 
     first = Ledger(np.array([1.1, 1.2]), np.array([0, DAY_MS]), np.array([True, False]), np.array([0.2]),
                    np.array([0.2]), 1, 0.01, 10.0)

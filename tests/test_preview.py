@@ -46,8 +46,13 @@ def test_the_preview_shows_the_key_metrics(operator, settings, db):
     m = preview(db, settings.symbol, compile_strategy(text), settings.fee_rate).result.metrics
     fragment = operator.post("/admin/algo/validate", data={"strategy": text, "csrf_token": operator.csrf_token}
                              ).get_data(as_text=True)
-    cells = re.findall(r"<td>([^<]*)</td>", fragment.split('class="compact metrics"')[1].split("</table>")[0])
-    assert [c.strip() for c in cells] == [f"{m.sharpe:.2f}", f"{m.sortino:.2f}", f"{m.calmar:.2f}",
-                                          f"{m.profit_factor:.2f}", f"{m.expectancy_pct:+.3f} %",
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", fragment.split('class="compact metrics"')[1].split("</table>")[0])
+    # The last 10,000 stored minutes: no Sharpe, Sortino or Calmar (fewer than 30 complete UTC days), and why.
+    first, last = int(candles["open_time_ms"][-10_000]), int(candles["open_time_ms"][-1])
+    assert m.days == (last + 60_000) // 86_400_000 - -(-first // 86_400_000) == 6 and (m.sharpe, m.sortino, m.calmar) == (None, None, None)
+    assert [c.strip() for c in cells] == ["–", "–", "–", f"{m.profit_factor:.2f}", f"{m.expectancy_pct:+.3f} %",
                                           f"{m.exposure_pct:.0f} %", f"{m.fees_paid * 100:.2f} %"]
+    assert fragment.count('title="6 complete UTC days, fewer than 30"') == 3
+    why = fragment.split('id="why-null"')[1].split("</ul>")[0]
+    assert re.findall(r"<li>([^<]*)</li>", why) == ["Sharpe, Sortino, Calmar –: 6 complete UTC days, fewer than 30"]
     assert '<polygon class="drawdown"' in fragment

@@ -81,7 +81,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
         log.info("futures account: one-way mode, %s %s margin, %dx leverage", self.symbol, self.margin_type,
                  self.leverage)
 
-    def execute(self, order: dict) -> None:
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own; a SELL
         first cancels the stop kept on Binance, and when that stop has already closed the position, its fill
         is this order's (no second order is sent)."""
@@ -103,7 +103,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
                 return
             if account.amount < 0 and not self._close_short(order, account):
                 return
-        super().execute(order)
+        super().execute(order, even_if_unknown)
 
     def _close_short(self, order: dict, account: FuturesAccount) -> bool:
         """Buy the short back (reduce-only) as its own decision and order; True once it is filled."""

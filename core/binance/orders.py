@@ -2,10 +2,11 @@
 core/binance/futures.py): market orders, never two for one decision.
 
 The trader records each order (status `sending`) in its transaction; `execute` sends it once after the
-commit, under a client id unique to this installation (`ow<8 random characters>-<decision id>`). An order
-whose outcome is unknown is never sent again but settled (core/binance/settle.py); while one is unknown no
-other order is sent: the next decision decides again against the exchange's account. Only a request that
-provably never left (connection refused) is sent again, by the REST client.
+commit, under a client id never used before (`ow<8 random characters>-<decision id>`, the prefix new at
+every worker start). An order whose outcome is unknown is never sent again but settled
+(core/binance/settle.py); while one is unknown no other order is sent: the next decision decides again
+against the exchange's account. Only a request that provably never left (connection refused) is sent
+again, by the REST client.
 
 Order statuses: sending, unknown (being settled), filled, partially_filled, new, expired, canceled,
 rejected (Binance refused it), skipped (nothing to do, or below Binance's minimum), not_sent (never
@@ -25,7 +26,7 @@ from decimal import Decimal
 
 from sqlite_utils import Database
 
-from core import brokers, store
+from core import brokers, precision, store
 from core.health import alerts
 from core.binance.filters import Plan, SymbolRules
 from core.binance.rest import SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
@@ -41,15 +42,19 @@ CLIENT_ID_PREFIX_KEY = "binance_client_id_prefix"
 
 
 def client_id_prefix(db: Database, now_ms: int) -> str:
-    """This installation's client id prefix, `ow` and 8 random letters or digits, made once and kept in
-    the database: another installation (or this one after a reset) never takes our orders for its own."""
+    """A new client id prefix, `ow` and 8 random letters or digits, made at every worker start (and by
+    `restore`) and kept in the database. Decision ids start again after a restored backup or a reset
+    database, and another installation may trade the same account: a new prefix keeps every client id new."""
+    prefix = new_client_id_prefix()
     with store.transaction(db):
-        prefix = store.get_meta(db, CLIENT_ID_PREFIX_KEY)
-        if prefix is None:
-            alphabet = string.ascii_letters + string.digits
-            prefix = "ow" + "".join(secrets.choice(alphabet) for _ in range(8))
-            store.set_meta(db, CLIENT_ID_PREFIX_KEY, prefix, now_ms)
+        store.set_meta(db, CLIENT_ID_PREFIX_KEY, prefix, now_ms)
     return prefix
+
+
+def new_client_id_prefix() -> str:
+    """`ow` and 8 random letters or digits (62**8 values: two starts never draw the same one in practice)."""
+    alphabet = string.ascii_letters + string.digits
+    return "ow" + "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 def exchange_client_id(prefix: str, decision_id: int) -> str:
@@ -107,13 +112,14 @@ class BinanceBroker(Settling):
             ":size_share)", order).lastrowid
         return order
 
-    def execute(self, order: dict) -> None:
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """Size a recorded order from the exchange's account and send it once; an unknown outcome is
-        never sent again but settled (see the module docstring)."""
+        never sent again but settled (see the module docstring). While another order's outcome is unknown
+        nothing is sent, unless `even_if_unknown` (a flatten: it closes what the account holds now)."""
         try:
             self._prepare_for(order["side"])
             waiting = self._settle_open(exclude_id=order["id"])
-            if waiting:
+            if waiting and not even_if_unknown:
                 self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
                              "next decision decides again against Binance's account")
                 return
@@ -253,6 +259,9 @@ class BinanceBroker(Settling):
             for symbol in info.get("symbols", ()):
                 if symbol["symbol"] == self.symbol:
                     self._rules, self._rules_read_ms = SymbolRules.from_symbol(symbol, self.market), now_ms
+                    # the pages write quantities and prices with the exchange's own decimals
+                    precision.publish(self.db, self.symbol, self._rules.step, self._rules.tick,
+                                      self._rules.quote_asset, now_ms)
                     break
             else:
                 raise BrokerError(f"Binance does not list {self.symbol} for {self.market} trading")

@@ -15,7 +15,8 @@ class Action(enum.IntEnum):
 
     HOLD = 0  # keep whatever position there is
     BUY = 1  # be long
-    SELL = 2  # be flat (or short, where the broker allows it)
+    SELL = 2  # be flat
+    SHORT = 3  # be short (paper, backtest and binance-futures; refused under binance-spot)
 
 
 _pos = dataclasses.field(default=(0, 0), compare=False, repr=False)

@@ -203,7 +203,7 @@ def _describe_expected(expected: set[str]) -> str:
     if expected == {"IF"}:
         return f"a rule starts with IF, e.g. {_EXAMPLE}"
     if expected <= {"NAME"}:
-        return "expected an action: BUY, SELL or HOLD"
+        return "expected an action: BUY, SELL, SHORT or HOLD"
     if expected == {"INTERVAL"}:
         return f"expected a timeframe after @, one of {' '.join(tf.INTERVALS)}, e.g. SMA(50)@4h"
     if "DIRECTION" in expected:
@@ -302,7 +302,7 @@ class _Builder:
             return Action[word]
         suggestion = _closest(word, _ACTIONS)
         hint = f" (did you mean {suggestion}?)" if suggestion else ""
-        self.error(token.column, f"unknown action {str(token)!r}: expected BUY, SELL or HOLD{hint}")
+        self.error(token.column, f"unknown action {str(token)!r}: expected BUY, SELL, SHORT or HOLD{hint}")
         return None
 
     # A tree is either a condition (true/false on each candle) or a value (a number on each candle).

@@ -1,4 +1,4 @@
-"""Rules -> one compiled policy that decides BUY / SELL / HOLD over numpy candle arrays.
+"""Rules -> one compiled policy that decides BUY / SELL / SHORT / HOLD over numpy candle arrays.
 
 The policy is a flat program: every distinct sub-expression of every rule becomes one step, computed
 once per evaluation over whole arrays. The same object decides the newest candle for the live worker
@@ -111,6 +111,11 @@ class Policy:
         # the longest timeframe (its first one may start before the window does).
         slack = 0 if self.is_minutely else max(self.timeframes)
         self.window = min(max(self.warmup + 2 * timeframe + slack, MIN_WINDOW), MAX_LOOKBACK_MINUTES)
+
+    @property
+    def has_short(self) -> bool:
+        """True when a rule can answer SHORT (a broker that cannot short refuses such a strategy)."""
+        return any(rule.action == Action.SHORT for rule in self.rules)
 
     def __repr__(self) -> str:
         tf = "" if self.timeframe == 1 else f", timeframe {name_of(self.timeframe)}"

@@ -190,6 +190,13 @@ def state_of(db: Database, subject: str) -> dict | None:
                          "WHERE subject = ?", [subject]), None)
 
 
+def is_recheck_due(db: Database, now_ms: int) -> bool:
+    """True when a mismatch's grace has ended since the last check: its verdict is due now, not at the next
+    periodic check up to a minute later."""
+    row = db.execute("SELECT pending_until_ms FROM heartbeat WHERE subject = 'position'").fetchone()
+    return row is not None and row[0] is not None and row[0] <= now_ms
+
+
 def open_episodes(db: Database) -> dict[str, int]:
     """Subjects in a bad state now, with since when: their alerts can still be acknowledged."""
     marks = ", ".join("?" * len(FAILURES))

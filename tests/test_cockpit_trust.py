@@ -1,0 +1,266 @@
+"""What makes the cockpit trustworthy at a glance: the heartbeat's verdict the moment a grace ends, banners
+and freshness on every page, money written like money, honest alerts, error pages, the CSV export."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.health import heartbeat
+from core.webhook import ledger
+
+SYMBOL = "BTCUSDT"  # the tests' Settings() market
+S = 1000
+
+
+class Clock:
+    """A clock the test moves by hand (seconds, as time.time)."""
+
+    def __init__(self, now_s: float):
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def receive(db, word: str, at_ms: int) -> None:
+    ledger.record(db, ledger.Signal(word, at_ms, "TradingView", SYMBOL), received_at_ms=at_ms,
+                  remote_addr="127.0.0.1", raw_body=word)
+
+
+def test_the_worker_rechecks_the_heartbeat_the_second_a_grace_ends_not_a_minute_later(settings):
+    from worker import Worker
+
+    settings = dataclasses.replace(settings, heartbeat_grace_s=30, heartbeat_interval_s=60)
+    clock = Clock(1_800_000_000.0)
+    worker = Worker(settings, clock=clock)
+    try:
+        receive(worker.db, "BUY", int(clock() * S))  # the paper account is flat: a mismatch, in its grace
+        worker.obey_operator()  # the new signal is checked at once
+        state = heartbeat.state_of(worker.db, "position")
+        assert state["pending_until_ms"] == int(clock() * S) + 30 * S and state["state"] != heartbeat.MISMATCH
+        clock.now_s += 29
+        worker.obey_operator()
+        assert heartbeat.state_of(worker.db, "position")["pending_until_ms"] is not None  # still in its grace
+        clock.now_s += 1  # the grace ends: the next 1-second job decides, not the 60-second check
+        worker.obey_operator()
+        state = heartbeat.state_of(worker.db, "position")
+        assert (state["state"], state["pending_until_ms"]) == (heartbeat.MISMATCH, None)
+        assert state["checked_at_ms"] == int(clock() * S)
+    finally:
+        worker.db.close()
+
+
+def test_a_recheck_is_due_only_once_a_pending_grace_has_ended(db):
+    now = 1_800_000_000_000
+    assert not heartbeat.is_recheck_due(db, now)  # never checked
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.OK, "signal is SELL and position is flat"), now)
+    assert not heartbeat.is_recheck_due(db, now + 3600 * S)  # ok: the periodic check is enough
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.MISMATCH, "signal is BUY but no long position",
+                                                       in_grace=True, pending_until_ms=now + 90 * S), now)
+    assert not heartbeat.is_recheck_due(db, now + 90 * S - 1)
+    assert heartbeat.is_recheck_due(db, now + 90 * S)
+
+
+PAGES = ["/", "/trades", "/admin/algo", "/admin/algo/history", "/admin/webhook", "/alerts"]
+
+
+def now_ms() -> int:
+    import time
+
+    return time.time_ns() // 1_000_000
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_dead_worker_is_a_banner_and_in_the_title_of_every_page(operator, db, path):
+    from core.health import liveness
+
+    liveness.beat(db, now_ms() - 125_000)  # the last beacon, 2 min ago (down after 15 s)
+    page = operator.get(path).get_data(as_text=True)
+    assert "<title>⚠ worker down · " in page
+    assert "The worker is down (last seen 2 min ago)" in page
+    liveness.beat(db, now_ms())
+    page = operator.get(path).get_data(as_text=True)
+    assert "⚠" not in page.split("</title>")[0] and "The worker is down" not in page
+
+
+@pytest.mark.parametrize("state, reason", [
+    (heartbeat.MISMATCH, "signal is BUY but no long position (position is flat)"),
+    (heartbeat.STALE, "the last signal (BUY from TradingView) is 12 min old, more than the 10 min allowed"),
+])
+def test_a_mismatch_or_a_stale_signal_is_a_banner_on_every_page(operator, db, state, reason):
+    from core.health import liveness
+
+    liveness.beat(db, now_ms())
+    heartbeat.record(db, "position", heartbeat.Verdict(state, reason), now_ms())
+    for path in PAGES:
+        page = operator.get(path).get_data(as_text=True)
+        assert f"<title>⚠ {state} · " in page, path
+        assert re.search(rf"Heartbeat {state} since \d s ago: {re.escape(reason)}", page), path
+    fragment = operator.get("/banner").get_data(as_text=True)
+    assert f'data-title="{state}"' in fragment
+
+
+def test_the_banner_is_empty_and_its_title_plain_when_all_is_well(operator, db):
+    from core.health import liveness
+
+    liveness.beat(db, now_ms())
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.OK, "signal is SELL and position is flat"), now_ms())
+    fragment = operator.get("/banner").get_data(as_text=True)
+    assert 'data-title=""' in fragment and "<p" not in fragment
+
+
+def test_a_worker_that_is_down_greys_the_tiles_that_depend_on_it(operator, db):
+    from core.health import liveness
+
+    liveness.beat(db, now_ms() - 60_000)
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    for tile in ("trading-tile", "market-tile", "position-tile", "heartbeat-tile"):
+        assert f'class="tile greyed" id="{tile}"' in summary
+    liveness.beat(db, now_ms())
+    assert "greyed" not in operator.get("/dashboard/summary").get_data(as_text=True)
+
+
+def test_the_heartbeat_tile_says_pending_until_then_that_the_grace_ended(operator, db):
+    import time
+
+    from core.health import liveness
+
+    liveness.beat(db, now_ms())
+    now = now_ms()
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.MISMATCH, "signal is BUY but no long position",
+                                                       in_grace=True, pending_until_ms=now + 45_000), now)
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    until = time.strftime("%H:%M:%S", time.gmtime((now + 45_000) / 1000))
+    assert f'data-state="pending">pending until {until} UTC<' in summary
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.MISMATCH, "signal is BUY but no long position",
+                                                       in_grace=True, pending_until_ms=now - 1_000), now - 50_000)
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    assert "grace ended" in summary and "checking now" in summary
+
+
+def test_every_page_says_when_its_data_was_read(operator):
+    for path in PAGES:
+        page = operator.get(path).get_data(as_text=True)
+        assert 'id="freshness"' in page and "data read " in page, path
+
+
+# -- money written like money -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, decimals, text", [
+    (2000620.0, 6, "2,000,620.000000"),  # was "2.00062e+06"
+    (1.4092325e+09, 2, "1,409,232,500.00"),  # was "1.4092325e+09"
+    (1e-7, 8, "0.00000010"),
+    (0.125, 2, "0.13"),  # half up, as a person rounds money
+    (-0.004, 2, "0.00"),  # no "-0.00"
+    (-1234.5, 1, "-1,234.5"),
+    (7063664.1, 0, "7,063,664"),
+    (1e22, 2, "10,000,000,000,000,000,000,000.00"),
+])
+def test_numbers_have_fixed_decimals_and_separators_and_never_an_exponent(value, decimals, text):
+    from core.precision import fixed
+
+    assert fixed(value, decimals) == text
+
+
+def test_signed_money_has_a_plus_and_zero_has_no_sign():
+    from core.precision import fixed
+
+    assert (fixed(3.14159, 2, signed=True), fixed(-3.14159, 2, signed=True), fixed(0.001, 2, signed=True)) == \
+        ("+3.14", "-3.14", "0.00")
+
+
+@given(st.floats(allow_nan=False, allow_infinity=False, min_value=-1e30, max_value=1e30), st.integers(0, 8))
+def test_any_number_reads_back_within_half_its_last_decimal(value, decimals):
+    from core.precision import fixed
+
+    text = fixed(value, decimals)
+    assert "e" not in text.lower() and text.count(".") == (1 if decimals else 0)
+    whole = text.split(".")[0].lstrip("-")
+    assert whole == format(int(whole.replace(",", "")), ",")  # separators every three digits
+    back = float(text.replace(",", ""))
+    assert abs(back - value) <= 0.5 * 10 ** -decimals + abs(value) * 1e-15
+
+
+@pytest.mark.parametrize("step, decimals", [("0.00100000", 3), ("1.00000000", 0), ("10", 0), ("0.00000001", 8),
+                                            ("0.5", 1), ("0", 8)])
+def test_decimals_of_a_step_size(step, decimals):
+    from core.precision import decimals_of_step
+
+    assert decimals_of_step(step) == decimals
+
+
+@pytest.mark.parametrize("price, quote, expected", [
+    (90_000.0, "USDT", (8, 2, 2)),  # BTCUSDT: a satoshi of BTC is worth 0.0009 USDT; a cent of money
+    (3_000.0, "USDT", (7, 2, 2)),
+    (0.00141, "ETH", (1, 7, 6)),  # XRPETH: prices to five digits, 0.1 XRP is worth 0.00014 ETH
+    (1.0, "BTC", (4, 4, 8)),
+    (None, "ETH", (8, 8, 6)),  # no price yet: every decimal Binance could have
+])
+def test_paper_trading_decimals_follow_the_price_and_the_quote_asset(price, quote, expected):
+    from core.precision import paper_defaults
+
+    got = paper_defaults(price, quote)
+    assert (got.qty, got.price, got.money) == expected
+
+
+def test_the_binance_brokers_step_sizes_are_what_the_pages_use(db):
+    from decimal import Decimal
+
+    from core import precision
+
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141).source == "paper"
+    precision.publish(db, "XRPETH", Decimal("1.00000000"), Decimal("0.00000001"), "ETH", 1)
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141) == precision.Precision(0, 8, 6, "binance")
+
+
+def test_pages_write_quantities_prices_and_money_with_the_markets_decimals(operator, db, settings):
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    at = now_ms() - 120_000
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 95000, 95000, 95000, 95000, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, at - at % 60_000, at - at % 60_000 + 59_999])
+        decision_id = db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, created_at_ms) "
+            "VALUES (?, ?, 'BUY', 'long', 'flat', 'strategy', ?)", [SYMBOL, at, at]).lastrowid
+    broker.submit(decision_id, "BUY", at)
+    broker.fill_pending(95_000.0, at)
+    qty = 10_000 / 95_000 * 0.999  # the paper fill: all the cash less the fee, at the next open
+    brokers.save_position(db, broker.position(), at)  # as the worker's heartbeat check does
+    summary = operator.get("/dashboard/summary").get_data(as_text=True)
+    assert f"long {qty:,.8f} <small>BTC</small>" in summary  # 8 decimals for BTC at 95,000 USDT
+    assert "entry 95,000.00" in summary and ">95,000.00<" in summary
+    assert "9,990.00" in summary  # position value at 95,000: all the cash less the 0.1 % fee, in cents
+    assert not re.search(r"\d[eE][+-]\d", summary)
+    activity = operator.get("/dashboard/activity").get_data(as_text=True)
+    assert f'<td class="num">{qty:,.8f}</td><td class="num">95,000.00</td>' in activity
+    trades = operator.get("/trades").get_data(as_text=True)
+    assert f'<td class="num">{qty:,.8f}</td>' in trades and "fees USDT" in trades
+
+
+def test_the_money_text_follows_the_strategys_size(operator, data_dir):
+    (data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\nSIZE 50%\n")
+    page = operator.get("/").get_data(as_text=True)
+    assert "Each BUY spends 50 % of the\n  equity (<code>SIZE 50%</code>)" in page and "all the cash" not in page
+    (data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\n")
+    assert "Each BUY spends all the cash" in operator.get("/").get_data(as_text=True)
+
+
+def test_a_binance_broker_publishes_the_exchanges_step_sizes_when_it_reads_them(db):
+    from core import precision
+    from tests.exchange.standin import start_standin
+    from tests.test_binance_brokers import broker_for, place
+
+    exchange = start_standin(speed=1)
+    try:
+        place(broker_for(exchange, db), db, "BUY")  # the first order reads exchangeInfo
+    finally:
+        exchange.close()
+    # the stand-in's XRPETH: LOT_SIZE stepSize 1, PRICE_FILTER tickSize 0.00000001, as Binance's own
+    assert precision.for_market(db, "XRPETH", "ETH", 0.00141) == precision.Precision(0, 8, 6, "binance")
