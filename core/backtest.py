@@ -17,12 +17,13 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from core import exits, fills
 from core.dsl import Policy
-from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
+from core.feeds import KLINES, FeedError, Layout, read_klines, sniff, to_ms_factor
 from core.metrics import Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
@@ -193,7 +194,9 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    found = exits.find_trades(candles, policy.decide_all(candles, indicator_cache), policy.risk, fill, fee_rate)
+    actions, decided = policy.decide_minutes(candles, indicator_cache)
+    atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
+    found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices, is_short = found.entry_price, found.is_short
@@ -295,40 +298,51 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
     """
     path = Path(path)
     layout = sniff(path)
-    if layout.kind != KLINES:
-        raise FeedError(path, layout.first_data_line, "this is an aggTrades file, not klines")
-    chunks = []
     with open(path, "rb") as file:
-        for _ in range(layout.first_data_line - 1):
-            file.readline()
-        try:
-            while True:
-                with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
-                    warnings.simplefilter("ignore", UserWarning)
-                    chunk = np.loadtxt(file, delimiter=",", usecols=range(6), max_rows=_CHUNK_ROWS, ndmin=2,
-                                       dtype=np.float64)
-                if len(chunk) == 0:
-                    break
-                chunks.append(chunk)
-                if progress is not None:
-                    progress(file.tell())
-                if len(chunk) < _CHUNK_ROWS:
-                    break
-        except ValueError:
-            read_klines(path)  # the slow reader names the bad line
-            raise
+        return klines_arrays(file, layout, path, lambda: read_klines(path), progress)
+
+
+def klines_arrays(file: BinaryIO, layout: Layout, name: str | Path, read_slowly: Callable[[], object],
+                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """`load_candles` of a klines file open in binary at its start (a file on disk or inside a zip).
+
+    `read_slowly` reads the same file row by row (`read_klines`): it raises the FeedError naming the
+    first bad line when the fast parse finds something wrong.
+    """
+    if layout.kind != KLINES:
+        raise FeedError(name, layout.first_data_line, "this is an aggTrades file, not klines")
+    chunks = []
+    for _ in range(layout.first_data_line - 1):
+        file.readline()
+    try:
+        while True:
+            with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
+                warnings.simplefilter("ignore", UserWarning)
+                chunk = np.loadtxt(file, delimiter=",", usecols=range(6), max_rows=_CHUNK_ROWS, ndmin=2,
+                                   dtype=np.float64)
+            if len(chunk) == 0:
+                break
+            chunks.append(chunk)
+            if progress is not None:
+                progress(file.tell())
+            if len(chunk) < _CHUNK_ROWS:
+                break
+    except ValueError:
+        read_slowly()  # the slow reader names the bad line
+        raise
     table = np.concatenate(chunks) if chunks else np.zeros((0, 6))
     open_, high, low, close, volume = table[:, 1:].T
     if not (np.all(np.isfinite(table)) and np.all(low > 0) and np.all(volume >= 0)
             and np.all(low <= np.minimum(open_, close)) and np.all(high >= np.maximum(open_, close))):
-        read_klines(path)  # the same checks as the replay, which names the line
+        read_slowly()  # the same checks as the replay, which names the line
     open_time_ms = np.round(table[:, 0] * to_ms_factor(layout.time_unit)).astype(np.int64)
     unsorted = np.flatnonzero(np.diff(open_time_ms) <= 0)
     if len(unsorted):
         line = int(unsorted[0]) + 1 + layout.first_data_line
-        raise FeedError(path, line, "candles must be in time order, one per minute: this one is not later "
+        raise FeedError(name, line, "candles must be in time order, one per minute: this one is not later "
                                     "than the one before")
-    arrays = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low", "close", "volume"))}
+    arrays = {column: np.ascontiguousarray(table[:, i + 1])
+              for i, column in enumerate(("open", "high", "low", "close", "volume"))}
     arrays["open_time_ms"] = open_time_ms
     return arrays
 
