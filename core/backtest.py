@@ -203,16 +203,18 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    actions = policy.decide_all(candles, indicator_cache)
+    actions, decided = policy.decide_minutes(candles, indicator_cache)
+    atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
     if warmup:
         # The warm-up candles decide nothing (HOLD), so no trade starts there, but indicators and the ATR
         # of the risk levels are computed over them; then every index is moved to the block's candles.
         actions = np.array(actions)
         actions[:warmup] = Action.HOLD
-        found = _shifted(exits.find_trades(candles, actions, policy.risk, fill, fee_rate), warmup)
+        found = _shifted(exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr),
+                         warmup)
         candles = {name: series[warmup:] for name, series in candles.items()}
     else:
-        found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate)
+        found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
     if close_at_end:
         found = _closed_at_end(found, candles, fill)
     closed = found.exit_index >= 0
