@@ -30,6 +30,8 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
 @click.option("--fill", default="next-open", show_default=True, type=click.Choice(["next-open", "close"]),
               help="fill at the next candle's open, or at the decision candle's close")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the table (a list for a sweep)")
+@click.option("--trades", "with_trades", is_flag=True,
+              help="with a sweep's --json, every combination's trades too (left out by default: they run to GBs)")
 @click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), help="also write an SVG chart here")
 @click.option("--rank", "rank_by", default="sharpe", show_default=True, type=click.Choice(RANK_CHOICES),
               help="the metric a sweep is ranked by")
@@ -40,7 +42,7 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="do not read or write the parsed candles kept next to the CSV (<file>.omniwise.npz)")
 def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: str, as_json: bool,
-                     chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
+                     with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
                      no_cache: bool) -> None:
     """Run a strategy (or every combination of a sweep) over a history with the worker's own policy and fills."""
     text = strategy_path.read_text(encoding="utf-8")
@@ -64,11 +66,11 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
     if split is None and walk_forward is None and not is_sweep:
         _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart)
     elif split is None and walk_forward is None:
-        _sweep(combinations, candles, fee, fill, as_json, rank_by)
+        _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades)
     else:
         try:
             if split is not None:
-                _split(combinations, candles, split, fee, fill, as_json, rank_by)
+                _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades)
             else:
                 _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by)
         except ValueError as exc:
@@ -112,12 +114,12 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
         click.echo(backtest.format_report(result, title, candles))
 
 
-def _run(combinations, candles, fee, fill, keep_reports, label=""):
+def _run(combinations, candles, fee, fill, keep_reports, label="", with_trades=False):
     from core import sweep_runs
 
     total = len(combinations)
     if total * len(candles["close"]) < _LONG_SWEEP:
-        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports)
+        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, with_trades=with_trades)
     start = time.perf_counter()
     step = max(1, total // 20)
 
@@ -126,13 +128,14 @@ def _run(combinations, candles, fee, fill, keep_reports, label=""):
             click.echo(f"{label}swept {done:,} of {total:,} combinations ({done * 100 // total} %), "
                        f"{time.perf_counter() - start:.1f} s", err=True)
 
-    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress)
+    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress,
+                                       with_trades=with_trades)
 
 
-def _sweep(combinations, candles, fee, fill, as_json, rank_by) -> None:
+def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> None:
     from core import sweep_runs
 
-    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json), rank_by, as_json)
+    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades), rank_by, as_json)
     if as_json:
         _print_json([run.report | {"params": run.params} for run in ranked])
         return
@@ -142,15 +145,16 @@ def _sweep(combinations, candles, fee, fill, as_json, rank_by) -> None:
     click.echo(_table(shown, rank_by))
 
 
-def _split(combinations, candles, fraction, fee, fill, as_json, rank_by) -> None:
+def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades) -> None:
     from core import sweep_runs
 
     n = len(candles["close"])
     point = sweep_runs.split_point(n, fraction)
     inside, outside = sweep_runs.part(candles, slice(0, point)), sweep_runs.part(candles, slice(point, n))
-    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: "), rank_by, as_json)
+    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades), rank_by,
+                            as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
-    again = sweep_runs.recheck(best, outside, fee, fill, as_json)
+    again = sweep_runs.recheck(best, outside, fee, fill, as_json, with_trades=with_trades)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
         for report, run in zip(reports, again):

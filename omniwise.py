@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs no web stack: skip loading it
@@ -122,6 +123,46 @@ def candles_command(agg_trades: Path, out: Path, until_ms: int | None) -> None:
         click.echo(f"{out}: error: cannot write: {exc}")
         sys.exit(1)
     click.echo(f"{len(candles)} candles written to {out}")
+
+
+@click.command("download")
+@click.argument("symbol")
+@click.option("--from", "from_day", required=True, metavar="YYYY-MM-DD", help="first day (UTC)")
+@click.option("--to", "to_day", metavar="YYYY-MM-DD", help="last day (UTC), inclusive  [default: today]")
+@click.option("--market", default="spot", show_default=True, type=click.Choice(["spot", "futures"]),
+              help="spot, or USDⓈ-M futures")
+def download_command(symbol: str, from_day: str, to_day: str | None, market: str) -> None:
+    """Download SYMBOL's 1-minute klines from Binance's public data archive into DATA_DIR/history/."""
+    from core import download
+    from core.feeds import FeedError
+    from core.history import HistoryError
+
+    settings = _settings_or_exit()
+    with _progress_bar() as on_file:
+        try:
+            lines = download.run(settings, symbol, market, from_day, to_day, clock.now_ms(), on_file)
+        except (download.DownloadError, HistoryError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except FeedError as exc:
+            raise click.ClickException(exc.format()) from None
+    click.echo("\n".join(lines))
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A callback drawing a progress bar of files on a terminal (tqdm), or doing nothing elsewhere."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit="file", file=sys.stderr, leave=False) as bar:
+        def on_file(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield on_file
 
 
 @click.command("backup")
@@ -243,7 +284,7 @@ def _settings_or_exit() -> Settings:
 
 
 COMMANDS = (check_command, init_command, serve_command, candles_command, backtest_command, backup_command,
-            restore_command, set_password_command)
+            restore_command, set_password_command, download_command)
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
 for _command in COMMANDS:

@@ -3,8 +3,9 @@
 Decisions come from `Policy.decide_all` (the worker's own policy); positions follow the same target
 semantics as the worker (BUY while long does nothing) and fills use `core.fills` with the same rule:
 a decision on candle t fills at candle t+1's open (`fill="next-open"`, the default) or at candle t's
-close (`fill="close"`). Long-only, the whole balance in or out, the fee on both sides. Everything is
-vectorised with numpy, so a million candles take a fraction of a second.
+close (`fill="close"`). Each entry commits the SIZE share of the equity, long or short (DESIGN.md
+"Shorts": a 1x short's notional), the fee on both sides. Everything is vectorised with numpy, so a
+million candles take a fraction of a second.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from core import exits, fills
 from core.dsl import Policy
-from core.feeds import KLINES, FeedError, read_klines, sniff, to_ms_factor
+from core.feeds import KLINES, FeedError, Layout, read_klines, sniff, to_ms_factor
 from core.metrics import Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
@@ -32,12 +34,13 @@ _CHUNK_ROWS = 200_000
 class Trade:
     """One round trip; the last one may still be open (exit None)."""
 
+    side: str  # "long" or "short"
     entry_time: int  # ms
     entry_price: float
     exit_time: int | None  # ms: the fill candle's open time (a risk exit: the candle it happened in)
     exit_price: float | None
     return_pct: float  # after both fees; an open trade is valued at the last close, exit fee included
-    exit_reason: str | None = None  # rule, stop_loss, take_profit, trailing_stop; None while open
+    exit_reason: str | None = None  # rule, stop_loss, take_profit, trailing_stop, liquidation; None while open
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +57,16 @@ class TradeTable:
     exit_price: np.ndarray  # NaN for the trade still open
     return_pct: np.ndarray
     exit_reason: np.ndarray  # int8 code into exits.REASONS; -1 for the trade still open
+    is_short: np.ndarray | None = None  # bool per trade; None: all long
+
+    def __post_init__(self):
+        if self.is_short is None:
+            object.__setattr__(self, "is_short", np.zeros(len(self.entry_time), dtype=bool))
+
+    @property
+    def sides(self) -> np.ndarray:
+        """"long" or "short" per trade (object array)."""
+        return np.where(self.is_short, "short", "long").astype(object)
 
     def __len__(self) -> int:
         return len(self.entry_time)
@@ -67,7 +80,7 @@ class TradeTable:
         """The trades' JSON fields as columns of plain Python values (None while open, returns rounded)."""
         closed = self.closed
         reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason]  # code -1 -> None
-        return {"entry_time": self.entry_time.tolist(), "entry_price": self.entry_price.tolist(),
+        return {"side": self.sides.tolist(), "entry_time": self.entry_time.tolist(), "entry_price": self.entry_price.tolist(),
                 "exit_time": np.where(closed, self.exit_time, None).tolist(),
                 "exit_price": np.where(closed, self.exit_price, None).tolist(), "exit_reason": reasons.tolist(),
                 "return_pct": np.round(self.return_pct, 6).tolist()}
@@ -77,7 +90,7 @@ class TradeTable:
         part = slice(start, None)
         closed = self.closed[part]
         reasons = np.array(exits.REASONS + (None,), dtype=object)[self.exit_reason[part]]  # code -1 -> None
-        return list(map(Trade, self.entry_time[part].tolist(), self.entry_price[part].tolist(),
+        return list(map(Trade, self.sides[part].tolist(), self.entry_time[part].tolist(), self.entry_price[part].tolist(),
                         np.where(closed, self.exit_time[part], None).tolist(),
                         np.where(closed, self.exit_price[part], None).tolist(),
                         self.return_pct[part].tolist(), reasons.tolist()))
@@ -93,7 +106,7 @@ class BacktestResult:
     buy_hold_return_pct: float
     win_rate_pct: float | None  # of closed trades; None without any
     max_drawdown_pct: float
-    exposure_pct: float  # share of candles spent long
+    exposure_pct: float  # share of candles spent in a position, long or short
     fee_rate: float
     fill: str
     equity: np.ndarray  # account value at each candle's close, starting at 1.0 (cash set aside included)
@@ -109,18 +122,19 @@ class BacktestResult:
 
     def as_json(self) -> dict:
         """The `backtest --json` object (DESIGN.md): trades with times in ms, return_pct, candles, ..."""
-        return self._summary_json() | {"trades": _trades_json(self.table.json_columns())}
+        return self.summary_json() | {"trades": _trades_json(self.table.json_columns())}
 
     def json_text(self, extra: dict | None = None) -> str:
         """`json.dumps(self.as_json() | extra)`, the same text, with the trades written column by column.
 
         json.dumps of tens of thousands of trade objects is a third of a one-backtest process.
         """
-        head = json.dumps(self._summary_json())
+        head = json.dumps(self.summary_json())
         tail = "".join(f", {json.dumps(key)}: {json.dumps(value)}" for key, value in (extra or {}).items())
         return f'{head[:-1]}, "trades": {_trades_json_text(self.table)}{tail}}}'
 
-    def _summary_json(self) -> dict:
+    def summary_json(self) -> dict:
+        """`as_json()` without the trades: what a sweep's row carries unless `--trades` asks for them."""
         return {
             "candles": self.candles, "return_pct": _round(self.return_pct),
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
@@ -131,7 +145,7 @@ class BacktestResult:
         }
 
 
-_TRADE_FIELDS = ("entry_time", "entry_price", "exit_time", "exit_price", "exit_reason", "return_pct")
+_TRADE_FIELDS = ("side", "entry_time", "entry_price", "exit_time", "exit_price", "exit_reason", "return_pct")
 
 
 def _trades_json(columns: dict[str, list]) -> list[dict]:
@@ -150,14 +164,16 @@ def _trades_json_text(table: TradeTable) -> str:
     for i in np.flatnonzero(~closed).tolist():
         exit_time[i] = exit_price[i] = "null"
     reasons = np.array([json.dumps(r) for r in exits.REASONS] + ["null"], dtype=object)[table.exit_reason].tolist()
-    columns = (list(map(str, table.entry_time.tolist())), list(map(repr, table.entry_price.tolist())), exit_time,
+    sides = np.array(['"long"', '"short"'], dtype=object)[table.is_short.astype(np.int8)].tolist()
+    columns = (sides, list(map(str, table.entry_time.tolist())), list(map(repr, table.entry_price.tolist())), exit_time,
                exit_price, reasons, list(map(repr, returns.tolist())))
-    # Row i is pieces[13 i .. 13 i + 12]: '{"entry_time": ', its value, ', "entry_price": ', ..., '}, '.
-    pieces: list = [None] * (13 * count)
+    # Row i is pieces[w i .. w i + w − 1]: '{"side": ', its value, ', "entry_time": ', ..., '}, '.
+    width = 2 * len(_TRADE_FIELDS) + 1
+    pieces: list = [None] * (width * count)
     for k, (name, column) in enumerate(zip(_TRADE_FIELDS, columns)):
-        pieces[2 * k::13] = [("{" if k == 0 else ", ") + f'"{name}": '] * count
-        pieces[2 * k + 1::13] = column
-    pieces[12::13] = ["}, "] * count
+        pieces[2 * k::width] = [("{" if k == 0 else ", ") + f'"{name}": '] * count
+        pieces[2 * k + 1::width] = column
+    pieces[width - 1::width] = ["}, "] * count
     if count:
         pieces[-1] = "}"
     return "[" + "".join(pieces) + "]"
@@ -175,27 +191,29 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     if n == 0:
         ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
         none = np.zeros(0, dtype=np.int64)
-        table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8))
+        table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
                               compute_metrics(ledger), size, np.zeros(0, bool))
-    found = exits.find_trades(candles, policy.decide_all(candles, indicator_cache), policy.risk, fill)
+    actions, decided = policy.decide_minutes(candles, indicator_cache)
+    atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
+    found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
-    entry_prices = found.entry_price
-    # Each closed round trip multiplies the money it used by exit / entry, less a fee on each side (core.fills).
-    ratios = found.exit_price[closed] / entry_prices[closed] * (1 - fee_rate) ** 2
-    equity, in_market = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size)
-    open_return = candles["close"][-1] / entry_prices[~closed] * (1 - fee_rate) ** 2  # the open trade, if any
+    entry_prices, is_short = found.entry_price, found.is_short
+    # Each closed round trip multiplies the money it committed by its ratio (`_ratios`).
+    ratios = _ratios(entry_prices[closed], found.exit_price[closed], is_short[closed], fee_rate)
+    equity, in_market = _equity(candles, entries, exits_at, entry_prices, ratios, fee_rate, size, is_short)
+    open_return = _ratios(entry_prices[~closed], candles["close"][-1], is_short[~closed], fee_rate)  # the open trade
     returns = (np.concatenate((ratios, open_return)) - 1) * 100
     times = candles["open_time_ms"]
     fill_times = times if fill == "next-open" else _close_times(candles)
     exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
                           fill_times[found.exit_index])
     table = TradeTable(fill_times[entries], entry_prices, np.where(closed, exit_times, -1), found.exit_price,
-                       returns, found.exit_reason)
+                       returns, found.exit_reason, is_short)
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
     ledger = _ledger(candles, equity, in_market, entry_prices, found.exit_price[closed], ratios, fee_rate,
-                     buy_hold_pct, size)
+                     buy_hold_pct, size, is_short)
     metrics = compute_metrics(ledger)
     return BacktestResult(
         table=table, candles=n, return_pct=float(equity[-1] - 1) * 100, buy_hold_return_pct=buy_hold_pct,
@@ -205,26 +223,40 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         ledger=ledger, metrics=metrics, size_share=size, in_market=in_market)
 
 
+def _ratios(entry, exit_, is_short, fee_rate):
+    """What each round trip makes of the money M it commits, after both fees. A long buys M/E·(1−f) and sells
+    it at X: X/E·(1−f)². A short of notional M (q = M/E) makes q·(E·(1−f) − X·(1+f)): 1 + that / M."""
+    ratio = exit_ / entry * (1 - fee_rate) ** 2
+    if is_short.any():
+        ratio = np.where(is_short, (2 - fee_rate) - exit_ / entry * (1 + fee_rate), ratio)
+    return ratio
+
+
 def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct,
-            size: float = 1.0) -> Ledger:
-    """The engine's trades in core.metrics' terms: each entry spends `size` of the account's balance."""
+            size: float = 1.0, is_short: np.ndarray | None = None) -> Ledger:
+    """The engine's trades in core.metrics' terms: each entry commits `size` of the account's balance."""
     balance = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # before each trade, the start 1.0
-    spent = balance[:len(entry_prices)] * size  # the money each entry put in
+    spent = balance[:len(entry_prices)] * size  # the money each entry put in (a short's notional)
     closed_spent = spent[:len(ratios)]
-    exit_fees = closed_spent * (1 - fee_rate) * exit_prices / entry_prices[:len(ratios)] * fee_rate
+    # The exit fee: a long sells M/E·(1−f) at X, a short buys back M/E at X.
+    held = (1 - fee_rate) if is_short is None else np.where(is_short[:len(ratios)], 1.0, 1 - fee_rate)
+    exit_fees = closed_spent * held * exit_prices / entry_prices[:len(ratios)] * fee_rate
     fees_paid = float(np.sum(spent) * fee_rate + np.sum(exit_fees))
     return Ledger(equity, candles["open_time_ms"], in_market, ratios - 1, closed_spent * (ratios - 1),
                   len(entry_prices), fees_paid, buy_hold_pct)
 
 
 def _equity(candles, entries, exits, entry_prices, ratios, fee_rate,
-            size: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+            size: float = 1.0, is_short: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Account value at each candle's close (1.0 at the start), an open position valued with the exit fee,
     and whether a position is held at each close.
 
     Each entry spends `size` of the account; the rest waits as cash, so a trade moves the account by
     size · (ratio − 1). The candles fall into runs, flat before trade 0, holding trade 0, flat, ...:
-    each run's figures are spread over its candles with np.repeat, one pass instead of a mask per trade."""
+    each run's figures are spread over its candles with np.repeat, one pass instead of a mask per trade.
+    Every run is worth cash + units · close: a long holds units = M/E·(1−f) valued with the exit fee,
+    (1−f) · close each; a short of notional M (q = M/E) is worth M + q·(E·(1−f) − close·(1+f)), which
+    is cash M·(2−f) and units −q·(1+f)."""
     n, count = len(candles["close"]), len(entries)
     cash_after = np.concatenate(([1.0], np.cumprod(1 + size * (ratios - 1))))  # balance before trade k
     units = cash_after[:count] * size * (1 - fee_rate) / entry_prices
@@ -238,6 +270,10 @@ def _equity(candles, entries, exits, entry_prices, ratios, fee_rate,
     cash[-1] = cash_after[-1]  # after the last trade: its run is empty while that trade is still open
     held_units = np.zeros(2 * count + 1)
     held_units[1::2] = units
+    if is_short is not None and is_short.any():
+        notional = cash_after[:count] * size
+        cash[1::2] += np.where(is_short, notional * (2 - fee_rate), 0.0)
+        held_units[1::2] = np.where(is_short, -notional / entry_prices * (1 + fee_rate) / (1 - fee_rate), units)
     # Flat candles add 0 · close: the account is exactly its cash there.
     equity = np.repeat(cash, run_lengths) + np.repeat(held_units, run_lengths) * candles["close"] * (1 - fee_rate)
     in_market = np.repeat(np.arange(2 * count + 1) % 2 == 1, run_lengths)
@@ -262,40 +298,51 @@ def load_candles(path: str | Path, progress: Callable[[int], None] | None = None
     """
     path = Path(path)
     layout = sniff(path)
-    if layout.kind != KLINES:
-        raise FeedError(path, layout.first_data_line, "this is an aggTrades file, not klines")
-    chunks = []
     with open(path, "rb") as file:
-        for _ in range(layout.first_data_line - 1):
-            file.readline()
-        try:
-            while True:
-                with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
-                    warnings.simplefilter("ignore", UserWarning)
-                    chunk = np.loadtxt(file, delimiter=",", usecols=range(6), max_rows=_CHUNK_ROWS, ndmin=2,
-                                       dtype=np.float64)
-                if len(chunk) == 0:
-                    break
-                chunks.append(chunk)
-                if progress is not None:
-                    progress(file.tell())
-                if len(chunk) < _CHUNK_ROWS:
-                    break
-        except ValueError:
-            read_klines(path)  # the slow reader names the bad line
-            raise
+        return klines_arrays(file, layout, path, lambda: read_klines(path), progress)
+
+
+def klines_arrays(file: BinaryIO, layout: Layout, name: str | Path, read_slowly: Callable[[], object],
+                  progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
+    """`load_candles` of a klines file open in binary at its start (a file on disk or inside a zip).
+
+    `read_slowly` reads the same file row by row (`read_klines`): it raises the FeedError naming the
+    first bad line when the fast parse finds something wrong.
+    """
+    if layout.kind != KLINES:
+        raise FeedError(name, layout.first_data_line, "this is an aggTrades file, not klines")
+    chunks = []
+    for _ in range(layout.first_data_line - 1):
+        file.readline()
+    try:
+        while True:
+            with warnings.catch_warnings():  # the chunk after the last one is empty, and that is fine
+                warnings.simplefilter("ignore", UserWarning)
+                chunk = np.loadtxt(file, delimiter=",", usecols=range(6), max_rows=_CHUNK_ROWS, ndmin=2,
+                                   dtype=np.float64)
+            if len(chunk) == 0:
+                break
+            chunks.append(chunk)
+            if progress is not None:
+                progress(file.tell())
+            if len(chunk) < _CHUNK_ROWS:
+                break
+    except ValueError:
+        read_slowly()  # the slow reader names the bad line
+        raise
     table = np.concatenate(chunks) if chunks else np.zeros((0, 6))
     open_, high, low, close, volume = table[:, 1:].T
     if not (np.all(np.isfinite(table)) and np.all(low > 0) and np.all(volume >= 0)
             and np.all(low <= np.minimum(open_, close)) and np.all(high >= np.maximum(open_, close))):
-        read_klines(path)  # the same checks as the replay, which names the line
+        read_slowly()  # the same checks as the replay, which names the line
     open_time_ms = np.round(table[:, 0] * to_ms_factor(layout.time_unit)).astype(np.int64)
     unsorted = np.flatnonzero(np.diff(open_time_ms) <= 0)
     if len(unsorted):
         line = int(unsorted[0]) + 1 + layout.first_data_line
-        raise FeedError(path, line, "candles must be in time order, one per minute: this one is not later "
+        raise FeedError(name, line, "candles must be in time order, one per minute: this one is not later "
                                     "than the one before")
-    arrays = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low", "close", "volume"))}
+    arrays = {column: np.ascontiguousarray(table[:, i + 1])
+              for i, column in enumerate(("open", "high", "low", "close", "volume"))}
     arrays["open_time_ms"] = open_time_ms
     return arrays
 
@@ -314,7 +361,8 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
         f"  candles       {result.candles:,} ({span})",
         f"  trades        {len(table):,} ({closed:,} closed, {len(table) - closed} open)",
         *metric_lines(result.metrics),
-        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, long only"
+        f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, "
+        + ("long and short" if table.is_short.any() else "long only")
         + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]
     counts = np.bincount(table.exit_reason[table.closed], minlength=len(exits.REASONS)).tolist()
@@ -324,12 +372,12 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
                                                    for reason, count in sorted(reasons.items())))
     if len(table):
         lines += ["", f"  last {min(last_trades, len(table))} trades:",
-                  f"  {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14} {'return':>9}"
-                  f"  exit by"]
+                  f"  {'side':<5} {'entry (UTC)':<17} {'entry price':>14}  {'exit (UTC)':<17} {'exit price':>14}"
+                  f" {'return':>9}  exit by"]
         for t in table.rows(-last_trades):
             exit_time = _utc(t.exit_time) if t.exit_time is not None else "open"
             exit_price = f"{t.exit_price:.8g}" if t.exit_price is not None else "-"
-            lines.append(f"  {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
+            lines.append(f"  {t.side:<5} {_utc(t.entry_time):<17} {t.entry_price:>14.8g}  {exit_time:<17} {exit_price:>14} "
                          f"{t.return_pct:>+8.2f}%  {(t.exit_reason or '').replace('_', ' ')}")
     return "\n".join(lines)
 
@@ -343,7 +391,7 @@ def metric_lines(m: Metrics) -> list[str]:
         f"  max drawdown  {m.max_drawdown_pct:.2f} %",
         f"  win rate      {num(m.win_rate_pct, '.1f')} %   expectancy {num(m.expectancy_pct, '+.3f')} % a trade",
         f"  profit factor {num(m.profit_factor, '.3f')}",
-        f"  exposure      {m.exposure_pct:.1f} % of candles long",
+        f"  exposure      {m.exposure_pct:.1f} % of candles in a position",
         f"  sharpe        {num(m.sharpe, '.3f')}   sortino {num(m.sortino, '.3f')}   calmar {num(m.calmar, '.3f')}",
         f"  fees paid     {m.fees_paid * 100:.2f} % of the starting balance",
     ]

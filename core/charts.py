@@ -40,11 +40,14 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
         y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
         return _marker_shape(reason, x, y, colour)
 
-    marks = [marker(t.entry_time, t.entry_price, "#17803d") for t in result.trades]
+    marks = [marker(t.entry_time, t.entry_price, "#17803d", "short" if t.side == "short" else None)
+             for t in result.trades]
     marks += [marker(t.exit_time, t.exit_price, "#b42318", t.exit_reason) for t in result.trades
               if t.exit_time is not None]
     reasons = sorted({t.exit_reason for t in result.trades} - {None, "rule"})
     legend = " · ".join(f"{_MARKER_WORDS[r]} {r.replace('_', ' ')}" for r in reasons)
+    if any(t.side == "short" for t in result.trades):
+        legend = " · ".join(filter(None, (legend, f"{_MARKER_WORDS['short']} short entry")))
     return "\n".join([
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
         f'font-family="sans-serif" font-size="12">',
@@ -60,18 +63,26 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
 
 
 # One shape per exit reason, so the chart tells a stop from a rule's exit at a glance.
-_MARKER_WORDS = {"stop_loss": "■", "take_profit": "▲", "trailing_stop": "◆"}
+_MARKER_WORDS = {"stop_loss": "■", "take_profit": "▲", "trailing_stop": "◆", "liquidation": "✖", "short": "▼"}
+
+
+# Polygon markers as (dx, dy) corners around the point, and their colour.
+_POLYGONS = {"short": (((-4, -3), (4, -3), (0, 4)), "#6941c6", "entry-short"),
+             "take_profit": (((0, -4), (4, 3), (-4, 3)), "#b54708", "exit-take_profit"),
+             "trailing_stop": (((0, -4), (4, 0), (0, 4), (-4, 0)), "#7a2e0e", "exit-trailing_stop")}
 
 
 def _marker_shape(reason: str | None, x: float, y: float, colour: str) -> str:
+    """A trade's marker: an exit's shape by its reason ("short" marks a short's entry, pointing down)."""
+    if reason in _POLYGONS:
+        corners, fill, css = _POLYGONS[reason]
+        points = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in corners)
+        return f'<polygon class="{css}" points="{points}" fill="{fill}"/>'
+    if reason == "liquidation":
+        return (f'<path class="exit-liquidation" d="M{x - 4:.1f},{y - 4:.1f} L{x + 4:.1f},{y + 4:.1f} '
+                f'M{x - 4:.1f},{y + 4:.1f} L{x + 4:.1f},{y - 4:.1f}" stroke="#b42318" stroke-width="2"/>')
     if reason == "stop_loss":
         return f'<rect class="exit-stop_loss" x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}"/>'
-    if reason == "take_profit":
-        return (f'<polygon class="exit-take_profit" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y + 3:.1f} '
-                f'{x - 4:.1f},{y + 3:.1f}" fill="#b54708"/>')
-    if reason == "trailing_stop":
-        return (f'<polygon class="exit-trailing_stop" points="{x:.1f},{y - 4:.1f} {x + 4:.1f},{y:.1f} {x:.1f},'
-                f'{y + 4:.1f} {x - 4:.1f},{y:.1f}" fill="#7a2e0e"/>')
     return f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"/>'
 
 

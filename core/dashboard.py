@@ -21,7 +21,7 @@ from core.health import alerts, heartbeat, liveness
 from core.candles import Candle
 from core.exits import REASON_WORDS
 from core.dsl import Policy
-from core.dsl.nodes import Indicator, Series
+from core.dsl.nodes import AtTimeframe, Indicator, Series
 from core.health.status import iso, status_report
 
 CHART_CANDLES = 240  # four hours of minutes
@@ -156,6 +156,8 @@ def trade_levels(db: Database, symbol: str, policy: Policy) -> list[dict]:
 def moving_averages(policy: Policy) -> dict[str, Indicator]:
     """The strategy's indicators that live on the price scale (SMA, EMA, WMA, Bollinger bands), by label."""
     found: dict[str, Indicator] = {}
+    if policy.timeframe != 1:
+        return found  # the chart draws minutes: averages of longer candles would be drawn wrong
     for rule in policy.rules:
         for node in _walk(rule.condition):
             if isinstance(node, Indicator) and node.name in OVERLAYS and _reads_price(node):
@@ -188,8 +190,11 @@ def _reads_price(node: Indicator) -> bool:
 
 
 def _walk(node):
-    """A condition tree's nodes, depth first (every node is a dataclass; positions are tuples)."""
+    """A condition tree's nodes, depth first (every node is a dataclass; positions are tuples); a value read
+    on another timeframe (`@tf`) is not drawn on the minutes' chart, so its inside is left out."""
     yield node
+    if isinstance(node, AtTimeframe):
+        return
     for field in dataclasses.fields(node):
         value = getattr(node, field.name)
         for child in value if isinstance(value, tuple) else (value,):

@@ -20,15 +20,18 @@ import numpy as np
 
 from core import indicators
 from core.dsl import Action, Distance, Risk
+from core.fills import DEFAULT_FEE_RATE
 
 RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL = "rule", "stop_loss", "take_profit", "trailing_stop", "manual"
-REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL)  # codes 0..4 in find_trades' arrays
-STATEMENT_TITLES = {STOP_LOSS: "STOP LOSS", TAKE_PROFIT: "TAKE PROFIT", TRAILING_STOP: "TRAILING STOP"}
+LIQUIDATION = "liquidation"  # a 1x short that lost its whole notional (DESIGN.md "Shorts")
+REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL, LIQUIDATION)  # codes 0..5 in find_trades' arrays
+STATEMENT_TITLES = {STOP_LOSS: "STOP LOSS", TAKE_PROFIT: "TAKE PROFIT", TRAILING_STOP: "TRAILING STOP",
+                    LIQUIDATION: "LIQUIDATION"}
 REASON_WORDS = {RULE: "rule", STOP_LOSS: "stop loss", TAKE_PROFIT: "take profit", TRAILING_STOP: "trailing stop",
-                MANUAL: "hand"}
+                MANUAL: "hand", LIQUIDATION: "liquidation"}
 # decisions.reason -> the exit reason of the trade its SELL order ended
 DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, STOP_LOSS: STOP_LOSS,
-                         TAKE_PROFIT: TAKE_PROFIT, TRAILING_STOP: TRAILING_STOP}
+                         TAKE_PROFIT: TAKE_PROFIT, TRAILING_STOP: TRAILING_STOP, LIQUIDATION: LIQUIDATION}
 
 
 def exit_reason(decision_reason: str | None) -> str:
@@ -39,11 +42,6 @@ _NAN = float("nan")
 _ROUND_ELEMENTS = 1 << 20  # candles looked at per vectorised round, over all open trades
 _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more each round after
 SCALAR_SEGMENTS = 16  # this few segments left: follow them candle by candle
-
-
-def atr_at_decision(risk: Risk, candles, index: int = -1) -> dict[int, float]:
-    """ATR(n) of candle `index` for every period the levels use (NaN while warming up)."""
-    return {n: float(indicators.compute("ATR", candles, (float(n),))[index]) for n in risk.atr_periods}
 
 
 def _below(distance: Distance | None, price, atr: dict) -> float:
@@ -143,23 +141,113 @@ class TradeArrays:
     exit_price: np.ndarray
     exit_reason: np.ndarray  # int8 index into REASONS; −1 for the open trade
     exit_at_open: np.ndarray  # bool: the exit filled at a candle's open (rule exits with next-open, gaps)
+    is_short: np.ndarray | None = None  # bool per trade; None: every trade is long
+
+    def __post_init__(self):
+        if self.is_short is None:
+            object.__setattr__(self, "is_short", np.zeros(len(self.entry_index), dtype=bool))
 
 
-def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open") -> TradeArrays:
-    """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`."""
+_WANT = np.array([0, 1, 0, -1], dtype=np.int8)  # Action value -> the position it asks for: 1 long, 0 flat, −1 short
+
+
+def liquidation_factor(fee_rate: float) -> float:
+    """L / E for a 1x short: at L = E·(2−f)/(1+f) its profit q·(E·(1−f) − L·(1+f)) is −q·E, the whole notional."""
+    return (2 - fee_rate) / (1 + fee_rate)
+
+
+def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open",
+                fee_rate: float = DEFAULT_FEE_RATE, decided: np.ndarray | None = None,
+                atr: dict[int, np.ndarray] | None = None) -> TradeArrays:
+    """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`.
+
+    `fee_rate` sets where a short is liquidated (`liquidation_factor`). With a strategy timeframe only some
+    minutes decide (`decided`, from Policy.decide_minutes; None = all); the others hold HOLD and do not count
+    as an answer of the rules after a risk exit. `atr`: ATR(n) per period at each deciding candle
+    (Policy.atr_by_minute); computed on the candles when None."""
     n = len(actions)
-    # Rule segments: from a BUY while flat to the next SELL, as without risk exits. The wish to be long
-    # changes only on a candle whose BUY or SELL differs from the last BUY or SELL before it.
+    # Rule segments: from a BUY (SHORT) while not long (short) to the next other target, as without risk
+    # exits. The wish changes only on a candle whose BUY, SELL or SHORT differs from the last one before it.
     acted = np.flatnonzero(actions != Action.HOLD)
-    wants_long = actions[acted] == Action.BUY
-    change = acted[np.flatnonzero(np.diff(np.concatenate(([False], wants_long))))]
+    want = _WANT[actions[acted]]
+    changed = np.flatnonzero(want != np.concatenate(([0], want[:-1])))
+    change, new_want = acted[changed], want[changed]
     if fill == "next-open":
-        change = change[change + 1 < n]  # a decision on the last candle has no next open to fill at
-    seg_entry, seg_exit = change[0::2], change[1::2]
-    seg_exit = np.concatenate((seg_exit, np.full(len(seg_entry) - len(seg_exit), -1)))
+        keep = change + 1 < n  # a decision on the last candle has no next open to fill at
+        change, new_want = change[keep], new_want[keep]
+    starts = np.flatnonzero(new_want != 0)
+    seg_entry = change[starts]
+    seg_exit = np.where(starts + 1 < len(change), change[np.minimum(starts + 1, len(change) - 1)], -1)
+    is_short = new_want[starts] < 0
+    if not is_short.any():
+        if not risk.has_exits:
+            return _rule_trades(candles, seg_entry, seg_exit, fill)
+        return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit, atr=atr, decided=decided)
+    parts = []
+    if not is_short.all():
+        longs = ~is_short
+        parts.append(_rule_trades(candles, seg_entry[longs], seg_exit[longs], fill) if not risk.has_exits else
+                     _risk_trades(candles, actions, risk, fill, seg_entry[longs], seg_exit[longs], atr=atr,
+                                  decided=decided))
+    parts += _short_trades(candles, actions, risk, fill, seg_entry[is_short], seg_exit[is_short], fee_rate,
+                           decided, atr)
+    return _joined(parts)
+
+
+def _short_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, fee_rate, decided=None,
+                  atr=None) -> list[TradeArrays]:
+    """The short segments' trades. A short is a long on the mirrored prices (−price, high and low swapped)
+    with the percentages negated: E·(1+p) = −(−E·(1−(−p))) to the bit, and ATR is the same on both. The
+    liquidation level is a floor of the mirrored long. Without risk statements only the segments whose
+    high reaches the liquidation level take the candle-by-candle path."""
+    n = len(actions)
+    factor = liquidation_factor(fee_rate)
+    parts = []
     if not risk.has_exits:
-        return _rule_trades(candles, seg_entry, seg_exit, fill)
-    return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit)
+        trades = _rule_trades(candles, seg_entry, seg_exit, fill)
+        first, last = seg_entry + 1, np.where(seg_exit >= 0, seg_exit, n - 1)  # candles checked for a liquidation
+        has_range = first <= last
+        highest = np.full(len(seg_entry), -np.inf)
+        if has_range.any():
+            bounds = np.empty(2 * int(has_range.sum()), dtype=np.int64)
+            bounds[0::2], bounds[1::2] = first[has_range], last[has_range] + 1
+            highest[has_range] = np.maximum.reduceat(np.append(candles["high"], -np.inf), bounds)[0::2]
+        hit = highest >= trades.entry_price * factor
+        if not hit.any():
+            return [_as_short(trades, np.ones(len(seg_entry), bool))]
+        keep = ~hit
+        parts.append(_as_short(TradeArrays(*(getattr(trades, f.name)[keep] for f in dataclasses.fields(TradeArrays)
+                                             if f.name != "is_short")), np.ones(int(keep.sum()), bool)))
+        seg_entry, seg_exit = seg_entry[hit], seg_exit[hit]
+    mirror = {"open": -candles["open"], "high": -candles["low"], "low": -candles["high"], "close": -candles["close"]}
+    if atr is None:
+        atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
+    found = _risk_trades(mirror, actions, _mirrored(risk), fill, seg_entry, seg_exit, Action.SHORT, atr, factor,
+                         decided)
+    found = dataclasses.replace(found, entry_price=-found.entry_price, exit_price=-found.exit_price)
+    return parts + [_as_short(found, np.ones(len(found.entry_index), bool))]
+
+
+def _as_short(trades: TradeArrays, is_short: np.ndarray) -> TradeArrays:
+    return dataclasses.replace(trades, is_short=is_short)
+
+
+def _mirrored(risk: Risk) -> Risk:
+    """The levels of a short as a long's on negated prices: each percentage negated, ATR multiples as they are."""
+    def flip(distance: Distance | None) -> Distance | None:
+        if distance is None or distance.is_atr:
+            return distance
+        return dataclasses.replace(distance, share=-distance.share)
+    return dataclasses.replace(risk, stop_loss=flip(risk.stop_loss), take_profit=flip(risk.take_profit),
+                               trailing_stop=flip(risk.trailing_stop))
+
+
+def _joined(parts: list[TradeArrays]) -> TradeArrays:
+    """Trades of several groups of segments as one set, in entry order."""
+    fields = [f.name for f in dataclasses.fields(TradeArrays)]
+    columns = {name: np.concatenate([getattr(part, name) for part in parts]) for name in fields}
+    order = np.argsort(columns["entry_index"], kind="stable")
+    return TradeArrays(**{name: column[order] for name, column in columns.items()})
 
 
 def _entry_fill(candles, decision: np.ndarray, fill: str) -> tuple[np.ndarray, np.ndarray]:
@@ -185,14 +273,20 @@ def _next_index(mask: np.ndarray) -> np.ndarray:
     return np.concatenate((np.minimum.accumulate(where[::-1])[::-1], [n]))
 
 
-def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit) -> TradeArrays:
+def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, side: Action = Action.BUY,
+                 atr: dict | None = None, liquidation: float | None = None,
+                 decided: np.ndarray | None = None) -> TradeArrays:
     """Trades with risk exits: each rule segment's trades, followed candle range by candle range for
     all open trades at once (numpy over a 2-D window), so only the candles of open trades are looked
-    at, and a trade re-enters inside its segment only as the rules allow after a risk exit."""
+    at, and a trade re-enters inside its segment only as the rules allow after a risk exit.
+
+    `side` is the action that enters; `liquidation` (a short's, mirrored) puts a floor at entry × it."""
     n = len(actions)
-    atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
-    next_not_buy = _next_index(actions != Action.BUY)
-    next_buy = _next_index(actions == Action.BUY)
+    if atr is None:
+        atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
+    not_side = actions != side
+    next_not_buy = _next_index(not_side if decided is None else not_side & decided)
+    next_buy = _next_index(actions == side)
     # The candle through which each segment's trades are checked: its SELL decision, or the last candle.
     seg_last = np.where(seg_exit >= 0, seg_exit, n - 1)
     out = {k: [] for k in ("decision", "exit_index", "exit_price", "reason", "at_open")}
@@ -203,9 +297,10 @@ def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit) -> Tra
         if len(seg) <= SCALAR_SEGMENTS:  # a few long chains of re-entries: a plain loop costs less than rounds
             for s, t in zip(seg.tolist(), decision.tolist()):
                 _scalar_segment(candles, risk, fill, atr, next_not_buy, next_buy, t, int(seg_last[s]),
-                                int(seg_exit[s]), scalar)
+                                int(seg_exit[s]), scalar, liquidation)
             break
-        exit_at, exit_price, reason, at_open = _vector_round(candles, risk, fill, atr, decision, seg_last[seg])
+        exit_at, exit_price, reason, at_open = _vector_round(candles, risk, fill, atr, decision, seg_last[seg],
+                                                             liquidation)
         ended = exit_at >= 0
         # Trades not ended by a risk exit end by their segment's rule exit, or stay open.
         rule_end = ~ended & (seg_exit[seg] >= 0)
@@ -242,7 +337,7 @@ def _reentry_limit(seg_exit, n: int, fill: str):
     return np.where(seg_exit >= 0, seg_exit, n - 1 if fill == "next-open" else n)
 
 
-def _vector_round(candles, risk: Risk, fill, atr, decision, last):
+def _vector_round(candles, risk: Risk, fill, atr, decision, last, liquidation: float | None = None):
     """The risk exit of one trade per segment, all at once: (exit candle or −1, price, reason, at open)."""
     n = len(candles["close"])
     open_, high, low = candles["open"], candles["high"], candles["low"]
@@ -250,6 +345,7 @@ def _vector_round(candles, risk: Risk, fill, atr, decision, last):
     stop = _levels(risk.stop_loss, entry_price, atr, decision, below=True)
     target = _levels(risk.take_profit, entry_price, atr, decision, below=False)
     count = len(decision)
+    floor = entry_price * liquidation if liquidation is not None else None  # a mirrored short's liquidation
     peak = entry_price.copy()
     start = decision + 1  # the first candle checked: the one whose open filled (next-open) or the next
     exit_at = np.full(count, -1)
@@ -266,6 +362,10 @@ def _vector_round(candles, risk: Risk, fill, atr, decision, last):
         rows = np.minimum(rows, n - 1)
         o, h, lo = open_[rows], high[rows], low[rows]
         effective, is_trail = _effective_stop(risk, stop[todo], peak[todo], h, atr, decision[todo])
+        if floor is not None:  # the liquidation binds where no stop lies at or above it
+            f = floor[todo, None]
+            is_liquidation = ~(effective >= f)
+            effective = np.where(is_liquidation, f, effective)
         tp = target[todo, None]
         hit = ((lo <= effective) | (h >= tp)) & valid
         has_hit = hit.any(axis=1)
@@ -274,6 +374,12 @@ def _vector_round(candles, risk: Risk, fill, atr, decision, last):
         oj, lj, ej, tj, trail_j = o[r, col], lo[r, col], effective[r, col], tp[:, 0], is_trail[r, col]
         stop_code = np.where(trail_j, REASONS.index(TRAILING_STOP), REASONS.index(STOP_LOSS))
         gap_stop, gap_target, touch_stop = oj <= ej, oj >= tj, lj <= ej
+        if floor is not None:
+            fj = floor[todo]
+            stop_code = np.where(is_liquidation[r, col], REASONS.index(LIQUIDATION), stop_code)
+            gap_liquidation = gap_stop & (oj <= fj)  # through the liquidation: closed at that level, not the open
+            stop_code = np.where(gap_liquidation, REASONS.index(LIQUIDATION), stop_code)
+            oj = np.where(gap_liquidation, fj, oj)
         price = np.where(gap_stop | gap_target, oj, np.where(touch_stop, ej, tj))
         code = np.where(gap_stop, stop_code, np.where(gap_target, REASONS.index(TAKE_PROFIT),
                                                        np.where(touch_stop, stop_code, REASONS.index(TAKE_PROFIT))))
@@ -302,7 +408,7 @@ def _offsets(distance: Distance | None, atr: dict, first: int, last: int):
 
 
 def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, decision: int, last: int,
-                    seg_exit: int, out: list) -> None:
+                    seg_exit: int, out: list, liquidation: float | None = None) -> None:
     """Every trade of one segment from the entry decided on `decision`, candle by candle, appended to `out`
     as (decision, exit index, exit price, reason code, at open). The arithmetic is that of TradeLevels
     and the vectorised rounds (E·(1−p), E − k·ATR, ...), so the prices are the same."""
@@ -314,7 +420,8 @@ def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, deci
     target_share, target_atr = _offsets(risk.take_profit, atr, base, last)
     trail_share, trail_atr = _offsets(risk.trailing_stop, atr, base, last)
     has_trailing = risk.trailing_stop is not None
-    stop_code, trail_code, target_code = (REASONS.index(r) for r in (STOP_LOSS, TRAILING_STOP, TAKE_PROFIT))
+    stop_code, trail_code, target_code, liq_code = (REASONS.index(r) for r in (STOP_LOSS, TRAILING_STOP, TAKE_PROFIT,
+                                                                              LIQUIDATION))
     while True:
         d = decision - base
         entry = open_[d + 1] if fill == "next-open" else close[d]
@@ -324,6 +431,7 @@ def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, deci
                   else entry * (1 + target_share) if target_atr is None else entry + target_atr[d])
         trail_keep = None if trail_share is None else 1 - trail_share
         trail_offset = None if trail_atr is None else trail_atr[d]
+        floor = entry * liquidation if liquidation is not None else _NAN
         peak, stop, code = entry, stop_loss, stop_code
         result = None
         j = decision + 1
@@ -335,9 +443,11 @@ def _scalar_segment(candles, risk: Risk, fill, atr, next_not_buy, next_buy, deci
                     stop, code = trail, trail_code
                 else:
                     stop, code = stop_loss, stop_code
+            if floor == floor and not stop >= floor:
+                stop, code = floor, liq_code
             o = open_[k]
             if o <= stop:
-                result = (code, o, True)
+                result = (liq_code, floor, True) if o <= floor else (code, o, True)
             elif o >= target:
                 result = (target_code, o, True)
             elif low[k] <= stop:

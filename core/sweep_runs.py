@@ -37,7 +37,7 @@ class Run:
     params: dict[str, int | float]
     text: str
     metrics: Metrics
-    report: dict | None  # BacktestResult.as_json(), kept only for `--json`
+    report: dict | None  # for `--json`: BacktestResult.summary_json(), or as_json() with the trades
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +76,15 @@ class IndicatorCache(dict):
 
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
                      keep_reports: bool = False, jobs: int | None = None,
-                     progress: Callable[[int], None] | None = None) -> list[Run]:
-    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores)."""
+                     progress: Callable[[int], None] | None = None, with_trades: bool = False) -> list[Run]:
+    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores).
+
+    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`."""
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
-    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, indicators=IndicatorCache())
+    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, with_trades=with_trades,
+                indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -106,7 +109,9 @@ def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
     result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
                           fill=_JOB["fill"], indicator_cache=_JOB["indicators"])
-    report = result.as_json() if _JOB["keep_reports"] else None
+    report = None
+    if _JOB["keep_reports"]:
+        report = result.as_json() if _JOB["with_trades"] else result.summary_json()
     return index, Run(combination.params, combination.text, result.metrics, report)
 
 
@@ -188,10 +193,10 @@ def part(candles: Candles, where: slice) -> dict[str, np.ndarray]:
 
 
 def recheck(runs: list[Run], candles: Candles, fee_rate: float, fill: str, keep_reports: bool = False,
-            jobs: int | None = None) -> list[Run]:
+            jobs: int | None = None, with_trades: bool = False) -> list[Run]:
     """The same combinations run again over other candles (out of sample)."""
     combinations = [Combination(run.params, run.text) for run in runs]
-    return run_combinations(combinations, candles, fee_rate, fill, keep_reports, jobs)
+    return run_combinations(combinations, candles, fee_rate, fill, keep_reports, jobs, with_trades=with_trades)
 
 
 def joined_out_of_sample(folds: list[Fold], candles: Candles, fee_rate: float, fill: str) -> tuple[Metrics, list[BacktestResult]]:

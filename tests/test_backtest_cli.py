@@ -76,11 +76,16 @@ def test_a_sweep_runs_every_combination_and_each_equals_that_strategy_run_alone(
                              "ranked by return_pct instead\n")
     returns = [r["metrics"]["return_pct"] for r in runs]
     assert returns == sorted(returns, reverse=True)
+    assert all("trades" not in r for r in runs)  # only with --trades
+    with_trades = json.loads(backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--json",
+                                      "--trades").stdout)
+    assert [{k: v for k, v in r.items() if k != "trades"} for r in with_trades] == runs
     for fast, slow in ((3, 8), (6, 20)):
         alone = json.loads(backtest("--candles", files / "candles.csv", "--strategy",
                                     write(files, "one.txt", fixed(fast, slow)), "--json").stdout)
-        (swept,) = [r for r in runs if r["params"] == {"fast": fast, "slow": slow}]
+        (swept,) = [r for r in with_trades if r["params"] == {"fast": fast, "slow": slow}]
         assert swept["metrics"] == alone["metrics"] and swept["trades"] == alone["trades"]
+        assert swept["candles"] == alone["candles"] and swept["return_pct"] == alone["return_pct"]
 
 
 def test_the_table_shows_the_best_twenty_by_the_chosen_metric(files):

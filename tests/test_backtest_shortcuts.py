@@ -115,21 +115,22 @@ _FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0,
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.integers(-2**62, 2**62), _FLOATS, st.integers(0, 2**62), _FLOATS, _FLOATS,
-                          st.integers(-1, len(exits.REASONS) - 1)), max_size=8))
+                          st.integers(-1, len(exits.REASONS) - 1), st.booleans()), max_size=8))
 def test_the_trades_json_text_is_what_json_dumps_writes(rows):
-    columns = list(zip(*rows)) or [()] * 6
+    columns = list(zip(*rows)) or [()] * 7
     table = TradeTable(np.array(columns[0], dtype=np.int64), np.array(columns[1], dtype=np.float64),
                        np.array(columns[2], dtype=np.int64), np.array(columns[3], dtype=np.float64),
-                       np.array(columns[4], dtype=np.float64), np.array(columns[5], dtype=np.int8))
+                       np.array(columns[4], dtype=np.float64), np.array(columns[5], dtype=np.int8),
+                       np.array(columns[6], dtype=bool))
     with np.errstate(over="ignore"):  # rounding 1.7e308 to 6 decimals overflows to inf, as it should
         _check_trades_json(rows, table)
 
 
 def _check_trades_json(rows, table):
-    expected = json.dumps([{"entry_time": t, "entry_price": p, "exit_time": None if r < 0 else x,
-                            "exit_price": None if r < 0 else q, "exit_reason": None if r < 0 else exits.REASONS[r],
-                            "return_pct": float(np.round(ret, 6))}
-                           for t, p, x, q, ret, r in rows])
+    expected = json.dumps([{"side": "short" if is_short else "long", "entry_time": t, "entry_price": p,
+                            "exit_time": None if r < 0 else x, "exit_price": None if r < 0 else q,
+                            "exit_reason": None if r < 0 else exits.REASONS[r], "return_pct": float(np.round(ret, 6))}
+                           for t, p, x, q, ret, r, is_short in rows])
     assert _trades_json_text(table) == expected
     assert json.dumps(_trades_json(table.json_columns())) == expected
 
@@ -143,13 +144,13 @@ def test_the_whole_json_text_is_what_json_dumps_writes(ethbtc):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["BUY", "SELL", "HOLD"]), st.sampled_from([">", "<"])),
+@given(st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["BUY", "SELL", "SHORT", "HOLD"]), st.sampled_from([">", "<"])),
                 min_size=1, max_size=6),
        st.lists(st.integers(0, 10), min_size=1, max_size=40))
 def test_decisions_come_from_the_first_true_rule_on_every_candle(rules, closes):
     text = "".join(f"IF CLOSE {op} {k}.5 THEN {action}\n" for k, action, op in rules)
     actions = compile_strategy(text).decide_all({"close": np.array(closes, dtype=np.float64)})
-    codes = {"HOLD": 0, "BUY": 1, "SELL": 2}
+    codes = {"HOLD": 0, "BUY": 1, "SELL": 2, "SHORT": 3}
     expected = []
     for close in closes:
         fired = [action for k, action, op in rules if (close > k + 0.5 if op == ">" else close < k + 0.5)]

@@ -96,8 +96,8 @@ def test_every_indicator_compiles_with_its_defaults_or_a_period(name):
     ("IF CLOSE(3) > 1 THEN BUY", 1, 4, "CLOSE is a price series and takes no arguments"),
     ("IF SMA(CLOSE - OPEN, 3) > 1 THEN BUY", 1, 8, "the source of SMA must be a price series or an indicator"),
     ("IF SMA(CLOSE, LOW) > 1 THEN BUY", 1, 15, "the period of SMA must be a plain number"),
-    ("IF MA4 > MA9 THEN BUYY", 1, 19, "unknown action 'BUYY': expected BUY, SELL or HOLD (did you mean BUY?)"),
-    ("IF MA4 > MA9 THEN", 1, 18, "expected an action: BUY, SELL or HOLD"),
+    ("IF MA4 > MA9 THEN BUYY", 1, 19, "unknown action 'BUYY': expected BUY, SELL, SHORT or HOLD (did you mean BUY?)"),
+    ("IF MA4 > MA9 THEN", 1, 18, "expected an action: BUY, SELL, SHORT or HOLD"),
     ("IF MA4 > MA9", 1, 13, "the rule ends without THEN"),
     ("IF MA4 >", 1, 9, "expected a number, a price like CLOSE or an indicator"),
     ("MA4 > MA9 THEN BUY", 1, 1, "a rule starts with IF"),
@@ -305,7 +305,7 @@ def test_an_unexpected_fault_while_parsing_becomes_an_error_at_its_line(monkeypa
 def test_an_unexpected_fault_while_compiling_becomes_an_error_at_its_rule(monkeypatch):
     from core.dsl import policy
 
-    def broken(self, node):
+    def broken(self, *node_and_timeframe):
         raise RecursionError("maximum recursion depth exceeded")
     monkeypatch.setattr(policy.Policy, "_step", broken)
     with pytest.raises(StrategyError) as caught:
