@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from core.dsl import StrategyError, compile_strategy, sweeps
+from core.strategy_file import read_within_limit
 from core.metrics import NAMES
 
 RANK_CHOICES = tuple(name for name in NAMES if name != "days")
@@ -45,7 +46,15 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
                      with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
                      no_cache: bool) -> None:
     """Run a strategy (or every combination of a sweep) over a history with the worker's own policy and fills."""
-    text = strategy_path.read_text(encoding="utf-8")
+    try:  # as the worker reads it: a file over 400,000 bytes is not read, one not UTF-8 is refused
+        text = read_within_limit(strategy_path)
+    except StrategyError as exc:
+        for error in exc.errors:
+            click.echo(error.format(str(strategy_path)), err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"{strategy_path}:1:1: error: cannot read the file: {exc.strerror or exc}", err=True)
+        sys.exit(1)
     if split is not None and walk_forward is not None:
         raise click.UsageError("choose one of --split and --walk-forward")
     is_sweep = sweeps.has_sweep(text)
