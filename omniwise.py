@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 if __name__ == "__main__" and sys.argv[1:2] == ["backtest"]:  # a backtest needs no web stack: skip loading it
@@ -20,10 +21,11 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import auth, clock, logs, store, strategies
+from core import auth, clock, logs, store
 from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
+from core.strategy_file import read_within_limit
 
 
 MAX_REQUEST_BYTES = 1 << 20  # the editor's 100,000 characters, several times over
@@ -85,13 +87,13 @@ def check_command(files: tuple[Path, ...], sweep: bool) -> None:
     failed = False
     for path in files:
         try:
-            text = strategies.read_within_limit(path)  # a huge file is refused unread
+            text = read_within_limit(path)  # as the worker reads it: a huge file is refused unread
             if sweep and sweeps.has_sweep(text):
                 sweeps.check_sweep(text)
             else:
                 compile_strategy(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            click.echo(f"{path}:1:1: error: cannot read the file: {exc}")
+        except OSError as exc:
+            click.echo(f"{path}:1:1: error: cannot read the file: {exc.strerror or exc}")
             failed = True
         except StrategyError as exc:
             failed = True
@@ -122,6 +124,46 @@ def candles_command(agg_trades: Path, out: Path, until_ms: int | None) -> None:
         click.echo(f"{out}: error: cannot write: {exc}")
         sys.exit(1)
     click.echo(f"{len(candles)} candles written to {out}")
+
+
+@click.command("download")
+@click.argument("symbol")
+@click.option("--from", "from_day", required=True, metavar="YYYY-MM-DD", help="first day (UTC)")
+@click.option("--to", "to_day", metavar="YYYY-MM-DD", help="last day (UTC), inclusive  [default: today]")
+@click.option("--market", default="spot", show_default=True, type=click.Choice(["spot", "futures"]),
+              help="spot, or USDⓈ-M futures")
+def download_command(symbol: str, from_day: str, to_day: str | None, market: str) -> None:
+    """Download SYMBOL's 1-minute klines from Binance's public data archive into DATA_DIR/history/."""
+    from core import download
+    from core.feeds import FeedError
+    from core.history import HistoryError
+
+    settings = _settings_or_exit()
+    with _progress_bar() as on_file:
+        try:
+            lines = download.run(settings, symbol, market, from_day, to_day, clock.now_ms(), on_file)
+        except (download.DownloadError, HistoryError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except FeedError as exc:
+            raise click.ClickException(exc.format()) from None
+    click.echo("\n".join(lines))
+
+
+@contextlib.contextmanager
+def _progress_bar():
+    """A callback drawing a progress bar of files on a terminal (tqdm), or doing nothing elsewhere."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(unit="file", file=sys.stderr, leave=False) as bar:
+        def on_file(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        yield on_file
 
 
 @click.command("backup")
@@ -222,8 +264,9 @@ def set_password_command() -> None:
         password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise click.ClickException("the password must not be empty")
+    if len(password) < auth.MIN_PASSWORD_CHARS:
+        raise click.ClickException(f"the password must have at least {auth.MIN_PASSWORD_CHARS} characters; "
+                                   "nothing was changed")
     with store.connect(settings.db_path) as db:
         auth.set_password(db, password, clock.now_ms())
     click.echo("Password set.")
@@ -243,7 +286,7 @@ def _settings_or_exit() -> Settings:
 
 
 COMMANDS = (check_command, init_command, serve_command, candles_command, backtest_command, backup_command,
-            restore_command, set_password_command)
+            restore_command, set_password_command, download_command)
 
 cli = FlaskGroup(create_app=create_app, add_default_commands=False, help="Omniwise: a self-hosted trading assistant.")
 for _command in COMMANDS:

@@ -1,6 +1,6 @@
-"""Parsed candle arrays kept next to their CSV, so a second backtest of the same file skips the parse.
+"""Parsed candle arrays kept next to their file (a CSV, or a zip of the archive), so a second read skips the parse.
 
-The cache is `<file>.omniwise.npz`, holding the arrays and the CSV's size and modification time: a
+The cache is `<file>.omniwise.npz`, holding the arrays and the file's size and modification time: a
 file changed in any way (new size or new mtime) is parsed again. A cache that cannot be written (a
 read-only folder) or read (damaged) is ignored: it only ever saves time, never changes an answer.
 """
@@ -28,14 +28,17 @@ def cache_path(csv_path: Path) -> Path:
 
 def load_candles_cached(path: str | Path, progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """`core.backtest.load_candles`, through the cache next to the file."""
-    path = Path(path)
+    return cached(Path(path), lambda: load_candles(path, progress))
+
+
+def cached(path: Path, parse: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The arrays `parse()` makes of the file at `path`, kept next to it until the file changes."""
     stat = path.stat()
     key = np.array([_FORMAT, stat.st_size, stat.st_mtime_ns], dtype=np.int64)
-    cached = _read(cache_path(path), key)
-    if cached is not None:
-        return cached
-    candles = load_candles(path, progress)
-    _write(cache_path(path), key, candles)
+    candles = _read(cache_path(path), key)
+    if candles is None:
+        candles = parse()
+        _write(cache_path(path), key, candles)
     return candles
 
 

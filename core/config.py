@@ -62,6 +62,7 @@ class Settings:
     binance_futures_url: str | None = None
     binance_stream_url: str | None = None
     binance_futures_stream_url: str | None = None
+    binance_archive_url: str = "https://data.binance.vision"  # Binance's public data archive, for `download`
     binance_api_key: str | None = dataclasses.field(default=None, repr=False)
     binance_api_secret: str | None = dataclasses.field(default=None, repr=False)
 
@@ -121,6 +122,7 @@ _FIELDS = {
     "BINANCE_FUTURES_URL": ("binance_futures_url", str.strip),
     "BINANCE_STREAM_URL": ("binance_stream_url", str.strip),
     "BINANCE_FUTURES_STREAM_URL": ("binance_futures_stream_url", str.strip),
+    "BINANCE_ARCHIVE_URL": ("binance_archive_url", str.strip),
     "LOG_LEVEL": ("log_level", lambda v: _choice(v.upper(), "LOG_LEVEL", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))),
 }
 

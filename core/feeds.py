@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from pathlib import Path
 
@@ -87,18 +87,27 @@ def read_klines(path: str | Path) -> list[Candle]:
     The 6-column layout has no quote volume, trade count or taker volumes: they are 0.
     """
     layout = sniff(path)
-    if layout.kind != KLINES:
-        raise FeedError(path, layout.first_data_line, "this is an aggTrades file, not klines")
-    candles: list[Candle] = []
     with open(path, encoding="utf-8-sig") as file:
-        for line_no, line in enumerate(file, start=1):
-            if line_no < layout.first_data_line or not line.strip():
-                continue
-            candle = _kline(line.rstrip("\r\n").split(","), layout, Path(path), line_no)
-            if candles and candle.open_time_ms <= candles[-1].open_time_ms:
-                raise FeedError(path, line_no, f"open_time {candle.open_time_ms} ms is not after the previous "
-                                f"row's {candles[-1].open_time_ms} ms: the file is not sorted by time")
-            candles.append(candle)
+        return _kline_rows(file, layout, path)
+
+
+def read_kline_lines(lines: Sequence[str], name: str | Path) -> list[Candle]:
+    """`read_klines` over the lines of a file already in memory (one inside a zip); errors name `name`."""
+    return _kline_rows(lines, sniff_lines(lines, name), name)
+
+
+def _kline_rows(lines: Iterable[str], layout: Layout, name: str | Path) -> list[Candle]:
+    if layout.kind != KLINES:
+        raise FeedError(name, layout.first_data_line, "this is an aggTrades file, not klines")
+    candles: list[Candle] = []
+    for line_no, line in enumerate(lines, start=1):
+        if line_no < layout.first_data_line or not line.strip():
+            continue
+        candle = _kline(line.rstrip("\r\n").split(","), layout, Path(name), line_no)
+        if candles and candle.open_time_ms <= candles[-1].open_time_ms:
+            raise FeedError(name, line_no, f"open_time {candle.open_time_ms} ms is not after the previous "
+                            f"row's {candles[-1].open_time_ms} ms: the file is not sorted by time")
+        candles.append(candle)
     return candles
 
 
@@ -170,16 +179,21 @@ def _candle_end_ms(candle: Candle) -> int:
 
 def sniff(path: str | Path) -> Layout:
     """Layout, header and time unit of a file, from its first two non-blank lines; FeedError if unknown."""
-    header: list[str] | None = None
     with open(path, encoding="utf-8-sig") as file:
-        for line_no, line in enumerate(file, start=1):
-            if not line.strip():
-                continue
-            fields = [field.strip() for field in line.rstrip("\r\n").split(",")]
-            if header is None and not _is_integer(fields[0]):
-                header = fields
-                continue
-            return _layout_of_row(path, line_no, fields)
+        return sniff_lines(file, path)
+
+
+def sniff_lines(lines: Iterable[str], path: str | Path) -> Layout:
+    """`sniff` over lines already open (a file inside a zip); errors name `path`."""
+    header: list[str] | None = None
+    for line_no, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        fields = [field.strip() for field in line.rstrip("\r\n").split(",")]
+        if header is None and not _is_integer(fields[0]):
+            header = fields
+            continue
+        return _layout_of_row(path, line_no, fields)
     if header is None:
         raise FeedError(path, 1, "the file is empty")
     # A header and no rows: an empty file of a known layout.
