@@ -148,7 +148,13 @@ def m008_heartbeat_states(db: Database) -> None:
 
 
 @migrations()
-<<<<<<< HEAD
+def m009_timeframes(db: Database) -> None:
+    # The strategy's timeframe when the decision was made (NULL before timeframes: 1 minute); its window
+    # is the one holding the decision's minute, candle_open_time_ms.
+    db.execute("ALTER TABLE decisions ADD COLUMN timeframe_minutes INTEGER")
+
+
+@migrations()
 def m010_shorts(db: Database) -> None:
     # The position an order is to reach (long, flat, short): a SELL that opens a short and one that closes a
     # long are told apart by it. NULL on older rows: BUY opened, SELL closed.
@@ -168,12 +174,6 @@ def m010_shorts(db: Database) -> None:
     db.execute("ALTER TABLE external_signals_words RENAME TO external_signals")
     for sql in index_sqls:
         db.execute(sql)
-=======
-def m009_timeframes(db: Database) -> None:
-    # The strategy's timeframe when the decision was made (NULL before timeframes: 1 minute); its window
-    # is the one holding the decision's minute, candle_open_time_ms.
-    db.execute("ALTER TABLE decisions ADD COLUMN timeframe_minutes INTEGER")
->>>>>>> main
 
 
 def open_db(path: str | Path) -> Database:
