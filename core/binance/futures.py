@@ -115,7 +115,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, 'BUY', 'flat', 'short', ?, ?, ?, ?)",
                 [self.symbol, decision[0], decision[1], decision[2], f"close-short-{order['decision_id']}", now_ms])
-            close = self.submit(cursor.lastrowid, "BUY", now_ms)
+            close = self.submit(cursor.lastrowid, "BUY", now_ms, target="flat")
         close["created_at_ms"] = now_ms
         max_qty = self.rules.max_qty
         problem = self.rules.problem(-account.amount if max_qty is None else min(-account.amount, max_qty), None)
@@ -166,7 +166,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [*decision[:7], f"{decision[7]}:part{number}", now_ms]).lastrowid
-            return self.submit(decision_id, first["side"], now_ms)
+            return self.submit(decision_id, first["side"], now_ms, target=first.get("target"))
 
     def _read_account(self) -> FuturesAccount:
         rules = self.rules
