@@ -24,11 +24,12 @@ from core.fills import DEFAULT_FEE_RATE
 
 RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL = "rule", "stop_loss", "take_profit", "trailing_stop", "manual"
 LIQUIDATION = "liquidation"  # a 1x short that lost its whole notional (DESIGN.md "Shorts")
-REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL, LIQUIDATION)  # codes 0..5 in find_trades' arrays
+BLOCK_END = "block_end"  # backtest only: an out-of-sample block ended with the trade open (closed at its last close)
+REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL, LIQUIDATION, BLOCK_END)  # codes 0..6 in find_trades' arrays
 STATEMENT_TITLES = {STOP_LOSS: "STOP LOSS", TAKE_PROFIT: "TAKE PROFIT", TRAILING_STOP: "TRAILING STOP",
                     LIQUIDATION: "LIQUIDATION"}
 REASON_WORDS = {RULE: "rule", STOP_LOSS: "stop loss", TAKE_PROFIT: "take profit", TRAILING_STOP: "trailing stop",
-                MANUAL: "hand", LIQUIDATION: "liquidation"}
+                MANUAL: "hand", LIQUIDATION: "liquidation", BLOCK_END: "block end"}
 # decisions.reason -> the exit reason of the trade its SELL order ended
 DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, STOP_LOSS: STOP_LOSS,
                          TAKE_PROFIT: TAKE_PROFIT, TRAILING_STOP: TRAILING_STOP, LIQUIDATION: LIQUIDATION}
@@ -42,11 +43,6 @@ _NAN = float("nan")
 _ROUND_ELEMENTS = 1 << 20  # candles looked at per vectorised round, over all open trades
 _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more each round after
 SCALAR_SEGMENTS = 16  # this few segments left: follow them candle by candle
-
-
-def atr_at_decision(risk: Risk, candles, index: int = -1) -> dict[int, float]:
-    """ATR(n) of candle `index` for every period the levels use (NaN while warming up)."""
-    return {n: float(indicators.compute("ATR", candles, (float(n),))[index]) for n in risk.atr_periods}
 
 
 def _below(distance: Distance | None, price, atr: dict) -> float:
@@ -162,10 +158,14 @@ def liquidation_factor(fee_rate: float) -> float:
 
 
 def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open",
-                fee_rate: float = DEFAULT_FEE_RATE) -> TradeArrays:
+                fee_rate: float = DEFAULT_FEE_RATE, decided: np.ndarray | None = None,
+                atr: dict[int, np.ndarray] | None = None) -> TradeArrays:
     """Every trade `actions` (the policy's per-candle decisions) and `risk` make over `candles`.
 
-    `fee_rate` sets where a short is liquidated (`liquidation_factor`)."""
+    `fee_rate` sets where a short is liquidated (`liquidation_factor`). With a strategy timeframe only some
+    minutes decide (`decided`, from Policy.decide_minutes; None = all); the others hold HOLD and do not count
+    as an answer of the rules after a risk exit. `atr`: ATR(n) per period at each deciding candle
+    (Policy.atr_by_minute); computed on the candles when None."""
     n = len(actions)
     # Rule segments: from a BUY (SHORT) while not long (short) to the next other target, as without risk
     # exits. The wish changes only on a candle whose BUY, SELL or SHORT differs from the last one before it.
@@ -183,17 +183,20 @@ def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open
     if not is_short.any():
         if not risk.has_exits:
             return _rule_trades(candles, seg_entry, seg_exit, fill)
-        return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit)
+        return _risk_trades(candles, actions, risk, fill, seg_entry, seg_exit, atr=atr, decided=decided)
     parts = []
     if not is_short.all():
         longs = ~is_short
         parts.append(_rule_trades(candles, seg_entry[longs], seg_exit[longs], fill) if not risk.has_exits else
-                     _risk_trades(candles, actions, risk, fill, seg_entry[longs], seg_exit[longs]))
-    parts += _short_trades(candles, actions, risk, fill, seg_entry[is_short], seg_exit[is_short], fee_rate)
+                     _risk_trades(candles, actions, risk, fill, seg_entry[longs], seg_exit[longs], atr=atr,
+                                  decided=decided))
+    parts += _short_trades(candles, actions, risk, fill, seg_entry[is_short], seg_exit[is_short], fee_rate,
+                           decided, atr)
     return _joined(parts)
 
 
-def _short_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, fee_rate) -> list[TradeArrays]:
+def _short_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, fee_rate, decided=None,
+                  atr=None) -> list[TradeArrays]:
     """The short segments' trades. A short is a long on the mirrored prices (−price, high and low swapped)
     with the percentages negated: E·(1+p) = −(−E·(1−(−p))) to the bit, and ATR is the same on both. The
     liquidation level is a floor of the mirrored long. Without risk statements only the segments whose
@@ -218,8 +221,10 @@ def _short_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, fee_r
                                              if f.name != "is_short")), np.ones(int(keep.sum()), bool)))
         seg_entry, seg_exit = seg_entry[hit], seg_exit[hit]
     mirror = {"open": -candles["open"], "high": -candles["low"], "low": -candles["high"], "close": -candles["close"]}
-    atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
-    found = _risk_trades(mirror, actions, _mirrored(risk), fill, seg_entry, seg_exit, Action.SHORT, atr, factor)
+    if atr is None:
+        atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
+    found = _risk_trades(mirror, actions, _mirrored(risk), fill, seg_entry, seg_exit, Action.SHORT, atr, factor,
+                         decided)
     found = dataclasses.replace(found, entry_price=-found.entry_price, exit_price=-found.exit_price)
     return parts + [_as_short(found, np.ones(len(found.entry_index), bool))]
 
@@ -270,7 +275,8 @@ def _next_index(mask: np.ndarray) -> np.ndarray:
 
 
 def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, side: Action = Action.BUY,
-                 atr: dict | None = None, liquidation: float | None = None) -> TradeArrays:
+                 atr: dict | None = None, liquidation: float | None = None,
+                 decided: np.ndarray | None = None) -> TradeArrays:
     """Trades with risk exits: each rule segment's trades, followed candle range by candle range for
     all open trades at once (numpy over a 2-D window), so only the candles of open trades are looked
     at, and a trade re-enters inside its segment only as the rules allow after a risk exit.
@@ -279,7 +285,8 @@ def _risk_trades(candles, actions, risk: Risk, fill, seg_entry, seg_exit, side: 
     n = len(actions)
     if atr is None:
         atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
-    next_not_buy = _next_index(actions != side)
+    not_side = actions != side
+    next_not_buy = _next_index(not_side if decided is None else not_side & decided)
     next_buy = _next_index(actions == side)
     # The candle through which each segment's trades are checked: its SELL decision, or the last candle.
     seg_last = np.where(seg_exit >= 0, seg_exit, n - 1)

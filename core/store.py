@@ -147,6 +147,13 @@ def m008_heartbeat_states(db: Database) -> None:
     db.execute("ALTER TABLE heartbeat_checked RENAME TO heartbeat")
 
 
+@migrations()
+def m009_timeframes(db: Database) -> None:
+    # The strategy's timeframe when the decision was made (NULL before timeframes: 1 minute); its window
+    # is the one holding the decision's minute, candle_open_time_ms.
+    db.execute("ALTER TABLE decisions ADD COLUMN timeframe_minutes INTEGER")
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)

@@ -33,16 +33,30 @@ _SERIES = ("open", "high", "low", "close", "volume")
 
 
 class CandleWindow:
-    """The most recent closed candles as float64 arrays, appended in O(1), read as views."""
+    """The most recent closed candles as arrays (float64 prices, int64 open times), appended in O(1),
+    read as views."""
 
     def __init__(self, capacity: int = MAX_WINDOW):
         self.capacity = capacity
         self._data = {name: np.empty(2 * capacity, dtype=np.float64) for name in _SERIES}
+        self._data["open_time_ms"] = np.empty(2 * capacity, dtype=np.int64)
         self._start = self._end = 0
         self.last_open_time_ms: int | None = None
 
     def __len__(self) -> int:
         return self._end - self._start
+
+    def grow(self, capacity: int) -> None:
+        """Keep at least `capacity` candles from now on (a strategy that looks further back)."""
+        if capacity <= self.capacity:
+            return
+        kept = {name: array[self._start:self._end] for name, array in self._data.items()}
+        self.capacity = capacity
+        for name, old in kept.items():
+            array = np.empty(2 * capacity, dtype=old.dtype)
+            array[:len(old)] = old
+            self._data[name] = array
+        self._start, self._end = 0, len(kept["close"])
 
     def append(self, candle: Candle) -> None:
         """Add the newest closed candle, forgetting the oldest beyond the capacity."""
@@ -53,13 +67,14 @@ class CandleWindow:
             self._start, self._end = 0, keep
         for name in _SERIES:
             self._data[name][self._end] = getattr(candle, name)
+        self._data["open_time_ms"][self._end] = candle.open_time_ms
         self._end += 1
         if self._end - self._start > self.capacity:
             self._start += 1
         self.last_open_time_ms = candle.open_time_ms
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The window as the policy reads it: open, high, low, close, volume."""
+        """The window as the policy reads it: open, high, low, close, volume, open_time_ms."""
         return {name: array[self._start:self._end] for name, array in self._data.items()}
 
 
@@ -93,6 +108,7 @@ class Trader:
         left in flight; returns the last stored open time."""
         self.broker.recover()
         self.open_trade = open_trade.load(self.db, self.symbol)
+        self.window.grow(self.loader.current().window)
         rows = self.db.execute(
             "SELECT * FROM (SELECT open_time_ms, open, high, low, close, volume, close_time_ms, quote_volume, "
             "trades, taker_buy_base, taker_buy_quote FROM candles WHERE symbol = ? "
@@ -140,11 +156,17 @@ class Trader:
         self.last_price = candle.close
         policy = self.check_strategy()
         self._last_policy = policy
+        self.window.grow(policy.window)
         now_ms = int(self.clock() * 1000)
-        filled, order, exit_order = [], None, None
+        filled, order, exit_order, late_order, late_row = [], None, None, None, None
         stop_fill = self._exchange_stop_fill()  # asked before the transaction: no lock waits on the network
         with store.transaction(self.db):
             state_before = dataclasses.astuple(self.open_trade)
+            if last is not None and policy.timeframe > 1 and not policy.closes_window(last) \
+                    and policy.window_open_ms(last) != policy.window_open_ms(candle.open_time_ms):
+                # The window of the previous minute lacks its last minute (a file's gap): this later minute
+                # closes it, and its decision fills at this minute's open, as in the backtest.
+                late_row, late_order = self._decide(policy, last, now_ms, is_closed=True)
             if stop_fill is not None:  # the stop kept on the exchange closed the trade: its exit, recorded once
                 fill_minute_ms = stop_fill["time_ms"] - stop_fill["time_ms"] % 60_000
                 exit_order, filled = self._risk_exit(policy, stop_fill["reason"] or exits.STOP_LOSS, stop_fill["price"],
@@ -167,49 +189,62 @@ class Trader:
             self.db.execute("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [self.symbol, *candle])
             self.window.append(candle)
-            decision = policy.decide(self.window.arrays())
-            try:
-                position_side = self.broker.position().side
-            except brokers.BrokerError as exc:  # the account cannot be read: decide, but order nothing
-                position_side = "unknown"
-                log.warning("no order on candle %s: %s", _iso(candle.open_time_ms), exc)
-            target = TARGETS[decision.action]
-            # After a risk exit, BUY waits until the rules have answered SELL or HOLD once.
-            is_blocked = self.open_trade.reentry_blocked and decision.action == Action.BUY
-            if self.open_trade.reentry_blocked and decision.action != Action.BUY:
-                self.open_trade.reentry_blocked = False
-            rule = policy.rules[decision.rule_index] if decision.rule_index is not None else None
-            row = {"symbol": self.symbol, "candle_open_time_ms": candle.open_time_ms,
-                   "action": decision.action.name, "target": None if is_blocked else target,
-                   "position_before": position_side,
-                   "rule_index": decision.rule_index, "rule_text": rule.text if rule else None,
-                   "strategy_version": policy.version, "reason": "strategy", "created_at_ms": now_ms}
-            row["id"] = self.db.execute(
-                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_index, "
-                "rule_text, strategy_version, reason, created_at_ms) VALUES (:symbol, :candle_open_time_ms, "
-                ":action, :target, :position_before, :rule_index, :rule_text, :strategy_version, :reason, "
-                ":created_at_ms)", row).lastrowid
-            if row["target"] is not None and position_side not in (target, "unknown"):
-                if target == "long" and controls.is_paused(self.db):  # paused: exits only
-                    log.info("no entry on candle %s: trading is paused", _iso(candle.open_time_ms))
-                else:
-                    order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
+            row = None
+            if policy.timeframe == 1 or policy.closes_window(candle.open_time_ms):
+                row, order = self._decide(policy, candle.open_time_ms, now_ms)
             if dataclasses.astuple(self.open_trade) != state_before:
                 open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
-        for sent in (exit_order, order):
+        for sent in (late_order, exit_order, order):
             if sent is not None and sent.get("status") != "filled":
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
-        if order is not None and order["side"] == "BUY" and policy.risk.has_exits:
-            self._enter_from_exchange_fill(order, policy)
+        for sent in (late_order, order):
+            if sent is not None and sent["side"] == "BUY" and policy.risk.has_exits:
+                self._enter_from_exchange_fill(sent, policy)
         self._keep_exchange_stop(policy)
         self.latencies_s.append(time.perf_counter() - started)
         events.emit(events.candle_closed, self, candle=candle)
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
-        events.emit(events.decision_made, self, decision=row)
-        for sent in (exit_order, order):
+        for decided in (late_row, row):
+            if decided is not None:
+                events.emit(events.decision_made, self, decision=decided)
+        for sent in (late_order, exit_order, order):
             if sent is not None:
                 events.emit(events.order_placed, self.broker, order=sent)
+
+    def _decide(self, policy: Policy, minute_ms: int, now_ms: int, is_closed: bool = False) -> tuple[dict, dict | None]:
+        """Decide the strategy-timeframe window that the minute `minute_ms` (the newest in the window) closes:
+        the decision's row and the order it sends, if any. Call inside the candle's transaction."""
+        decision = policy.decide(self.window.arrays(), is_closed=is_closed)
+        try:
+            position_side = self.broker.position().side
+        except brokers.BrokerError as exc:  # the account cannot be read: decide, but order nothing
+            position_side = "unknown"
+            log.warning("no order on candle %s: %s", _iso(minute_ms), exc)
+        target = TARGETS[decision.action]
+        # After a risk exit, BUY waits until the rules have answered SELL or HOLD once.
+        is_blocked = self.open_trade.reentry_blocked and decision.action == Action.BUY
+        if self.open_trade.reentry_blocked and decision.action != Action.BUY:
+            self.open_trade.reentry_blocked = False
+        rule = policy.rules[decision.rule_index] if decision.rule_index is not None else None
+        row = {"symbol": self.symbol, "candle_open_time_ms": minute_ms,
+               "action": decision.action.name, "target": None if is_blocked else target,
+               "position_before": position_side,
+               "rule_index": decision.rule_index, "rule_text": rule.text if rule else None,
+               "strategy_version": policy.version, "reason": "strategy", "created_at_ms": now_ms,
+               "timeframe_minutes": policy.timeframe}
+        row["id"] = self.db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_index, "
+            "rule_text, strategy_version, reason, created_at_ms, timeframe_minutes) VALUES (:symbol, "
+            ":candle_open_time_ms, :action, :target, :position_before, :rule_index, :rule_text, :strategy_version, "
+            ":reason, :created_at_ms, :timeframe_minutes)", row).lastrowid
+        order = None
+        if row["target"] is not None and position_side not in (target, "unknown"):
+            if target == "long" and controls.is_paused(self.db):  # paused: exits only
+                log.info("no entry on candle %s: trading is paused", _iso(minute_ms))
+            else:
+                order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
+        return row, order
 
     # -- risk exits -----------------------------------------------------------------------------
 
@@ -227,10 +262,10 @@ class Trader:
                 self.open_trade.close()
 
     def _atr(self, policy: Policy) -> dict[int, float]:
+        """ATR of the strategy's timeframe at the newest decision (the newest closed window)."""
         if not policy.risk.atr_periods or not len(self.window):
             return {}
-        recent = {name: series[-policy.window:] for name, series in self.window.arrays().items()}
-        return exits.atr_at_decision(policy.risk, recent)
+        return policy.atr_now(self.window.arrays())
 
     def _adopt_position(self, policy: Policy) -> None:
         """Keep the risk state in step with the account: a long position without levels (an exchange fill,

@@ -305,7 +305,7 @@ def test_an_unexpected_fault_while_parsing_becomes_an_error_at_its_line(monkeypa
 def test_an_unexpected_fault_while_compiling_becomes_an_error_at_its_rule(monkeypatch):
     from core.dsl import policy
 
-    def broken(self, node):
+    def broken(self, *node_and_timeframe):
         raise RecursionError("maximum recursion depth exceeded")
     monkeypatch.setattr(policy.Policy, "_step", broken)
     with pytest.raises(StrategyError) as caught:

@@ -59,6 +59,16 @@ class Negate:
 
 
 @dataclasses.dataclass(frozen=True)
+class AtTimeframe:
+    """`value@tf`: the value on candles of `minutes`, read from the last such candle closed by the end of
+    the deciding one."""
+
+    value: "Value"
+    minutes: int
+    at: tuple[int, int] = _pos
+
+
+@dataclasses.dataclass(frozen=True)
 class Compare:
     op: str  # > < >= <= == !=
     left: "Value"
@@ -96,7 +106,7 @@ class Not:
     at: tuple[int, int] = _pos
 
 
-Value = Number | Series | Indicator | Arithmetic | Negate
+Value = Number | Series | Indicator | Arithmetic | Negate | AtTimeframe
 Condition = Compare | Crosses | All | Any | Not
 
 
@@ -108,3 +118,20 @@ class Rule:
     action: Action
     line: int
     text: str
+
+
+def timeframes_of(node) -> list[AtTimeframe]:
+    """Every `@tf` under `node`, outermost first."""
+    found, stack = [], [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, AtTimeframe):
+            found.append(item)
+        if dataclasses.is_dataclass(item):
+            for field in dataclasses.fields(item):
+                child = getattr(item, field.name)
+                if isinstance(child, tuple) and field.name == "parts":
+                    stack.extend(reversed(child))
+                elif dataclasses.is_dataclass(child):
+                    stack.append(child)
+    return found

@@ -25,8 +25,9 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from core.indicators import INDICATORS, SERIES_NAMES
 
 from .errors import Diagnostic, StrategyError
-from .nodes import (Action, All, Any, Arithmetic, Compare, Condition, Crosses, Indicator, Negate,
-                    Not, Number, Rule, Series, Value)
+from . import timeframe as tf
+from .nodes import (Action, All, Any, Arithmetic, AtTimeframe, Compare, Condition, Crosses, Indicator, Negate,
+                    Not, Number, Rule, Series, Value, timeframes_of)
 from .risk import Risk, collect, is_risk_statement
 
 MAX_CHARS = 100_000  # the whole text, checked before parsing (the editor's limit too)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 _MA_SHORTHAND = re.compile(r"MA([0-9]+)")
 _GLUED_PERIOD = re.compile(r"([A-Z_]+?)([0-9]+)")
-_KEYWORDS = ("IF", "THEN", "AND", "OR", "NOT", "CROSSES", "ABOVE", "BELOW")
+_KEYWORDS = ("IF", "THEN", "AND", "OR", "NOT", "CROSSES", "ABOVE", "BELOW", "TIMEFRAME")
 _ACTIONS = tuple(a.name for a in Action)
 _EXAMPLE = "IF MA4 > MA9 THEN BUY"
 
@@ -57,17 +58,29 @@ def parse_strategy(text: str) -> list[Rule]:
     return parse_program(text)[0]
 
 
-def parse_program(text: str) -> tuple[list[Rule], Risk]:
-    """Parse a whole strategy into its rules and risk statements; raise StrategyError listing every error."""
+def parse_program(text: str) -> tuple[list[Rule], Risk, int]:
+    """Parse a whole strategy into its rules, risk statements and timeframe (minutes; 1 without a TIMEFRAME
+    line); raise StrategyError listing every error."""
     if len(text) > MAX_CHARS:
         raise StrategyError([Diagnostic(1, 1, f"the strategy is {len(text):,} characters long; "
                                               f"at most {MAX_CHARS:,} are allowed")])
     rules: list[Rule] = []
     errors: list[Diagnostic] = []
     risk_lines: list[tuple[int, str]] = []
+    timeframe: tuple[int, int] | None = None  # (minutes, line)
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].rstrip()
         if not line.strip():
+            continue
+        if tf.is_timeframe_statement(line) and len(line) <= MAX_LINE_LENGTH:
+            parsed = tf.parse_timeframe_line(line, number)
+            if isinstance(parsed, Diagnostic):
+                errors.append(parsed)
+            elif timeframe is not None:
+                errors.append(Diagnostic(number, len(line) - len(line.lstrip()) + 1,
+                                         f"TIMEFRAME is already set on line {timeframe[1]}: one TIMEFRAME per strategy"))
+            else:
+                timeframe = (parsed, number)
             continue
         if is_risk_statement(line) and len(line) <= MAX_LINE_LENGTH:
             risk_lines.append((number, line))
@@ -86,9 +99,15 @@ def parse_program(text: str) -> tuple[list[Rule], Risk]:
     if len(rules) > MAX_RULES:
         errors.append(Diagnostic(1, 1, f"a strategy has at most {MAX_RULES} rules, this one has {len(rules)}"))
     risk = collect(risk_lines, errors)
+    minutes = timeframe[0] if timeframe else 1
+    for rule in rules:
+        for node in timeframes_of(rule.condition):
+            problem = tf.check_multiple(node.minutes, minutes)
+            if problem:
+                errors.append(Diagnostic(*node.at, problem))
     if errors:
         raise StrategyError(errors)
-    return rules, risk
+    return rules, risk, minutes
 
 
 def _parse_line(line: str, number: int, problems: list[Diagnostic]) -> Rule | None:
@@ -185,6 +204,8 @@ def _describe_expected(expected: set[str]) -> str:
         return f"a rule starts with IF, e.g. {_EXAMPLE}"
     if expected <= {"NAME"}:
         return "expected an action: BUY, SELL, SHORT or HOLD"
+    if expected == {"INTERVAL"}:
+        return f"expected a timeframe after @, one of {' '.join(tf.INTERVALS)}, e.g. SMA(50)@4h"
     if "DIRECTION" in expected:
         return "expected ABOVE or BELOW after CROSSES"
     if expected & _EXPECT_VALUE and not expected & {"THEN", "COMPARATOR"}:
@@ -206,9 +227,11 @@ def _syntax_error(exc: UnexpectedInput, line: str) -> tuple[int, str]:
     end_column = len(line) + 1
     if isinstance(exc, UnexpectedCharacters):
         char = line[exc.column - 1]
+        if exc.allowed and set(exc.allowed) <= {"INTERVAL"}:
+            return exc.column, _describe_expected({"INTERVAL"})
         hints = {"=": "use == to test equality", "&": "use AND", "|": "use OR", "!": "use NOT or !=",
                  "'": "names are written without quotes", '"': "names are written without quotes"}
-        hint = hints.get(char, "only letters, digits, spaces and + - * / ( ) , < > = ! are allowed")
+        hint = hints.get(char, "only letters, digits, spaces and + - * / ( ) , < > = ! @ are allowed")
         return exc.column, f"unexpected character {char!r}: {hint}"
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         expected = set(exc.expected)
@@ -288,13 +311,17 @@ class _Builder:
         node = self.build(tree)
         if node is None or isinstance(node, Compare | Crosses | All | Any | Not):
             return node
+        if isinstance(node, AtTimeframe):
+            self.error(node.at[1], f"expected a comparison like >, <, CROSSES ABOVE {where}: "
+                                   f"@{tf.name_of(node.minutes)} gives a value, e.g. CLOSE > SMA(50)@4h")
+            return None
         self.error(_column(tree), f"expected a comparison like >, <, CROSSES ABOVE {where}, "
                                   f"not just a value")
         return None
 
     def value(self, tree: Tree | Token, where: str) -> Value | None:
         node = self.build(tree)
-        if node is None or isinstance(node, Number | Series | Indicator | Arithmetic | Negate):
+        if node is None or isinstance(node, Number | Series | Indicator | Arithmetic | Negate | AtTimeframe):
             return node
         self.error(_column(tree), f"a condition cannot be used as a number {where}")
         return None
@@ -345,6 +372,23 @@ class _Builder:
         if isinstance(operand, Number):
             return Number(-operand.value, at=self.at(tree))
         return Negate(operand, at=self.at(tree))
+
+    def _at_timeframe(self, tree: Tree):
+        inner, at_token, interval = tree.children
+        minutes = tf.interval_minutes(str(interval))
+        if minutes is None:
+            self.error(interval.column, tf.unknown_interval(str(interval)[:20]))
+            return None
+        operand = self.build(inner)
+        if operand is None:
+            return None
+        if not isinstance(operand, Number | Series | Indicator | Arithmetic | Negate | AtTimeframe):
+            self.error(at_token.column, f"@{tf.name_of(minutes)} reads a value (a price, an indicator or a "
+                                        f"calculation in parentheses), not a condition")
+            return None
+        if isinstance(operand, Number):
+            return operand  # a number is the same on every timeframe
+        return AtTimeframe(operand, minutes, at=(self.line, at_token.column))
 
     def _number(self, tree: Tree):
         token = tree.children[0]
@@ -404,7 +448,7 @@ class _Builder:
             source = self.build(source_tree)
             if source is None:
                 return None
-            if not isinstance(source, Series | Indicator):
+            if not isinstance(source, Series | Indicator | AtTimeframe):
                 self.error(_column(source_tree),
                            f"the source of {indicator.name} must be a price series or an indicator, "
                            f"e.g. {indicator.name}(VOLUME, 20)")
@@ -455,7 +499,7 @@ def _count_words(indicator) -> str:
 
 def _is_source(tree) -> bool:
     """True for an argument that is a name or a call: a source series, never a period."""
-    return isinstance(tree, Tree) and tree.data in ("name", "call")
+    return isinstance(tree, Tree) and tree.data in ("name", "call", "at_timeframe")
 
 
 def _column(tree) -> int:
