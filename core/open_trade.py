@@ -93,7 +93,7 @@ def last_risk_exit(db: Database, symbol: str) -> str | None:
 
 
 def last_risk_exit_ms(db: Database, symbol: str) -> int | None:
-    """When the newest filled sell was a risk exit, the time of its fill, else None."""
+    """When the newest filled order was a risk exit, the time of its fill, else None."""
     row = _last_risk_exit(db, symbol)
     return None if row is None else row[2]
 
