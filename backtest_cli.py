@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from core.dsl import StrategyError, compile_strategy, sweeps
+from core.strategy_file import read_within_limit
 from core.metrics import NAMES
 
 RANK_CHOICES = tuple(name for name in NAMES if name != "days")
@@ -39,15 +40,28 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
               help="rank on this first share of the candles (e.g. 0.7), then run the best 5 on the rest")
 @click.option("--walk-forward", "walk_forward", type=click.IntRange(1, 50), default=None,
               help="rank on K anchored folds, test each fold's best on the block after it, join the tests")
+@click.option("--rolling", is_flag=True,
+              help="with --walk-forward: train each fold on the block before its test block only (a fixed-length "
+                   "window), not on everything before it")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="do not read or write the parsed candles kept next to the CSV (<file>.omniwise.npz)")
 def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: str, as_json: bool,
                      with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
-                     no_cache: bool) -> None:
+                     rolling: bool, no_cache: bool) -> None:
     """Run a strategy (or every combination of a sweep) over a history with the worker's own policy and fills."""
-    text = strategy_path.read_text(encoding="utf-8")
+    try:  # as the worker reads it: a file over 400,000 bytes is not read, one not UTF-8 is refused
+        text = read_within_limit(strategy_path)
+    except StrategyError as exc:
+        for error in exc.errors:
+            click.echo(error.format(str(strategy_path)), err=True)
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"{strategy_path}:1:1: error: cannot read the file: {exc.strerror or exc}", err=True)
+        sys.exit(1)
     if split is not None and walk_forward is not None:
         raise click.UsageError("choose one of --split and --walk-forward")
+    if rolling and walk_forward is None:
+        raise click.UsageError("--rolling is a kind of --walk-forward: give --walk-forward K too")
     is_sweep = sweeps.has_sweep(text)
     if chart is not None and (is_sweep or split is not None or walk_forward is not None):
         raise click.UsageError("--chart draws one backtest: not with a sweep, --split or --walk-forward")
@@ -72,7 +86,7 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
             if split is not None:
                 _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades)
             else:
-                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by)
+                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by, rolling)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -114,12 +128,12 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
         click.echo(backtest.format_report(result, title, candles))
 
 
-def _run(combinations, candles, fee, fill, keep_reports, label="", with_trades=False):
+def _run(combinations, candles, fee, fill, keep_reports, label="", **options):
     from core import sweep_runs
 
     total = len(combinations)
     if total * len(candles["close"]) < _LONG_SWEEP:
-        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, with_trades=with_trades)
+        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, **options)
     start = time.perf_counter()
     step = max(1, total // 20)
 
@@ -128,8 +142,7 @@ def _run(combinations, candles, fee, fill, keep_reports, label="", with_trades=F
             click.echo(f"{label}swept {done:,} of {total:,} combinations ({done * 100 // total} %), "
                        f"{time.perf_counter() - start:.1f} s", err=True)
 
-    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress,
-                                       with_trades=with_trades)
+    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
 
 
 def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> None:
@@ -151,10 +164,10 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     n = len(candles["close"])
     point = sweep_runs.split_point(n, fraction)
     inside, outside = sweep_runs.part(candles, slice(0, point)), sweep_runs.part(candles, slice(point, n))
-    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades), rank_by,
-                            as_json)
+    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades=with_trades),
+                            rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
-    again = sweep_runs.recheck(best, outside, fee, fill, as_json, with_trades=with_trades)
+    again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
         for report, run in zip(reports, again):
@@ -166,26 +179,28 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     click.echo(_side_by_side(best, again, rank_by))
 
 
-def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by) -> None:
+def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling) -> None:
     from core import sweep_runs
     from core.backtest import metric_lines
 
     n = len(candles["close"])
     done, notes = [], []
-    for number, (train, test) in enumerate(sweep_runs.walk_forward_folds(n, folds), start=1):
-        runs = _run(combinations, sweep_runs.part(candles, train), fee, fill, False, f"fold {number} of {folds}: ")
+    for number, (train, test) in enumerate(sweep_runs.walk_forward_folds(n, folds, rolling), start=1):
+        history, warmup = sweep_runs.block(candles, train)
+        runs = _run(combinations, history, fee, fill, False, f"fold {number} of {folds}: ", warmup=warmup)
         metric, note = sweep_runs.choose_metric(runs, rank_by)
         if note and as_json:
             click.echo(f"fold {number}: {note}", err=True)
         notes.append((metric, note))
         ranked = sweep_runs.rank(runs, metric)
         best = ranked[:sweep_runs.TOP_RECHECKED]
-        done.append(sweep_runs.Fold(train, test, ranked, sweep_runs.recheck(best, sweep_runs.part(candles, test),
-                                                                            fee, fill)))
+        done.append(sweep_runs.Fold(train, test, ranked, sweep_runs.recheck(best, candles, test, fee, fill)))
     joined, results = sweep_runs.joined_out_of_sample(done, candles, fee, fill)
     if as_json:
         _print_json({
-            "folds": [{"train_candles": fold.train.stop, "test_candles": fold.test.stop - fold.test.start,
+            "rolling": rolling,
+            "folds": [{"train_start": fold.train.start, "train_candles": fold.train.stop - fold.train.start,
+                       "test_candles": fold.test.stop - fold.test.start,
                        "runs": [{"params": run.params, "metrics": run.metrics.as_json(),
                                  "out_of_sample": {"metrics": again.metrics.as_json()}}
                                 for run, again in zip(fold.ranked, fold.rechecked)]} for fold in done],
@@ -194,7 +209,7 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by) -> 
         })
         return
     for number, (fold, (metric, note)) in enumerate(zip(done, notes), start=1):
-        click.echo(f"Fold {number} of {folds}: ranked by {metric} on {fold.train.stop:,} candles "
+        click.echo(f"Fold {number} of {folds}: ranked by {metric} on {fold.train.stop - fold.train.start:,} candles "
                    f"({_span(sweep_runs.part(candles, fold.train))}), tested on the next "
                    f"{fold.test.stop - fold.test.start:,} ({_span(sweep_runs.part(candles, fold.test))}):")
         if note:
@@ -202,7 +217,8 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by) -> 
         click.echo(_side_by_side(fold.ranked[:len(fold.rechecked)], fold.rechecked, metric))
         click.echo("")
     click.echo(f"Out of sample, joined: the best of each fold traded on the block after it "
-               f"({sum(len(r.equity) for r in results):,} candles)")
+               f"({sum(len(r.equity) for r in results):,} candles; each block's indicators warmed up on the candles "
+               f"before it, a trade open at its end closed at its last close)")
     click.echo("\n".join(metric_lines(joined)))
 
 

@@ -21,10 +21,11 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import auth, clock, logs, store, strategies, warmup
+from core import auth, clock, logs, store, warmup
 from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
+from core.strategy_file import read_within_limit
 
 
 MAX_REQUEST_BYTES = 1 << 20  # the editor's 100,000 characters, several times over
@@ -86,7 +87,7 @@ def check_command(files: tuple[Path, ...], sweep: bool) -> None:
     failed = False
     for path in files:
         try:
-            text = strategies.read_within_limit(path)  # a huge file is refused unread
+            text = read_within_limit(path)  # as the worker reads it: a huge file is refused unread
             if sweep and sweeps.has_sweep(text):
                 sweeps.check_sweep(text)
             else:
@@ -95,8 +96,8 @@ def check_command(files: tuple[Path, ...], sweep: bool) -> None:
                 click.echo(f"{path}: note: {need.text()}", err=True)
                 if need.warning():
                     click.echo(f"{path}: warning: {need.warning()}", err=True)
-        except (OSError, UnicodeDecodeError) as exc:
-            click.echo(f"{path}:1:1: error: cannot read the file: {exc}")
+        except OSError as exc:
+            click.echo(f"{path}:1:1: error: cannot read the file: {exc.strerror or exc}")
             failed = True
         except StrategyError as exc:
             failed = True
@@ -267,8 +268,9 @@ def set_password_command() -> None:
         password = click.prompt("New password", hide_input=True, confirmation_prompt=True)
     else:
         password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        raise click.ClickException("the password must not be empty")
+    if len(password) < auth.MIN_PASSWORD_CHARS:
+        raise click.ClickException(f"the password must have at least {auth.MIN_PASSWORD_CHARS} characters; "
+                                   "nothing was changed")
     with store.connect(settings.db_path) as db:
         auth.set_password(db, password, clock.now_ms())
     click.echo("Password set.")

@@ -80,7 +80,9 @@ def logout():
 @bp.get("/admin/algo")
 def editor():
     """The strategy editor with the saved text."""
-    text = strategies.read_strategy(_strategy_path())
+    text, unreadable = strategies.read_for_editor(_strategy_path())
+    if unreadable is not None:  # the worker does not read it either: say why, Save replaces it
+        return _editor_page(text, None, unreadable.errors)
     return _editor_page(text, *strategies.check(text))
 
 
@@ -102,7 +104,7 @@ def save():
 
 
 def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
-    saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
+    saved_version = strategies.version_of(strategies.read_for_editor(_strategy_path())[0])
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy), history=policy and warmup.history_needed(policy),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
@@ -127,7 +129,7 @@ def _preview(policy):
 @bp.get("/admin/algo/loaded")
 def loaded():
     """The #loaded fragment: whether the worker runs the saved version yet."""
-    saved_version = strategies.version_of(strategies.read_strategy(_strategy_path()))
+    saved_version = strategies.version_of(strategies.read_for_editor(_strategy_path())[0])
     return render_template("admin/_loaded.html", saved_version=saved_version,
                            worker=strategies.worker_view(_db(), clock.now_ms()))
 
@@ -135,7 +137,7 @@ def loaded():
 @bp.get("/admin/algo/history")
 def history():
     """Saved versions, newest first, a page at a time, each with its diff against the current text."""
-    current = strategies.read_strategy(_strategy_path())
+    current = strategies.read_for_editor(_strategy_path())[0]
     pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
     page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
     entries = [(version, *_shown(strategies.diff(version.text, current)), *_shown(version.text.splitlines()))

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from flask import Blueprint, current_app, request
+from flask import Blueprint, current_app, render_template, request
 from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException
 
@@ -101,9 +101,21 @@ def _ledger_unavailable(exc: Exception):
 
 @bp.app_errorhandler(HTTPException)
 def _api_error_as_json(exc: HTTPException):
-    """Errors under /api/ answer JSON (404, 405, 413, 500, ...); other pages keep Flask's own."""
+    """Errors under /api/ answer JSON (404, 405, 413, 500, ...); other pages answer a page in the app's layout."""
     response = exc.get_response()
     if request.path.startswith("/api/"):
         response.set_data(current_app.json.dumps({"error": f"{exc.name}: {exc.description}"}))
         response.content_type = "application/json"
+    elif (exc.code or 0) >= 400:
+        description = exc.description
+        if exc.code == 500:  # never the exception's text: it is in the log
+            log.error("500 on %s", request.path, exc_info=getattr(exc, "original_exception", None))
+            description = "Omniwise failed to answer this page. The log has the details; trading goes on."
+        try:
+            page = render_template("error.html", code=exc.code, name=exc.name, description=description)
+        except Exception:  # the layout itself failed (a broken database): Flask's plain page still answers
+            log.exception("the error page for %s could not be rendered", request.path)
+            return response
+        response.set_data(page)
+        response.content_type = "text/html; charset=utf-8"
     return response

@@ -19,6 +19,7 @@ log = logging.getLogger("omniwise.auth")
 PASSWORD_KEY = "admin_password_hash"
 SIGNING_KEY = "flask_secret_key"  # signs the session cookie; a new one on every new password
 GENERATION_KEY = "session_generation"  # a session is valid only while it carries the current generation
+MIN_PASSWORD_CHARS = 12  # what `set-password` accepts: the login is on the internet
 MAX_FAILURES = 5  # failed logins allowed from one address within FAILURE_WINDOW_S
 FAILURE_WINDOW_S = 300
 

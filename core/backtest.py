@@ -22,7 +22,7 @@ from typing import BinaryIO
 import numpy as np
 
 from core import exits, fills
-from core.dsl import Policy
+from core.dsl import Action, Policy
 from core.feeds import KLINES, FeedError, Layout, read_klines, sniff, to_ms_factor
 from core.metrics import Ledger, Metrics, compute_metrics
 
@@ -180,13 +180,22 @@ def _trades_json_text(table: TradeTable) -> str:
 
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
-                 fill: str = "next-open", indicator_cache: dict | None = None) -> BacktestResult:
+                 fill: str = "next-open", indicator_cache: dict | None = None, warmup: int = 0,
+                 close_at_end: bool = False) -> BacktestResult:
     """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays).
 
-    `indicator_cache`: see `Policy.decide_all` (a sweep shares indicators between its combinations)."""
+    `indicator_cache`: see `Policy.decide_all` (a sweep shares indicators between its combinations).
+    `warmup`: the first `warmup` candles only warm the indicators up (no decision there, and no figure:
+    the result covers the candles after them). `close_at_end`: a trade still open on the last candle is
+    closed at its close (`exit_reason` block_end) and counted like any other, as an out-of-sample block
+    ends; a trade that would enter at that very close is not opened."""
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
-    n = len(candles["close"])
+    if not 0 <= warmup <= len(candles["close"]):
+        raise ValueError(f"warmup must be between 0 and the {len(candles['close']):,} candles, not {warmup}")
+    if warmup == len(candles["close"]):  # nothing after the warm-up
+        candles, warmup = {name: series[:0] for name, series in candles.items()}, 0
+    n = len(candles["close"]) - warmup
     size = policy.risk.size_share
     if n == 0:
         ledger = Ledger(np.ones(0), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros(0), np.zeros(0), 0, 0.0, 0.0)
@@ -196,7 +205,18 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
                               compute_metrics(ledger), size, np.zeros(0, bool))
     actions, decided = policy.decide_minutes(candles, indicator_cache)
     atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
-    found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
+    if warmup:
+        # The warm-up candles decide nothing (HOLD), so no trade starts there, but indicators and the ATR
+        # of the risk levels are computed over them; then every index is moved to the block's candles.
+        actions = np.array(actions)
+        actions[:warmup] = Action.HOLD
+        found = _shifted(exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr),
+                         warmup)
+        candles = {name: series[warmup:] for name, series in candles.items()}
+    else:
+        found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
+    if close_at_end:
+        found = _closed_at_end(found, candles, fill)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices, is_short = found.entry_price, found.is_short
@@ -209,6 +229,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
     fill_times = times if fill == "next-open" else _close_times(candles)
     exit_times = np.where(found.exit_at_open | (found.exit_reason > 0), times[found.exit_index],
                           fill_times[found.exit_index])
+    exit_times[found.exit_reason == _BLOCK_END] = times[-1] + 59_999  # at the last candle's close
     table = TradeTable(fill_times[entries], entry_prices, np.where(closed, exit_times, -1), found.exit_price,
                        returns, found.exit_reason, is_short)
     buy_hold_pct = float(candles["close"][-1] / candles["open"][0] * (1 - fee_rate) ** 2 - 1) * 100
@@ -230,6 +251,31 @@ def _ratios(entry, exit_, is_short, fee_rate):
     if is_short.any():
         ratio = np.where(is_short, (2 - fee_rate) - exit_ / entry * (1 + fee_rate), ratio)
     return ratio
+
+
+_BLOCK_END = exits.REASONS.index(exits.BLOCK_END)
+
+
+def _shifted(found: exits.TradeArrays, by: int) -> exits.TradeArrays:
+    """The same trades with candle indices counted from candle `by` (every trade starts there or later)."""
+    return dataclasses.replace(found, entry_index=found.entry_index - by,
+                               exit_index=np.where(found.exit_index >= 0, found.exit_index - by, -1))
+
+
+def _closed_at_end(found: exits.TradeArrays, candles, fill: str) -> exits.TradeArrays:
+    """The trade still open at the end closed at the last close (block_end); one that would only enter at
+    that close (fill=close) is dropped (a round trip of two fees and no time in the market)."""
+    last = len(candles["close"]) - 1
+    still_open = found.exit_index < 0
+    if not still_open.any():
+        return found
+    keep = ~(still_open & (found.entry_index == last) & (fill == "close"))
+    exit_index, exit_price = found.exit_index.copy(), found.exit_price.copy()
+    reason, at_open = found.exit_reason.copy(), found.exit_at_open.copy()
+    exit_index[still_open], exit_price[still_open] = last, candles["close"][last]
+    reason[still_open], at_open[still_open] = _BLOCK_END, False
+    return exits.TradeArrays(found.entry_index[keep], found.entry_price[keep], exit_index[keep], exit_price[keep],
+                             reason[keep], at_open[keep], found.is_short[keep])
 
 
 def _ledger(candles, equity, in_market, entry_prices, exit_prices, ratios, fee_rate, buy_hold_pct,

@@ -6,18 +6,23 @@ primary key), so the dashboard costs the same with a million candles as with a h
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
+import io
+
+from decimal import Decimal
 
 import numpy as np
 from sqlite_utils import Database
 
-from core import controls, indicators
+from core import account, brokers, controls, indicators, open_trade, precision
 from core.health import alerts, heartbeat, liveness
 from core.candles import Candle
+from core.exits import REASON_WORDS
 from core.dsl import Policy
 from core.dsl.nodes import AtTimeframe, Indicator, Series
-from core.health.status import status_report
+from core.health.status import iso, status_report
 
 CHART_CANDLES = 240  # four hours of minutes
 MAX_WARMUP = 5_000  # candles read before the chart so that its averages are settled
@@ -125,8 +130,27 @@ def chart(db: Database, symbol: str, policy: Policy, count: int = CHART_CANDLES)
         points = [{"time": t, "value": v} for t, v in zip(times[shown], values.tolist()) if v == v]  # NaN != NaN
         lines.append({"name": name, "points": points})
     first_ms, last_ms = int(table[shown.start, 0]), int(table[-1, 0]) + 59_999
-    return {"symbol": symbol, "candles": candles, "lines": lines,
-            "markers": _markers(db, symbol, first_ms, last_ms)}
+    decimals = precision.for_market(db, symbol, account.quote_asset(symbol), float(table[-1, 4])).price
+    return {"symbol": symbol, "candles": candles, "lines": lines, "price_decimals": decimals,
+            "markers": _markers(db, symbol, first_ms, last_ms), "levels": trade_levels(db, symbol, policy)}
+
+
+def trade_levels(db: Database, symbol: str, policy: Policy) -> list[dict]:
+    """The open trade's entry, and its stop and take profit under the strategy's risk statements, as
+    horizontal lines for the chart: [{"name", "price"}]; none while flat."""
+    position = brokers.load_position(db) or {}
+    trade = open_trade.load(db, symbol)
+    entry = trade.entry_price or (position.get("entry_price") if position.get("side") in ("long", "short") else None)
+    if entry is None:
+        return []
+    found = [{"name": "entry", "price": entry}]
+    levels = trade.levels(policy.risk)
+    if levels is not None:
+        stop, which = levels.stop()
+        for name, price in ((REASON_WORDS[which], stop), ("take profit", levels.take_profit)):
+            if price == price and abs(price) != float("inf"):  # not set: NaN or infinite
+                found.append({"name": name, "price": price})
+    return found
 
 
 def moving_averages(policy: Policy) -> dict[str, Indicator]:
@@ -199,3 +223,28 @@ def _rows(db: Database, sql: str, limit: int) -> list[dict]:
     cursor = db.execute(sql, [limit])
     names = [column[0] for column in cursor.description]
     return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+
+CSV_COLUMNS = ("side", "entry_time_utc", "entry_price", "exit_time_utc", "exit_price", "qty", "pnl", "pnl_pct",
+               "fees", "exit_reason")
+
+
+def round_trips_csv(trips: list[account.RoundTrip]) -> str:
+    """Round trips as CSV (RFC 4180, a header row, oldest first): ISO 8601 UTC times and every digit of the
+    numbers (a spreadsheet rounds as it likes; the file does not); an open trade has empty exit fields."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(CSV_COLUMNS)
+    for trip in trips:
+        writer.writerow([trip.side, iso(trip.entry_time_ms), _digits(trip.entry_price), iso(trip.exit_time_ms) or "",
+                         _digits(trip.exit_price), _digits(trip.qty), _digits(trip.pnl), _digits(trip.pnl_pct),
+                         _digits(trip.fees), trip.exit_reason or ""])
+    return out.getvalue()
+
+
+def _digits(value: float | None) -> str:
+    """Every digit of a float (its shortest repr), never in scientific notation: 1e-07 is 0.0000001."""
+    if value is None:
+        return ""
+    text = format(Decimal(repr(value)), "f")
+    return text[:-2] if text.endswith(".0") else text

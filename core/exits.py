@@ -24,11 +24,12 @@ from core.fills import DEFAULT_FEE_RATE
 
 RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL = "rule", "stop_loss", "take_profit", "trailing_stop", "manual"
 LIQUIDATION = "liquidation"  # a 1x short that lost its whole notional (DESIGN.md "Shorts")
-REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL, LIQUIDATION)  # codes 0..5 in find_trades' arrays
+BLOCK_END = "block_end"  # backtest only: an out-of-sample block ended with the trade open (closed at its last close)
+REASONS = (RULE, STOP_LOSS, TAKE_PROFIT, TRAILING_STOP, MANUAL, LIQUIDATION, BLOCK_END)  # codes 0..6 in find_trades' arrays
 STATEMENT_TITLES = {STOP_LOSS: "STOP LOSS", TAKE_PROFIT: "TAKE PROFIT", TRAILING_STOP: "TRAILING STOP",
                     LIQUIDATION: "LIQUIDATION"}
 REASON_WORDS = {RULE: "rule", STOP_LOSS: "stop loss", TAKE_PROFIT: "take profit", TRAILING_STOP: "trailing stop",
-                MANUAL: "hand", LIQUIDATION: "liquidation"}
+                MANUAL: "hand", LIQUIDATION: "liquidation", BLOCK_END: "block end"}
 # decisions.reason -> the exit reason of the trade its SELL order ended
 DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, STOP_LOSS: STOP_LOSS,
                          TAKE_PROFIT: TAKE_PROFIT, TRAILING_STOP: TRAILING_STOP, LIQUIDATION: LIQUIDATION}

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from core.dsl import Policy, StrategyError, compile_strategy, hold_policy
-from core.strategies import read_within_limit
+from core.strategy_file import read_within_limit
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class PolicyLoader:
         self._seen = key
         self.missing = False
         try:
-            text = read_within_limit(self.path, errors="replace")  # refuses a huge file without reading it
+            text = read_within_limit(self.path)  # refuses a huge file without reading it, and one not UTF-8
             if text == self.policy.text and self.error is None:
                 return False
             policy = compile_strategy(text)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -19,9 +20,9 @@ from sqlite_utils import Database
 from core import store
 from core.health import liveness
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
-from core.dsl.parser import MAX_CHARS
+from core.strategy_file import MAX_FILE_BYTES, read_within_limit
 
-MAX_FILE_BYTES = 4 * MAX_CHARS  # UTF-8 takes at most 4 bytes a character: a larger file is surely too long
+log = logging.getLogger(__name__)
 LOADED_KEY, ERROR_KEY = "strategy_loaded_version", "strategy_error"  # written by the worker
 
 
@@ -70,21 +71,25 @@ def check(text: str) -> tuple[Policy | None, list[Diagnostic]]:
         return None, exc.errors
 
 
-def read_within_limit(path: str | Path, errors: str = "strict") -> str:
-    """A strategy file's text; StrategyError, without reading it, when the file is too large to be one."""
-    size_bytes = os.stat(path).st_size
-    if size_bytes > MAX_FILE_BYTES:
-        raise StrategyError([Diagnostic(1, 1, f"the file is {size_bytes:,} bytes long; a strategy has at most "
-                                              f"{MAX_CHARS:,} characters")])
-    return Path(path).read_text(encoding="utf-8", errors=errors)
-
-
 def read_strategy(path: str | Path) -> str:
-    """The strategy file's text; "" when it does not exist."""
+    """The strategy file's text; "" when it does not exist. StrategyError when it is too large or not UTF-8."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        return read_within_limit(path)
     except FileNotFoundError:
         return ""
+
+
+def read_for_editor(path: str | Path) -> tuple[str, StrategyError | None]:
+    """What the web app shows of the strategy file: its text, and why the worker refuses to read it (None
+    when it reads it). A file that is not UTF-8 is shown with U+FFFD for its bad bytes, one too large not
+    at all."""
+    try:
+        return read_strategy(path), None
+    except StrategyError as exc:
+        if os.stat(path).st_size > MAX_FILE_BYTES:
+            return "", exc
+        with open(path, "rb") as file:
+            return file.read(MAX_FILE_BYTES).decode("utf-8", errors="replace"), exc
 
 
 def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Policy:
@@ -94,7 +99,7 @@ def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Pol
     path = Path(path)
     with store.transaction(db):  # one save at a time, across processes
         newest = _newest_version(db)
-        previous = read_strategy(path)
+        previous = _readable_or_set_aside(path, now_ms)
         if previous and version_of(previous) not in (newest, policy.version):
             _record(db, version_of(previous), previous, now_ms)
             newest = version_of(previous)
@@ -102,6 +107,18 @@ def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Pol
             _record(db, policy.version, text, now_ms)
         write_atomically(path, text)
     return policy
+
+
+def _readable_or_set_aside(path: Path, now_ms: int) -> str:
+    """The file's text before a save replaces it; a file that cannot be read as a strategy (too large, not
+    UTF-8) cannot be kept as a version, so it is renamed to `<name>.unreadable-<ms>` beside it: nothing is lost."""
+    try:
+        return read_strategy(path)
+    except StrategyError as exc:
+        aside = path.with_name(f"{path.name}.unreadable-{now_ms}")
+        os.replace(path, aside)
+        log.warning("%s was not a readable strategy (%s): kept as %s", path, exc, aside.name)
+        return ""
 
 
 def restore_version(path: str | Path, version: str, db: Database, now_ms: int) -> Policy:

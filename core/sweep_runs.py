@@ -2,8 +2,10 @@
 
 Workers are forked after the candles are loaded, so they share the arrays instead of copying them.
 Out of sample: `--split` ranks on the first part of the candles and runs the best again on the rest;
-`--walk-forward K` does so over K anchored folds (train on everything before a block, test on the
-block) and joins the tested blocks into one account, as if the best of each fold had been traded.
+`--walk-forward K` does so over K folds (train on everything before a block, or with `rolling` on the
+block before it alone; test on the block) and joins the tested blocks into one account, as if the best
+of each fold had been traded. A block's indicators are warmed up on the candles before it, and a test
+block closes a trade still open at its end (DESIGN.md "Sweeps").
 """
 
 from __future__ import annotations
@@ -76,15 +78,17 @@ class IndicatorCache(dict):
 
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
                      keep_reports: bool = False, jobs: int | None = None,
-                     progress: Callable[[int], None] | None = None, with_trades: bool = False) -> list[Run]:
+                     progress: Callable[[int], None] | None = None, with_trades: bool = False,
+                     warmup: int = 0, close_at_end: bool = False) -> list[Run]:
     """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores).
 
-    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`."""
+    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`; `warmup` and
+    `close_at_end` as in `run_backtest` (an out-of-sample block)."""
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
     _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, with_trades=with_trades,
-                indicators=IndicatorCache())
+                warmup=warmup, close_at_end=close_at_end, indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -108,7 +112,8 @@ def run_combinations(combinations: list[Combination], candles: Candles, fee_rate
 def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
     result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
-                          fill=_JOB["fill"], indicator_cache=_JOB["indicators"])
+                          fill=_JOB["fill"], indicator_cache=_JOB["indicators"], warmup=_JOB["warmup"],
+                          close_at_end=_JOB["close_at_end"])
     report = None
     if _JOB["keep_reports"]:
         report = result.as_json() if _JOB["with_trades"] else result.summary_json()
@@ -177,14 +182,22 @@ def split_point(n: int, fraction: float) -> int:
     return point
 
 
-def walk_forward_folds(n: int, folds: int) -> list[tuple[slice, slice]]:
-    """K anchored folds: the candles cut into K+1 blocks; fold i trains on blocks 0..i-1 and tests on block i."""
+def walk_forward_folds(n: int, folds: int, rolling: bool = False) -> list[tuple[slice, slice]]:
+    """K folds: the candles cut into K+1 blocks; fold i tests on block i and trains on blocks 0..i-1
+    (anchored), or on block i-1 alone (`rolling`: a training window of fixed length)."""
     if folds < 1:
         raise ValueError("--walk-forward takes a number of folds of at least 1")
     edges = [round(n * i / (folds + 1)) for i in range(folds + 2)]
     if min(b - a for a, b in zip(edges, edges[1:])) < 2:
         raise ValueError(f"--walk-forward {folds} cuts {n:,} candles into blocks of fewer than 2 candles")
-    return [(slice(0, edges[i]), slice(edges[i], edges[i + 1])) for i in range(1, folds + 1)]
+    return [(slice(edges[i - 1] if rolling else 0, edges[i]), slice(edges[i], edges[i + 1]))
+            for i in range(1, folds + 1)]
+
+
+def block(candles: Candles, where: slice) -> tuple[dict[str, np.ndarray], int]:
+    """The candles up to the end of `where` and how many of them only warm the indicators up: a block
+    run with `warmup` starts with indicators computed over every candle before it."""
+    return part(candles, slice(0, where.stop)), where.start
 
 
 def part(candles: Candles, where: slice) -> dict[str, np.ndarray]:
@@ -192,15 +205,22 @@ def part(candles: Candles, where: slice) -> dict[str, np.ndarray]:
     return {name: series[where] for name, series in candles.items()}
 
 
-def recheck(runs: list[Run], candles: Candles, fee_rate: float, fill: str, keep_reports: bool = False,
-            jobs: int | None = None, with_trades: bool = False) -> list[Run]:
-    """The same combinations run again over other candles (out of sample)."""
+def recheck(runs: list[Run], candles: Candles, where: slice, fee_rate: float, fill: str,
+            keep_reports: bool = False, jobs: int | None = None, with_trades: bool = False) -> list[Run]:
+    """The same combinations run again over the out-of-sample block `where` of `candles`: warmed up on
+    the candles before it, a trade still open at its end closed at its last close."""
     combinations = [Combination(run.params, run.text) for run in runs]
-    return run_combinations(combinations, candles, fee_rate, fill, keep_reports, jobs, with_trades=with_trades)
+    history, warmup = block(candles, where)
+    return run_combinations(combinations, history, fee_rate, fill, keep_reports, jobs, with_trades=with_trades,
+                            warmup=warmup, close_at_end=True)
 
 
 def joined_out_of_sample(folds: list[Fold], candles: Candles, fee_rate: float, fill: str) -> tuple[Metrics, list[BacktestResult]]:
-    """The best of each fold traded on its test block, the blocks joined into one account."""
-    results = [run_backtest(part(candles, fold.test), compile_strategy(fold.ranked[0].text), fee_rate=fee_rate,
-                            fill=fill) for fold in folds]
+    """The best of each fold traded on its test block (warmed up, closed at its end), the blocks joined
+    into one account."""
+    results = []
+    for fold in folds:
+        history, warmup = block(candles, fold.test)
+        results.append(run_backtest(history, compile_strategy(fold.ranked[0].text), fee_rate=fee_rate, fill=fill,
+                                    warmup=warmup, close_at_end=True))
     return compute_metrics(join([result.ledger for result in results])), results

@@ -36,9 +36,41 @@
     }));
   }
 
+  const LEVEL_COLORS = { entry: "#1f5fbf", "stop loss": BAD, "trailing stop": BAD, "take profit": GOOD };
+  let priceLines = [], decimals = 2;
+
+  // The open trade's entry, stop and take profit as horizontal lines, replaced at each refresh.
+  function showLevels(levels) {
+    priceLines.forEach((line) => candles.removePriceLine(line));
+    priceLines = (levels || []).map((level) => candles.createPriceLine({
+      price: level.price, color: LEVEL_COLORS[level.name] || "#6b7480", lineWidth: 1,
+      lineStyle: level.name === "entry" ? LWC.LineStyle.Solid : LWC.LineStyle.Dashed,
+      axisLabelVisible: true, title: level.name,
+    }));
+    box.dataset.levels = (levels || []).map((level) => level.name).join(",");
+  }
+
+  // The values under the pointer (the newest candle when it is off the chart), in the tiles' decimals.
+  const hover = document.getElementById("chart-hover");
+  function showHover(param) {
+    if (!hover) return;
+    const bar = param && param.seriesData ? param.seriesData.get(candles) : null;
+    if (!bar) { hover.textContent = ""; return; }
+    const parts = [charts.utc(param.time), "O " + charts.fixed(bar.open, decimals), "H " + charts.fixed(bar.high, decimals),
+                   "L " + charts.fixed(bar.low, decimals), "C " + charts.fixed(bar.close, decimals)];
+    lines.forEach((series, name) => {
+      const point = param.seriesData.get(series);
+      if (point && point.value !== undefined) parts.push(name + " " + charts.fixed(point.value, decimals));
+    });
+    hover.textContent = parts.join(" · ");
+  }
+  chart.subscribeCrosshairMove(showHover);
+
   function draw(data) {
+    if (Number.isInteger(data.price_decimals)) decimals = data.price_decimals;
+    showLevels(data.levels);
     if (data.candles.length) {
-      const format = charts.priceFormat(data.candles[data.candles.length - 1].close);
+      const format = charts.priceFormat(data.candles[data.candles.length - 1].close, data.price_decimals);
       candles.applyOptions({ priceFormat: format });
       lines.forEach((series) => series.applyOptions({ priceFormat: format }));
     }

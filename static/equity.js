@@ -5,9 +5,7 @@
   const LWC = window.LightweightCharts, charts = window.omniwiseCharts;
   if (!box || !LWC || !charts) return;
 
-  const chart = charts.create(box, {
-    localization: { timeFormatter: (t) => new Date(t * 1000).toISOString().slice(0, 16).replace("T", " ") + " UTC" },
-  });
+  const chart = charts.create(box);
   const line = chart.addSeries(LWC.BaselineSeries, {
     lineWidth: 2, priceLineVisible: false,
     topLineColor: "#17803d", topFillColor1: "rgba(23,128,61,.18)", topFillColor2: "rgba(23,128,61,.02)",
@@ -17,8 +15,8 @@
 
   function draw(data) {
     const size = data.start || (data.points[0] && data.points[0].value) || 1;  // five digits of the account
-    line.applyOptions({ baseValue: { type: "price", price: data.start }, priceFormat: charts.priceFormat(size) });
-    line.setData(data.points);
+    line.applyOptions({ baseValue: { type: "price", price: data.start }, priceFormat: charts.priceFormat(size, data.decimals) });
+    line.setData(charts.onTimeGrid(data.points));
     box.dataset.points = String(data.points.length);
     if (!isFitted && data.points.length) { chart.timeScale().fitContent(); isFitted = true; }
   }

@@ -239,7 +239,7 @@ def test_dashboard_shows_market_position_signal_heartbeat_and_activity(operator,
     with db.conn:
         brokers.save_position(db, brokers.Position("long", 2.0, 100.0), NOW_MS)
     page = operator.get("/").get_data(as_text=True)
-    for text in ("Worker", "down", "paper", "102.5", "long 2", "entry 100", ">+5<", ">+2.50 %<", "BUY", "from TradingView",
+    for text in ("Worker", "down", "paper", "102.5", "long 2", "entry 100", ">+5.00<", ">+2.50 %<", "BUY", "from TradingView",
                  "not checked", "Recent activity", "100.25", 'hx-trigger="every 3s"', 'hx-trigger="every 5s"',
                  'id="chart"', "IF MA4 &gt; MA9 THEN BUY"):
         assert text in page, text

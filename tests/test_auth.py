@@ -114,12 +114,17 @@ def test_init_with_a_configured_password_prints_none(runner, data_dir):
 
 
 def test_set_password_reads_standard_input(runner, data_dir):
-    result = runner.invoke(args=["set-password"], input="new one\n")
+    result = runner.invoke(args=["set-password"], input="a new one, 12\n")
     assert (result.exit_code, result.stdout.strip()) == (0, "Password set."), result.output
     with store.connect(data_dir / "omniwise.db") as db:
-        assert auth.is_password_right(db, "new one")
-    empty = runner.invoke(args=["set-password"], input="\n")
-    assert empty.exit_code == 1 and "must not be empty" in empty.stderr
+        assert auth.is_password_right(db, "a new one, 12")
+    for short in ("", "eleven char", "é" * 11):
+        refused = runner.invoke(args=["set-password"], input=short + "\n")
+        assert refused.exit_code == 1 and "at least 12 characters" in refused.stderr, refused.output
+        with store.connect(data_dir / "omniwise.db") as db:
+            assert auth.is_password_right(db, "a new one, 12")  # unchanged
+    twelve = runner.invoke(args=["set-password"], input="twelve chars\n")
+    assert twelve.exit_code == 0, twelve.output
 
 
 def test_thirty_concurrent_wrong_passwords_on_the_real_server_get_five_checked(tmp_path):

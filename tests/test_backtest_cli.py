@@ -125,7 +125,6 @@ def test_split_ranks_in_sample_and_runs_the_best_five_again_on_the_rest(files):
                                "--json").stdout)
     candles = load_candles(files / "candles.csv")
     inside = {k: v[:2100] for k, v in candles.items()}  # 70 % of 3,000
-    outside = {k: v[2100:] for k, v in candles.items()}
     assert [r["candles"] for r in runs] == [2100] * 16
     returns = [r["metrics"]["return_pct"] for r in runs]  # sharpe is null on 2,100 minutes: return_pct ranks
     assert returns == sorted(returns, reverse=True)
@@ -134,8 +133,10 @@ def test_split_ranks_in_sample_and_runs_the_best_five_again_on_the_rest(files):
         text = fixed(run["params"]["fast"], run["params"]["slow"])
         assert run["metrics"]["return_pct"] == pytest.approx(run_backtest(inside, compile_strategy(text)).return_pct, abs=1e-6)
         assert run["out_of_sample"]["candles"] == 900
-        assert run["out_of_sample"]["return_pct"] == pytest.approx(
-            run_backtest(outside, compile_strategy(text)).return_pct, abs=1e-6)
+        warmed = run_backtest(candles, compile_strategy(text), warmup=2100, close_at_end=True)
+        assert run["out_of_sample"]["metrics"] == warmed.metrics.as_json()
+        assert run["out_of_sample"]["metrics"]["trades"] == len(warmed.trades)
+        assert all(t.exit_time is not None for t in warmed.trades)  # the block closes what is open at its end
     table = backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--split", "0.7").stdout
     assert "first 2,100 candles" in table and "last 900" in table and "out of sample" in table
     assert "sharpe is null for every combination" in table and "Ranked by return_pct" in table
@@ -154,10 +155,35 @@ def test_walk_forward_tests_each_folds_best_on_the_next_block_and_joins_them(fil
                      for f in (3, 4, 5, 6) for s in (8, 12, 16, 20)}
         best = max(by_return, key=by_return.get)
         assert (fold["runs"][0]["params"]["fast"], fold["runs"][0]["params"]["slow"]) == best
-        test = {k: v[train_end:test_end] for k, v in candles.items()}
-        balance *= 1 + run_backtest(test, compile_strategy(fixed(*best))).return_pct / 100
+        test = {k: v[:test_end] for k, v in candles.items()}  # warmed up on everything before the block
+        balance *= 1 + run_backtest(test, compile_strategy(fixed(*best)), warmup=train_end,
+                                    close_at_end=True).return_pct / 100
     assert report["out_of_sample"]["candles"] == 2000
     assert report["out_of_sample"]["metrics"]["return_pct"] == pytest.approx((balance - 1) * 100, abs=1e-5)
+    assert report["rolling"] is False
+
+
+def test_rolling_walk_forward_trains_each_fold_on_the_block_before_its_test_only(files):
+    report = json.loads(backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt",
+                                 "--walk-forward", "2", "--rolling", "--rank", "return_pct", "--json").stdout)
+    candles = load_candles(files / "candles.csv")
+    assert report["rolling"] is True
+    assert [(f["train_start"], f["train_candles"], f["test_candles"]) for f in report["folds"]] == [
+        (0, 1000, 1000), (1000, 1000, 1000)]
+    # Fold 2 ranks on candles 1000-1999 alone, its averages warmed up on the 1,000 before.
+    history = {k: v[:2000] for k, v in candles.items()}
+    by_return = {(f, s): run_backtest(history, compile_strategy(fixed(f, s)), warmup=1000).return_pct
+                 for f in (3, 4, 5, 6) for s in (8, 12, 16, 20)}
+    ranked = sorted(by_return, key=lambda key: -by_return[key])
+    assert [(r["params"]["fast"], r["params"]["slow"]) for r in report["folds"][1]["runs"]] == ranked[:5]
+    anchored = {(f, s): run_backtest(history, compile_strategy(fixed(f, s))).return_pct
+                for f in (3, 4, 5, 6) for s in (8, 12, 16, 20)}
+    assert max(anchored, key=anchored.get) != ranked[0]  # the window matters on this history
+    table = backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--walk-forward", "2",
+                     "--rolling").stdout
+    assert "Fold 2 of 2: ranked by return_pct on 1,000 candles (2018-01-20 21:33" in table
+    refused = backtest("--candles", files / "candles.csv", "--strategy", files / "sweep.txt", "--rolling", check=False)
+    assert refused.returncode == 2 and "--rolling is a kind of --walk-forward" in refused.stderr
 
 
 def test_bad_split_and_fold_counts_are_usage_errors(files):

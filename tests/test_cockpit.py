@@ -192,3 +192,9 @@ def test_the_ledgers_stale_is_called_superseded_on_the_dashboard(operator, db):
                        remote_addr="127.0.0.1", raw_body="")
     page = operator.get("/dashboard/activity").get_data(as_text=True)
     assert ">superseded<" in page and ">stale<" not in page
+
+
+@pytest.mark.parametrize("alert_id", ["²", "1" * 23, "٣", "-1", "1.0", "9" * 19])
+def test_acknowledging_an_alert_id_that_is_not_a_plain_number_is_404(operator, alert_id):
+    answer = operator.post(f"/alerts/{alert_id}/acknowledge", data={"csrf_token": operator.csrf_token})
+    assert answer.status_code == 404

@@ -264,3 +264,101 @@ def test_a_binance_broker_publishes_the_exchanges_step_sizes_when_it_reads_them(
         exchange.close()
     # the stand-in's XRPETH: LOT_SIZE stepSize 1, PRICE_FILTER tickSize 0.00000001, as Binance's own
     assert precision.for_market(db, "XRPETH", "ETH", 0.00141) == precision.Precision(0, 8, 6, "binance")
+
+
+# -- error pages, webhook hints, chart levels, the CSV export ------------------------------------------
+
+def test_an_unknown_page_is_a_404_in_the_apps_layout_for_everyone(client, operator):
+    for browser in (client, operator):
+        answer = browser.get("/no/such/page")
+        page = answer.get_data(as_text=True)
+        assert answer.status_code == 404 and answer.content_type.startswith("text/html")
+        assert "404 Not Found · Omniwise</title>" in page and "This page does not exist" in page
+        assert 'class="brand"' in page and "Back to the dashboard" in page
+    assert "<nav" in operator.get("/no/such/page").get_data(as_text=True)  # the operator keeps the navigation
+    answer = operator.post("/alerts/999/acknowledge", data={"csrf_token": operator.csrf_token})
+    assert answer.status_code == 404 and "There is no alert 999." in answer.get_data(as_text=True)
+    assert operator.get("/api/v1/nothing").json == {"error": "Not Found: The requested URL was not found on the "
+                                                             "server. If you entered the URL manually please check "
+                                                             "your spelling and try again."}
+
+
+def test_a_failing_page_is_a_500_in_the_layout_without_the_exceptions_text(app, operator, monkeypatch):
+    from core import dashboard
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("internal detail that must not be shown")
+
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+    monkeypatch.setattr(dashboard, "recent_activity", broken)
+    answer = operator.get("/")
+    page = answer.get_data(as_text=True)
+    assert answer.status_code == 500 and "Something went wrong" in page and "<nav" in page
+    assert "internal detail" not in page and "The log has the details" in page
+
+
+@pytest.mark.parametrize("body, content_type, words", [
+    (b"hello", "text/plain", ['the body is the word "hello", which is not a signal',
+                              "buy, sell, long, flat, short"]),
+    (b"buy", "application/x-www-form-urlencoded", ['the form body is the bare word "buy"',
+                                                   "Content-Type: text/plain"]),
+])
+def test_the_webhook_says_which_words_it_takes_and_how_to_send_a_bare_word(app, client, body, content_type, words):
+    token = app.extensions["omniwise.webhook"].token
+    answer = client.post(f"/api/v1/external-signal/{token}", data=body, headers={"Content-Type": content_type})
+    assert answer.status_code == 400
+    for part in words:
+        assert part in answer.json["error"], answer.json
+    ok = client.post(f"/api/v1/external-signal/{token}", data=b"buy", headers={"Content-Type": "text/plain"})
+    assert ok.status_code == 200
+
+
+def test_the_chart_draws_the_open_trades_entry_stop_and_take_profit(operator, db, data_dir):
+    from core import brokers, open_trade
+
+    (data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\nSTOP LOSS 2%\nTAKE PROFIT 5%\n")
+    at = now_ms()
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 101, 101, 101, 101, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, at - at % 60_000, at - at % 60_000 + 59_999])
+        open_trade.save(db, SYMBOL, open_trade.OpenTrade(100.0, {}, 100.0), at)
+    brokers.save_position(db, brokers.Position("long", 1.0, 100.0), at)
+    data = operator.get("/api/v1/chart").json
+    assert data["levels"] == [{"name": "entry", "price": 100.0}, {"name": "stop loss", "price": 98.0},
+                              {"name": "take profit", "price": 105.0}]
+    assert data["price_decimals"] == 2  # as the tiles write a price of 101 USDT
+    with db.conn:
+        open_trade.save(db, SYMBOL, open_trade.OpenTrade(), at)
+    brokers.save_position(db, brokers.Position("flat"), at)
+    assert operator.get("/api/v1/chart").json["levels"] == []
+
+
+def test_trades_export_as_csv_with_every_digit_and_utc_times(operator, db, settings):
+    import csv
+    import io
+
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    start = 1_796_000_000_000  # 2026-11-30 00:53:20 UTC
+    for side, price, at in (("BUY", 100.0, start), ("SELL", 110.0, start + 60_000), ("BUY", 1e-7, start + 120_000)):
+        with db.conn:
+            decision_id = db.execute(
+                "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
+                "created_at_ms) VALUES (?, ?, ?, 'long', 'flat', 'strategy', ?)", [SYMBOL, at, side, at]).lastrowid
+        broker.submit(decision_id, side, at)
+        broker.fill_pending(price, at)
+    answer = operator.get("/trades.csv")
+    assert answer.content_type == "text/csv; charset=utf-8"
+    assert 'attachment; filename="omniwise-BTCUSDT-trades.csv"' == answer.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
+    assert [r["entry_time_utc"] for r in rows] == ["2026-11-30T00:53:20.000Z", "2026-11-30T00:55:20.000Z"]
+    first = rows[0]
+    qty = 10_000 / 100 * 0.999  # all the cash less the fee
+    pnl = qty * 110 * 0.999 - 10_000
+    assert float(first["qty"]) == pytest.approx(qty, rel=1e-15) and float(first["pnl"]) == pytest.approx(pnl, rel=1e-12)
+    assert (first["exit_time_utc"], first["exit_reason"], first["side"]) == ("2026-11-30T00:54:20.000Z", "rule", "long")
+    second = rows[1]
+    assert second["entry_price"] == "0.0000001" and second["exit_price"] == "" and second["pnl"] == ""
+    assert not any("e" in value.lower() for row in rows for key, value in row.items()
+                   if key not in ("side", "exit_reason", "entry_time_utc", "exit_time_utc"))

@@ -263,7 +263,8 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
                  "could not be read either", False, id="broken JSON hides its token"),
     # 400: the body is not a usable signal (recorded, since the token was right)
     pytest.param(dict(body="BUY NOW", content_type="text/plain"), 400, "not valid JSON", True, id="plain words"),
-    pytest.param(dict(body="hold", content_type="text/plain"), 400, "not valid JSON", True, id="plain unknown word"),
+    pytest.param(dict(body="hold", content_type="text/plain"), 400, "buy, sell, long, flat, short", True,
+                 id="plain unknown word"),
     pytest.param(dict(body='{"signal": "BUY",}'), 400, "not valid JSON", True, id="trailing comma"),
     pytest.param(dict(body=""), 400, "empty", True, id="empty body"),
     pytest.param(dict(body="[1, 2]"), 400, "not an object", True, id="JSON array"),

@@ -9,6 +9,7 @@ import pytest
 from core import store, strategies
 from core.health import liveness
 from core.dsl import StrategyError, compile_strategy
+from core.dsl.parser import MAX_CHARS
 
 NOW_MS = 1_800_000_000_000
 GOOD = "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n"
@@ -45,7 +46,7 @@ def test_crlf_from_a_browser_is_saved_as_lf(path, db):
 
 
 def test_an_overlong_text_is_refused_with_a_position():
-    _, errors = strategies.check("#" * (strategies.MAX_CHARS + 1))
+    _, errors = strategies.check("#" * (MAX_CHARS + 1))
     assert (errors[0].line, errors[0].column) == (1, 1) and "at most" in errors[0].message
 
 
@@ -171,3 +172,64 @@ def test_validate_and_save_refuse_such_a_text_with_its_position(operator, path, 
     page = answer.get_data(as_text=True)
     assert answer.status_code == 422 and "Not saved" in page and message in page
     assert path.read_text() == before
+
+
+NOT_UTF8 = b"IF CLOSE > 10 THEN BUY\nIF CLOSE < 5 THEN SELL # caf\xe9\n"  # Latin-1, as an old editor saves it
+
+
+def test_a_strategy_file_that_is_not_utf8_is_refused_everywhere_with_its_place_and_kept_when_saved_over(
+        operator, settings, runner, tmp_path):
+    from core.policy_loader import PolicyLoader
+
+    path = settings.strategy_path
+    path.write_bytes(NOT_UTF8)
+    expected = "2:29: error: the file is not UTF-8 text (byte 0xe9); save it as UTF-8"
+    editor = operator.get("/admin/algo")
+    assert editor.status_code == 200 and "the file is not UTF-8 text (byte 0xe9)" in editor.get_data(as_text=True)
+    assert "IF CLOSE &lt; 5 THEN SELL # caf\ufffd" in editor.get_data(as_text=True)  # shown, the bad byte marked
+    for page in ("/admin/algo/history", "/admin/algo/loaded"):
+        assert operator.get(page).status_code == 200, page
+    loader = PolicyLoader(path)
+    assert loader.current().rules == () and loader.error.errors[0].format(str(path)) == f"{path}:{expected}"
+    checked = runner.invoke(args=["check", str(path)])
+    assert checked.exit_code == 1 and checked.output == f"{path}:{expected}\n"
+    saved = operator.post("/admin/algo", data={"strategy": "IF CLOSE > 11 THEN BUY\n",
+                                               "csrf_token": operator.csrf_token})
+    assert saved.status_code == 302
+    assert path.read_text() == "IF CLOSE > 11 THEN BUY\n"
+    (aside,) = path.parent.glob("strategy.txt.unreadable-*")
+    assert aside.read_bytes() == NOT_UTF8  # nothing lost
+
+
+def test_a_huge_sparse_strategy_file_is_refused_unread_by_the_web_app_and_the_backtest(operator, settings, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, SHARED_DATA
+
+    path = settings.strategy_path
+    with open(path, "wb") as file:
+        file.truncate(1 << 30)  # 1 GB of holes: instant to make, 80 s and 4 GB to render when read
+    message = "the file is 1,073,741,824 bytes long; a strategy has at most 100,000 characters"
+    editor = operator.get("/admin/algo")
+    assert editor.status_code == 200 and message in editor.get_data(as_text=True)
+    assert operator.get("/admin/algo/history").status_code == 200
+    candles = SHARED_DATA / "binance" / "XRPETH-1m-2019-10-11.csv"
+    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(candles),
+                             "--strategy", str(path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", f"{path}:1:1: error: {message}\n")
+
+
+def test_backtest_refuses_a_strategy_that_is_not_utf8_with_its_place(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, SHARED_DATA
+
+    path = tmp_path / "latin1.txt"
+    path.write_bytes(NOT_UTF8)
+    candles = SHARED_DATA / "binance" / "XRPETH-1m-2019-10-11.csv"
+    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(candles),
+                             "--strategy", str(path)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert (result.returncode, result.stderr) == (
+        1, f"{path}:2:29: error: the file is not UTF-8 text (byte 0xe9); save it as UTF-8\n")

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import logging
 import math
+import re
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
@@ -31,6 +32,7 @@ TOKEN_KEY = "webhook_token"  # the generated token's row of the meta table
 
 # TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short.
 SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "SELL", "short": "SELL"}
+BARE_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")  # a lone word, not JSON: told which words are taken
 EXAMPLE = '{"signal": "{{strategy.order.action}}", "timestamp": "{{timenow}}", "source": "TradingView"}'
 
 
@@ -123,10 +125,18 @@ def read_fields(body: bytes, content_type: str | None) -> dict[str, object]:
         raise SignalError(f"the body is not UTF-8 text (byte {exc.start})", f"send JSON like {EXAMPLE}") from None
     if not text.strip():
         raise SignalError("the body is empty", f"send JSON like {EXAMPLE}")
+    word = text.strip()
+    if is_form and word.lower() in SIGNAL_WORDS:  # curl --data buy sends a form: the word is not a field
+        raise SignalError(f"the form body is the bare word {_quote(word)}",
+                          f"send a bare word as text/plain (curl -H 'Content-Type: text/plain' --data {word}), "
+                          "or a form field: signal=BUY")
     if is_form and not text.lstrip().startswith("{"):
         return _form_fields(text)
-    if mimetype in ("", "text/plain") and text.strip().lower() in SIGNAL_WORDS:
-        return {"signal": text.strip()}  # a bare word: TradingView's {{strategy.order.action}} as the whole message
+    if mimetype in ("", "text/plain") and word.lower() in SIGNAL_WORDS:
+        return {"signal": word}  # a bare word: TradingView's {{strategy.order.action}} as the whole message
+    if mimetype in ("", "text/plain") and BARE_WORD.fullmatch(word):
+        raise SignalError(f"the body is the word {_quote(word)}, which is not a signal",
+                          f"send one of the words {', '.join(SIGNAL_WORDS)} (any case), or JSON like {EXAMPLE}")
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:

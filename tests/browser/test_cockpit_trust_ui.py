@@ -30,7 +30,7 @@ def site(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("trust") / "data"
     data_dir.mkdir()
     (data_dir / "strategy.txt").write_text((ROOT / "data" / "strategy.txt").read_text())
-    server = Server(data_dir, OMNIWISE_ADMIN_PASSWORD=PASSWORD).start()
+    server = Server(data_dir, OMNIWISE_ADMIN_PASSWORD=PASSWORD, OMNIWISE_SYMBOL="BTCUSDT").start()
     try:
         yield server
     finally:
@@ -125,3 +125,55 @@ def test_keyboard_focus_stays_on_pause_across_live_refreshes(op, site):
     op.locator("#trading-toggle").focus()
     wait_until(lambda: op.evaluate("window.settled") >= 2, timeout_s=15, what="two refreshes of the tiles")
     assert op.evaluate("document.activeElement.id") == "trading-toggle"
+
+
+def seed_market(site) -> None:
+    """Thirty candles of BTCUSDT around 100 and an open long from 100 under STOP LOSS 2% and TAKE PROFIT 5%."""
+    from core import brokers, open_trade
+
+    (site.data_dir / "strategy.txt").write_text("IF MA4 > MA9 THEN BUY\nSTOP LOSS 2%\nTAKE PROFIT 5%\n")
+
+    def seed(db):
+        start = now_ms() - now_ms() % 60_000 - 30 * 60_000
+        with db.conn:
+            for i in range(30):
+                price = 100 + (i % 5) - 2
+                db.execute("INSERT OR REPLACE INTO candles VALUES ('BTCUSDT', ?, ?, ?, ?, ?, 1, ?, 1, 1, 0.5, 0.5)",
+                           [start + i * 60_000, price, price + 1, price - 1, price + 0.5, start + i * 60_000 + 59_999])
+            open_trade.save(db, "BTCUSDT", open_trade.OpenTrade(100.0, {}, 100.0), now_ms())
+        brokers.save_position(db, brokers.Position("long", 1.0, 100.0), now_ms())
+
+    write(site, seed)
+
+
+def test_the_chart_shows_values_on_hover_and_the_open_trades_lines(op, site):
+    worker_alive(site)
+    seed_market(site)
+    op.goto(site.url + "/")
+    chart = op.locator("#chart")
+    expect(chart).to_have_attribute("data-levels", "entry,stop loss,take profit")
+    box = chart.bounding_box()
+    chart.hover(position={"x": box["width"] * 0.5, "y": box["height"] * 0.5})  # scrolled into view first
+    expect(op.locator("#chart-hover")).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d UTC · O \d+\.\d\d · H \d+\.\d\d · L \d+\.\d\d · C \d+\.\d\d"))
+
+
+def test_the_equity_curve_has_a_point_every_step_so_its_axis_is_time(op, site):
+    op.goto(site.url + "/trades")
+    # fills at 0, 10 min and 60 min: a point a minute, each holding the equity since the last fill
+    grid = op.evaluate("window.omniwiseCharts.onTimeGrid([{time: 600, value: 1}, {time: 1200, value: 2},"
+                       " {time: 4200, value: 3}])")
+    assert [p["time"] for p in grid] == list(range(600, 4201, 60))
+    values = {p["time"]: p["value"] for p in grid}
+    assert (values[600], values[1140], values[1200], values[4140], values[4200]) == (1, 1, 2, 2, 3)
+    # a year of fills: a point a week at most 1,500 points; the ends stay exact
+    year = op.evaluate("window.omniwiseCharts.onTimeGrid([{time: 1000, value: 1}, {time: 1000 + 365 * 86400, value: 2}])")
+    assert len(year) <= 1502 and year[0] == {"time": 1000, "value": 1} and year[-1]["time"] == 1000 + 365 * 86400
+
+
+def test_an_unknown_page_is_a_404_in_the_layout(op, site):
+    answer = op.goto(site.url + "/no/such/page")
+    assert answer.status == 404
+    expect(op.get_by_role("heading", level=1)).to_have_text("This page does not exist")
+    expect(op.get_by_role("link", name="Back to the dashboard")).to_be_visible()
+    assert op.evaluate("document.documentElement.scrollWidth") <= op.viewport_size["width"]
