@@ -76,6 +76,25 @@ class CandleWindow:
             self._start += 1
         self.last_open_time_ms = candle.open_time_ms
 
+    @property
+    def first_open_time_ms(self) -> int | None:
+        """Open time of the oldest candle kept, or None while empty."""
+        return int(self._data["open_time_ms"][self._start]) if len(self) else None
+
+    def prepend(self, candles: list[Candle]) -> None:
+        """Put older candles (in time order, all before the oldest kept) in front, as far as the capacity goes."""
+        room = self.capacity - len(self)
+        older = candles[len(candles) - room:] if room > 0 else []
+        if not older:
+            return
+        kept = {name: array[self._start:self._end].copy() for name, array in self._data.items()}
+        for name, array in self._data.items():
+            array[:len(older)] = [getattr(c, name) for c in older]
+            array[len(older):len(older) + len(kept[name])] = kept[name]
+        self._start, self._end = 0, len(older) + len(kept["close"])
+        if self.last_open_time_ms is None:
+            self.last_open_time_ms = older[-1].open_time_ms
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The window as the policy reads it: open, high, low, close, volume, open_time_ms."""
         return {name: array[self._start:self._end] for name, array in self._data.items()}
@@ -456,6 +475,22 @@ class Trader:
             keep_stop(*(levels.stop() if levels is not None else (None, None)))
         except brokers.BrokerError as exc:
             log.warning("the stop kept on the exchange was not updated: %s", exc)
+
+    def prepend_history(self, candles: list[Candle], capacity: int) -> int:
+        """Older closed candles (the exchange's klines, loaded at start or after a strategy change that looks
+        further back): stored, and put before the window's oldest so that the indicators read the strategy's
+        whole look-back, up to `capacity` candles. Nothing is decided for them. Returns how many were added."""
+        first = self.window.first_open_time_ms
+        older = [c for c in candles if first is None or c.open_time_ms < first]
+        if not older:
+            return 0
+        with store.transaction(self.db):
+            self.db.conn.executemany("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                     [[self.symbol, *candle] for candle in older])
+        self.window.grow(capacity)
+        before = len(self.window)
+        self.window.prepend(older)
+        return len(self.window) - before
 
     def backfill(self, candles: list[Candle], decide_from_ms: int) -> None:
         """Take closed candles from the exchange's klines where ticks are missing (the start, a gap in the
