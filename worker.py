@@ -25,7 +25,7 @@ from core.binance.feed import Backfill, StreamTime, open_feed
 from core.binance.rest import BinanceRest, endpoints, market_of
 from core.binance.user_stream import UserStreamReader
 from core.brokers import PaperBroker
-from core.candles import Tick
+from core.candles import LiveTrade, Tick
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
 from core.health import alerts, heartbeat, liveness
@@ -217,6 +217,8 @@ class Worker:
                 return
             if isinstance(item, Tick):
                 trader.on_tick(item)
+            elif isinstance(item, LiveTrade):  # live: the exit levels are checked on every trade
+                trader.on_trade(item)
             elif isinstance(item, StreamTime):  # the live feed pauses about twice a second: run the jobs
                 if item.now_ms is not None:
                     trader.close_due(item.now_ms)

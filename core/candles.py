@@ -31,6 +31,16 @@ class Tick(NamedTuple):
     is_buyer_maker: bool
 
 
+class LiveTrade(NamedTuple):
+    """A trade of the exchange's live aggregate-trade stream: what the exit levels are checked against
+    (live candles are the exchange's klines, never built from these)."""
+
+    price: float
+    time_ms: int
+    agg_id: int
+    is_first_seen: bool = False  # the first trade on a new connection: the ones before it were missed
+
+
 class Candle(NamedTuple):
     """One 1-minute candle in Binance's kline columns (without the trailing `ignore`)."""
 

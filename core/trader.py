@@ -13,13 +13,14 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 from sqlite_utils import Database
 
 from core import brokers, controls, events, exits, open_trade, store
 from core.health import alerts
-from core.candles import Candle, Tick, TickBuffer
+from core.candles import Candle, LiveTrade, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
 from core.policy_loader import PolicyLoader
@@ -100,6 +101,9 @@ class Trader:
         self.open_trade = open_trade.OpenTrade()  # the risk state of the position (stored in risk_state)
         self._last_policy: Policy | None = None
         self._tick_minute_ms: int | None = None  # the minute whose ticks were checked against the levels
+        self._trade_minute_ms: int | None = None  # live: the minute of the stream's last trade
+        self._partly_watched_ms: int | None = None  # live: a minute whose first trades were missed (a connect)
+        self._exits_to_alert: list[_ExitAlert] = []  # risk exits sent to an exchange, alerted with their fill
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -197,6 +201,7 @@ class Trader:
         for sent in (late_order, exit_order, order):
             if sent is not None and sent.get("status") != "filled":
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
+        self._alert_exits()
         for sent in (late_order, order):
             if sent is not None and sent["side"] == "BUY" and policy.risk.has_exits:
                 self._enter_from_exchange_fill(sent, policy)
@@ -321,33 +326,75 @@ class Trader:
             order["status"] = "filled"
         self.open_trade.close()
         self.open_trade.reentry_blocked = True
-        change = f" (entry {entry:.8g}, {(price / entry - 1) * 100:+.2f} %)" if entry else ""
-        alerts.queue(self.db, "trade", reason,  # logged there; an exit is worth a notification
-                     f"{statement.upper()}: {self.symbol} exited by {exits.REASON_WORDS[reason]} at {price:.8g}"
-                     f"{change}" + (" by the stop kept on the exchange" if stop_fill is not None else ""),
-                     now_ms, is_failure=False)
+        exit_alert = _ExitAlert(order["id"], reason, statement, entry, price, stop_fill is not None)
+        if order.get("status") == "filled" or stop_fill is not None:
+            self._alert_exit(exit_alert, price, now_ms)
+        else:  # an exchange fills it when it is sent: the alert gives that fill, not the level
+            self._exits_to_alert.append(exit_alert)
         return order, filled
 
+    def _alert_exits(self) -> None:
+        """Alert the risk exits sent to the exchange since, each with its real fill (after execute)."""
+        while self._exits_to_alert:
+            exit_alert = self._exits_to_alert.pop(0)
+            status, price = self.db.execute("SELECT status, price FROM orders WHERE id = ?",
+                                            [exit_alert.order_id]).fetchone()
+            with store.transaction(self.db):
+                self._alert_exit(exit_alert, price if status == "filled" else None, int(self.clock() * 1000), status)
+
+    def _alert_exit(self, exit_alert: "_ExitAlert", price: float | None, now_ms: int, status: str = "filled") -> None:
+        reason, entry = exit_alert.reason, exit_alert.entry
+        head = f"{exit_alert.statement.upper()}: {self.symbol} exited by {exits.REASON_WORDS[reason]}"
+        if price is None:  # refused, or its outcome unknown: the order's own alert tells what follows
+            message = f"{head}: the exit order at the level {exit_alert.level:.8g} is {status}"
+        else:
+            change = f" (entry {entry:.8g}, {(price / entry - 1) * 100:+.2f} %)" if entry else ""
+            level = f", level {exit_alert.level:.8g}" if price != exit_alert.level else ""
+            message = f"{head} at {price:.8g}{change}{level}" + (
+                " by the stop kept on the exchange" if exit_alert.by_exchange_stop else "")
+        alerts.queue(self.db, "trade", reason, message, now_ms, is_failure=False)  # an exit is worth a notification
+
+    def on_trade(self, trade: LiveTrade) -> None:
+        """Live: one trade of the exchange's stream (the candles are the exchange's klines), checked against
+        the stop, take-profit and trailing levels at once, so an exit goes out on the trade that crossed.
+        The first trade seen on a new connection is not its minute's open, and that minute's candle is
+        checked too (its earlier trades were missed)."""
+        minute_ms = trade.time_ms - trade.time_ms % 60_000
+        is_open = minute_ms != self._trade_minute_ms and not trade.is_first_seen
+        self._trade_minute_ms = minute_ms
+        if trade.is_first_seen:
+            self._partly_watched_ms = minute_ms
+        self._tick_minute_ms = None if minute_ms == self._partly_watched_ms else minute_ms
+        self.last_price = trade.price
+        if self.open_trade.is_open and self._last_policy is None:  # started in a trade: no candle yet
+            self._last_policy = self.check_strategy()
+        self._check_level(trade.price, trade.time_ms, is_open)
+
     def _check_tick(self, tick: Tick) -> None:
-        """Live: check the levels on every trade of the minute; the first one is the minute's open."""
+        """Replay: check the levels on every trade of the minute; the first one is the minute's open."""
         minute_ms = tick.time_ms - tick.time_ms % 60_000
         is_open = minute_ms != self._tick_minute_ms
         self._tick_minute_ms = minute_ms
+        self._check_level(tick.price, tick.time_ms, is_open)
+
+    def _check_level(self, price: float, time_ms: int, is_open: bool) -> None:
         policy = self._last_policy
         levels = self.open_trade.levels(policy.risk) if policy is not None else None
         if levels is None:
             return
-        hit = levels.check_tick(tick.price, is_open)
+        hit = levels.check_tick(price, is_open)
         if hit is None:
             return
+        minute_ms = time_ms - time_ms % 60_000
         now_ms = int(self.clock() * 1000)
         with store.transaction(self.db):
-            order, filled = self._risk_exit(policy, *hit, minute_ms, tick.time_ms, now_ms)
+            order, filled = self._risk_exit(policy, *hit, minute_ms, time_ms, now_ms)
             open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
             if filled:
                 brokers.save_position(self.db, self.broker.position(), now_ms)
         if order.get("status") != "filled":
             self.broker.execute(order)
+        self._alert_exits()
         self._keep_exchange_stop(policy)
         for fill in filled:
             events.emit(events.order_filled, self.broker, order=fill)
@@ -509,6 +556,15 @@ class Trader:
         elif error is None and (is_new_version or is_new_error):
             events.emit(events.strategy_reloaded, self, policy=policy)
         return policy
+
+
+class _ExitAlert(NamedTuple):
+    order_id: int
+    reason: str
+    statement: str
+    entry: float | None
+    level: float
+    by_exchange_stop: bool
 
 
 def _joined(before: str | None, now: str) -> str:

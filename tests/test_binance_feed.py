@@ -266,3 +266,50 @@ def test_a_server_shutdown_announcement_reconnects_at_once():
     finally:
         reader.close()
         exchange.close()
+
+
+def test_the_reader_streams_every_trade_on_the_klines_connection_and_marks_the_first_after_a_connect():
+    from core.candles import LiveTrade
+
+    exchange = start_standin(speed=600)
+    reader = StreamReader(exchange.stream_url, "XRPETH", SPOT, random=lambda: 0.0)
+    reader.start()
+    try:
+        trades, klines = [], 0
+        while len(trades) < 20 or not klines:
+            event = reader.events.get(timeout=10)
+            if isinstance(event, LiveTrade):
+                trades.append(event)
+            elif isinstance(event, KlineUpdate):
+                klines += 1
+        assert reader.connections == 1  # both streams on one connection
+        by_id = {int(row[0]): row for row in exchange.trades}
+        assert [(t.price, t.time_ms) for t in trades] == [(float(by_id[t.agg_id][1]), int(by_id[t.agg_id][5]))
+                                                          for t in trades]
+        ids = [t.agg_id for t in trades]
+        assert ids == list(range(ids[0], ids[0] + len(ids)))  # every trade, in order
+        assert [t.is_first_seen for t in trades] == [True] + [False] * (len(trades) - 1)
+        assert exchange.drop_streams() == 1
+        after = next_event(reader, LiveTrade)
+        assert after.is_first_seen and after.agg_id > ids[-1]  # python-binance reconnected by itself
+    finally:
+        reader.close()
+        exchange.close()
+
+
+def test_the_feed_hands_every_trade_over_as_it_comes(standin):
+    from core.candles import LiveTrade
+
+    reader = FakeReader()
+    start_ms = DAY_START_MS + 3 * HOUR_MS
+    trades = [LiveTrade(0.0016 + i * 1e-7, start_ms + 5_000 + i, 100 + i, i == 0) for i in range(3)]
+    for trade in trades:
+        reader.events.put(trade)
+    feed = make_feed(standin, reader, after_ms=start_ms - MINUTE_MS)
+    seen = []
+    for item in feed:
+        seen.append(item)
+        if reader.events.empty():
+            feed.stop.set()
+    assert [item for item in seen if isinstance(item, LiveTrade)] == trades
+    assert not any(isinstance(item, (Candle, Backfill)) for item in seen)  # trades make no candle

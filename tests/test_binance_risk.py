@@ -315,3 +315,39 @@ def test_worker_stop_holds_on_binance_while_the_worker_is_down_and_its_exit_is_r
         assert len(exchange.orders) == orders_at_binance and live_stops(exchange) == []  # no second exit
     finally:
         exchange.close()
+
+
+def test_live_trades_are_checked_one_by_one_and_the_exit_goes_out_on_the_crossing_trade_with_its_real_fill(
+        standin, db, data_dir):
+    """No kline comes: the stop is checked on each trade of the stream; the exit is a market order sent on
+    the trade that crossed, and the alert and the trade record give Binance's fill, not the level."""
+    from core.binance.spot import BinanceSpotBroker
+    from core.candles import LiveTrade
+    from core.health import alerts
+    from tests.test_binance_brokers import broker_for
+    from tests.test_trader import T0, candle
+
+    broker = broker_for(standin, db, BinanceSpotBroker)
+    (data_dir / "strategy.txt").write_text("IF CLOSE > 0 THEN BUY\nSTOP LOSS 1%\n")
+    trader = Trader(db, SYMBOL, PolicyLoader(data_dir / "strategy.txt"), broker)
+    trader.resume()  # reads the account, as the worker does at start
+    trader.on_candle(candle(0, float(standin.last_price())))  # BUY, filled by Binance at once
+    (buy,) = standin.orders
+    entry = float(Decimal(buy["cummulativeQuoteQty"]) / Decimal(buy["executedQty"]))
+    level = entry * 0.99
+    minute = T0 + 60_000
+    trader.on_trade(LiveTrade(entry * 0.995, minute + 1_000, 1, is_first_seen=True))
+    trader.on_trade(LiveTrade(level * 1.0001, minute + 2_000, 2))
+    assert len(standin.orders) == 1  # above the level: nothing
+    trader.on_trade(LiveTrade(level * 0.999, minute + 3_000, 3))  # crosses: out at once, no kline needed
+    assert [o["side"] for o in standin.orders] == ["BUY", "SELL"]
+    sell = standin.orders[1]
+    fill = float(Decimal(sell["cummulativeQuoteQty"]) / Decimal(sell["executedQty"]))
+    reason, candle_ms, price = db.execute(
+        "SELECT d.reason, d.candle_open_time_ms, o.price FROM orders o JOIN decisions d ON d.id = o.decision_id "
+        "WHERE o.side = 'SELL'").fetchone()
+    assert (reason, candle_ms, price) == ("stop_loss", minute, pytest.approx(fill, rel=1e-12))
+    message = alerts.recent(db, 1)[0]["message"]
+    assert f"exited by stop loss at {fill:.8g}" in message and f"level {level:.8g}" in message, message
+    trader.on_trade(LiveTrade(level * 0.5, minute + 4_000, 4))
+    assert len(standin.orders) == 2  # flat: later trades send nothing

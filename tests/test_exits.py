@@ -628,3 +628,47 @@ def test_binance_spot_risk_exit_is_one_market_sell_with_the_exit_decisions_clien
         assert query(data_dir, "SELECT count(*) FROM alerts WHERE subject = 'trade' AND state = 'trailing_stop'")[0][0] >= 1
     finally:
         exchange.close()
+
+
+@pytest.fixture
+def worker_in_trade(settings):
+    """A paper worker long from 100 with STOP LOSS 2 % (the stop at 98), two candles in."""
+    import dataclasses
+
+    from worker import Worker
+
+    settings = dataclasses.replace(settings, symbol="XRPETH")
+    settings.strategy_path.write_text("IF CLOSE > 100 THEN BUY\nSTOP LOSS 2%\n")
+    worker = Worker(settings, clock=lambda: 1_700_000_000.0)
+    worker.trader.on_candle(Candle(T0, 101, 101, 101, 101, 1.0, T0 + 59_999, 101, 1, 0.5, 50))  # BUY
+    worker.trader.on_candle(Candle(T0 + MINUTE, 100, 101, 100, 101, 1.0, T0 + MINUTE + 59_999, 101, 1, 0.5, 50))
+    assert worker.trader.open_trade.entry_price == 100
+    yield worker
+    worker.db.close()
+
+
+def test_the_worker_checks_the_levels_on_each_live_trade_and_a_minute_joined_late_again_by_its_candle(
+        worker_in_trade):
+    from core.candles import LiveTrade
+
+    worker, trader = worker_in_trade, worker_in_trade.trader
+    # Connected in the middle of minute 2: its trades before were missed, so its candle is checked too.
+    worker.trade(iter([LiveTrade(99.0, T0 + 2 * MINUTE + 30_000, 7, is_first_seen=True),
+                       LiveTrade(98.5, T0 + 2 * MINUTE + 40_000, 8)]))
+    assert trader.open_trade.is_open  # no trade reached 98
+    trader.on_candle(Candle(T0 + 2 * MINUTE, 99, 99.5, 97.5, 98.5, 1.0, T0 + 2 * MINUTE + 59_999, 98, 1, 0.5, 49))
+    reason, price = worker.db.execute("SELECT d.reason, o.price FROM orders o JOIN decisions d "
+                                      "ON d.id = o.decision_id WHERE o.side = 'SELL'").fetchone()
+    assert (reason, price) == ("stop_loss", pytest.approx(98.0))  # the candle's low 97.5 reached the stop
+
+
+def test_a_live_trade_crossing_the_stop_ends_the_trade_before_its_candle_comes(worker_in_trade):
+    from core.candles import LiveTrade
+
+    worker = worker_in_trade
+    worker.trade(iter([LiveTrade(99.0, T0 + 2 * MINUTE + 1, 7, is_first_seen=True),
+                       LiveTrade(99.5, T0 + 3 * MINUTE, 8),  # the minute's open, watched from its start
+                       LiveTrade(97.9, T0 + 3 * MINUTE + 5_000, 9)]))
+    assert not worker.trader.open_trade.is_open
+    (minute_ms,) = worker.db.execute("SELECT candle_open_time_ms FROM decisions WHERE reason = 'stop_loss'").fetchone()
+    assert minute_ms == T0 + 3 * MINUTE and worker.db.execute("SELECT count(*) FROM candles").fetchone() == (2,)

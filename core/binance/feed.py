@@ -1,4 +1,5 @@
-"""The live feed: Binance's 1-minute kline stream of one symbol, with every gap filled from REST klines.
+"""The live feed: Binance's 1-minute kline stream of one symbol, with every gap filled from REST klines, and
+its aggregate-trade stream on the same connection, for the exit levels.
 
 Candles are Binance's own klines, never built here: a minute is traded when Binance closes it (the
 stream's kline with `x` true) or, for minutes the stream did not deliver (the start, a dropped or
@@ -13,6 +14,8 @@ Iterating the feed yields, in the trader's terms:
 
 - `Candle`: a minute Binance closed, in order, each once;
 - `Backfill`: Binance's klines for minutes the stream did not deliver; recent ones are traded;
+- `LiveTrade`: every trade of the aggregate-trade stream as it comes, so stop, take-profit and trailing
+  levels are checked on each (Binance: "Aggregate Trade Streams", pushed in real time);
 - `StreamTime(None)` about twice a second, so the worker runs its jobs while minutes go by.
 """
 
@@ -32,7 +35,7 @@ from binance.ws.streams import BinanceSocketManager
 
 from core.binance.rest import SPOT, BinanceRest, backoff_s, endpoints
 from core.brokers import BrokerError
-from core.candles import MINUTE_MS, Candle
+from core.candles import MINUTE_MS, Candle, LiveTrade
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,14 @@ def parse_kline(message: dict) -> KlineUpdate | None:
     return KlineUpdate(candle, bool(k["x"]), int(data["E"]))
 
 
+def parse_agg_trade(message: dict, is_first_seen: bool = False) -> LiveTrade | None:
+    """A LiveTrade from an aggregate-trade message (raw or combined-stream form); None for other messages."""
+    data = message.get("data", message)
+    if data.get("e") != "aggTrade":
+        return None
+    return LiveTrade(float(data["p"]), int(data["T"]), int(data["a"]), is_first_seen)
+
+
 def kline_candle(row: list) -> Candle:
     """A Candle from one row of Binance's klines endpoint."""
     return Candle(int(row[0]), float(row[1]), float(row[2]), float(row[3]), float(row[4]), float(row[5]),
@@ -116,8 +127,8 @@ class StreamThread(threading.Thread):
 
 
 class StreamReader(StreamThread):
-    """Reads the kline stream in its own thread and event loop, putting KlineUpdate and Disconnected events
-    on `events`; reconnects until `close()`."""
+    """Reads the kline and aggregate-trade streams (one connection) in its own thread and event loop, putting
+    KlineUpdate, LiveTrade and Disconnected events on `events`; reconnects until `close()`."""
 
     def __init__(self, stream_url: str, symbol: str, market: str = SPOT,
                  random: Callable[[], float] = _random.random, stall_s: float = STALL_S):
@@ -131,7 +142,8 @@ class StreamReader(StreamThread):
         client = AsyncClient()  # only the socket manager's settings: makes no network call
         manager = BinanceSocketManager(client, max_queue_size=QUEUE_SIZE)
         manager.STREAM_URL = manager.FSTREAM_URL = self.stream_url
-        streams = [f"{self.symbol.lower()}@kline_1m"]
+        # One connection for both (Binance's combined stream): a trade is never seen without its klines.
+        streams = [f"{self.symbol.lower()}@kline_1m", f"{self.symbol.lower()}@aggTrade"]
         failures = 0
         try:
             while not self._closing.is_set():
@@ -160,6 +172,7 @@ class StreamReader(StreamThread):
     async def _pump(self, stream) -> bool:
         """Hand messages over until closing (False) or Binance announces a shutdown (True)."""
         last_s = time.monotonic()
+        is_first_trade = True
         while not self._closing.is_set():
             try:
                 message = await asyncio.wait_for(stream.recv(), 1.0)
@@ -169,12 +182,15 @@ class StreamReader(StreamThread):
                 continue
             if message.get("e") == "error":  # python-binance reports a broken connection and reconnects
                 self.events.put(Disconnected(f"{message.get('type')}: {message.get('m')}"))
+                is_first_trade = True  # trades pushed meanwhile are lost
                 continue
             last_s = time.monotonic()
             if message.get("data", message).get("e") == "serverShutdown":
                 self.events.put(Disconnected("Binance announced a server shutdown"))
                 return True
-            update = parse_kline(message)
+            update = parse_kline(message) or parse_agg_trade(message, is_first_trade)
+            if isinstance(update, LiveTrade):
+                is_first_trade = False
             if update is not None:
                 self.events.put(update)
         return False
@@ -219,7 +235,7 @@ class BinanceFeed:
         self._backfill_failures = 0
         self._stream_time_at_s = 0.0
 
-    def __iter__(self) -> Iterator[Candle | Backfill | StreamTime]:
+    def __iter__(self) -> Iterator[Candle | Backfill | LiveTrade | StreamTime]:
         self.reader.start()
         try:
             while not self.stop.is_set():
@@ -227,7 +243,9 @@ class BinanceFeed:
                     event = self.reader.events.get(timeout=STREAM_TIME_EVERY_S)
                 except queue.Empty:
                     event = None
-                if isinstance(event, KlineUpdate):
+                if isinstance(event, LiveTrade):
+                    yield event
+                elif isinstance(event, KlineUpdate):
                     yield from self._take(event)
                 elif isinstance(event, Disconnected):
                     self._problem("stream", f"the kline stream is down ({event.reason})")
