@@ -68,11 +68,24 @@ def save(db: Database, symbol: str, trade: OpenTrade, now_ms: int) -> None:
 
 def last_risk_exit(db: Database, symbol: str) -> str | None:
     """'exited by stop loss at PRICE (HH:MM UTC)' when the newest filled sell was a risk exit, else None."""
+    row = _last_risk_exit(db, symbol)
+    if row is None:
+        return None
+    reason, price, filled_at_ms = row
+    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(filled_at_ms / 1000))
+    return f"exited by {REASON_WORDS[exit_reason(reason)]} at {price:.8g} ({when} UTC)"
+
+
+def last_risk_exit_ms(db: Database, symbol: str) -> int | None:
+    """When the newest filled sell was a risk exit, the time of its fill, else None."""
+    row = _last_risk_exit(db, symbol)
+    return None if row is None else row[2]
+
+
+def _last_risk_exit(db: Database, symbol: str) -> tuple[str, float, int] | None:
     row = db.execute("SELECT d.reason, o.price, o.filled_at_ms FROM orders o JOIN decisions d ON d.id = o.decision_id "
                      "WHERE o.symbol = ? AND o.side = 'SELL' AND o.status = 'filled' ORDER BY o.id DESC LIMIT 1",
                      [symbol]).fetchone()
     if row is None or exit_reason(row[0]) not in ("stop_loss", "take_profit", "trailing_stop"):
         return None
-    reason, price, filled_at_ms = row
-    when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(filled_at_ms / 1000))
-    return f"exited by {REASON_WORDS[exit_reason(reason)]} at {price:.8g} ({when} UTC)"
+    return row
