@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from blueprints.db import get_db
-from core import auth, charts, clock, logs, strategies, tradingview
+from core import auth, charts, clock, logs, strategies, tradingview, warmup
 from core.dsl import StrategyError
 
 bp = Blueprint("admin", __name__)
@@ -106,7 +106,7 @@ def save():
 def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_for_editor(_strategy_path())[0])
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
-                           preview=_preview(policy),
+                           preview=_preview(policy), history=policy and warmup.history_needed(policy),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
@@ -114,7 +114,8 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
 def validate():
     """The live check of the editor's text: the #validation fragment with every error (none: valid)."""
     policy, errors = strategies.check(request.form.get("strategy", ""))
-    return render_template("admin/_validation.html", policy=policy, errors=errors, preview=_preview(policy))
+    return render_template("admin/_validation.html", policy=policy, errors=errors, preview=_preview(policy),
+                           history=policy and warmup.history_needed(policy))
 
 
 def _preview(policy):
