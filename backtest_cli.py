@@ -23,8 +23,13 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
 
 
 @click.command("backtest")
-@click.option("--candles", "candles_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--candles", "candles_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="klines CSV (Binance's 12 columns, or open_time,open,high,low,close,volume)")
+@click.option("--symbol", help="instead of --candles: the history `download` kept of this market")
+@click.option("--from", "from_day", metavar="YYYY-MM-DD", help="with --symbol: first day (UTC)")
+@click.option("--to", "to_day", metavar="YYYY-MM-DD", help="with --symbol: last day (UTC), inclusive [default: today]")
+@click.option("--market", default="spot", show_default=True, type=click.Choice(["spot", "futures"]),
+              help="with --symbol: spot, or USDⓈ-M futures")
 @click.option("--strategy", "strategy_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="strategy file; numbers written {4..12}, {10..50..5}, {7,14,21} or {fast: 3..6} make a sweep")
 @click.option("--fee", default=0.001, show_default=True, type=click.FloatRange(0, 0.1), help="fee per side")
@@ -47,8 +52,11 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
               help="do not read or write the parsed candles kept next to the CSV (<file>.omniwise.npz)")
 def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: str, as_json: bool,
                      with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
-                     rolling: bool, no_cache: bool) -> None:
+                     rolling: bool, no_cache: bool, symbol: str | None, from_day: str | None, to_day: str | None,
+                     market: str) -> None:
     """Run a strategy (or every combination of a sweep) over a history with the worker's own policy and fills."""
+    if (candles_path is None) == (symbol is None) or (symbol is None) != (from_day is None):
+        raise click.UsageError("give --candles CSV, or --symbol SYMBOL --from YYYY-MM-DD [--to YYYY-MM-DD]")
     try:  # as the worker reads it: a file over 400,000 bytes is not read, one not UTF-8 is refused
         text = read_within_limit(strategy_path)
     except StrategyError as exc:
@@ -76,7 +84,11 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
         for error in exc.errors:
             click.echo(error.format(str(strategy_path)), err=True)
         sys.exit(1)
-    candles = _load(candles_path, no_cache)
+    if symbol is not None:
+        candles = _load_history(symbol, market, from_day, to_day)
+        candles_path = Path(f"{symbol.upper()} {market} from {from_day} to {to_day or 'today'}")  # the report's title
+    else:
+        candles = _load(candles_path, no_cache)
     if split is None and walk_forward is None and not is_sweep:
         _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart)
     elif split is None and walk_forward is None:
@@ -108,6 +120,22 @@ def _load(candles_path: Path, no_cache: bool):
             with click.progressbar(length=size, label="reading candles", file=sys.stderr) as bar:
                 return load(candles_path, progress=lambda done: bar.update(done - bar.pos))
         return load(candles_path)
+    except FeedError as exc:
+        click.echo(exc.format(), err=True)
+        sys.exit(1)
+
+
+def _load_history(symbol: str, market: str, from_day: str, to_day: str | None):
+    """The candles `download` kept of `symbol`, through the parsed-array cache; a one-line error otherwise."""
+    from core import clock
+    from core.config import ConfigError, load_settings
+    from core.feeds import FeedError
+    from core.history import HistoryError, history_candles
+
+    try:
+        return history_candles(load_settings().data_dir, symbol, market, from_day, to_day, clock.now_ms())
+    except (ConfigError, HistoryError) as exc:
+        raise click.ClickException(str(exc)) from None
     except FeedError as exc:
         click.echo(exc.format(), err=True)
         sys.exit(1)
@@ -149,13 +177,17 @@ def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> N
     from core import sweep_runs
 
     ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades), rank_by, as_json)
+    deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
-        _print_json([run.report | {"params": run.params} for run in ranked])
+        reports = [run.report | {"params": run.params} for run in ranked]
+        reports[0]["deflated_sharpe"] = _rounded(deflated)
+        _print_json(reports)
         return
     shown = ranked[:sweep_runs.TOP_SHOWN]
     click.echo(f"Sweep of {len(ranked):,} combinations over {len(candles['close']):,} candles "
                f"({_days(ranked[0])}), the best {len(shown)} by {rank_by}:")
     click.echo(_table(shown, rank_by))
+    click.echo(_deflated_line(ranked, deflated))
 
 
 def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades) -> None:
@@ -168,8 +200,10 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
                             rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
     again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades)
+    deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
+        reports[0]["deflated_sharpe"] = _rounded(deflated)
         for report, run in zip(reports, again):
             report["out_of_sample"] = run.report
         _print_json(reports)
@@ -177,6 +211,7 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     click.echo(f"Ranked by {rank_by} on the first {point:,} candles ({_span(inside)}); "
                f"the best {len(best)} again on the last {n - point:,} ({_span(outside)}):")
     click.echo(_side_by_side(best, again, rank_by))
+    click.echo(_deflated_line(ranked, deflated))
 
 
 def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling) -> None:
@@ -234,6 +269,19 @@ def _rank(runs, rank_by: str, as_json: bool, label: str = ""):
 
 
 # -- output -----------------------------------------------------------------------------------------
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _deflated_line(ranked, deflated: float | None) -> str:
+    """What the deflated Sharpe ratio of #1 is, in one line."""
+    if deflated is None:
+        why = ranked[0].metrics.why_null.get("sharpe", "too few combinations with a Sharpe ratio")
+        return f"  deflated Sharpe of #1: - ({why})"
+    return (f"  deflated Sharpe of #1: {deflated:.3f}, the probability that its Sharpe ratio is above zero once "
+            f"the luck of picking the best of {len(ranked):,} is taken out (Bailey & López de Prado 2014)")
+
 
 def _days(run) -> str:
     days = run.metrics.days

@@ -21,7 +21,7 @@ from flask.cli import FlaskGroup
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from backtest_cli import backtest_command
-from core import auth, clock, logs, store
+from core import auth, clock, logs, store, warmup
 from core.webhook import intake
 from core.config import ConfigError, Settings, load_settings
 from core.dsl import StrategyError, compile_strategy, sweeps
@@ -91,7 +91,11 @@ def check_command(files: tuple[Path, ...], sweep: bool) -> None:
             if sweep and sweeps.has_sweep(text):
                 sweeps.check_sweep(text)
             else:
-                compile_strategy(text)
+                need = warmup.history_needed(compile_strategy(text))
+                # On stderr: stdout stays the compiler-style error list editors read.
+                click.echo(f"{path}: note: {need.text()}", err=True)
+                if need.warning():
+                    click.echo(f"{path}: warning: {need.warning()}", err=True)
         except OSError as exc:
             click.echo(f"{path}:1:1: error: cannot read the file: {exc.strerror or exc}")
             failed = True

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import schedule
 
-from core import config, controls, events, fault_policy, logs, maintenance, store
+from core import config, controls, events, fault_policy, logs, maintenance, store, warmup
 from core.binance.futures import BinanceFuturesBroker
 from core.binance.spot import BinanceSpotBroker
-from core.binance.feed import Backfill, StreamTime, open_feed
+from core.binance.feed import Backfill, StreamTime, klines, open_feed
 from core.binance.rest import BinanceRest, endpoints, market_of
 from core.binance.user_stream import UserStreamReader
-from core.brokers import PaperBroker
+from core.brokers import BrokerError, PaperBroker
 from core.candles import LiveTrade, Tick
 from core.config import ConfigError, Settings, load_settings
 from core.feeds import FeedError, ReplayFeed
@@ -156,7 +156,26 @@ class Worker:
                                                        f"version {self.loader.policy.version}: {error}")
         heartbeat.record(self.db, "strategy", verdict, int(self.clock() * 1000))
 
+    def load_history(self, policy) -> int:
+        """Live: load from Binance's klines the minutes before the oldest kept that the strategy's look-back
+        still needs (at start, after a strategy change); returns how many were added. A failure is logged and
+        trading goes on with the history there is."""
+        if self.settings.feed != "binance":
+            return 0  # a replay's history is its file, as the backtest's
+        window = self.trader.window
+        missing = warmup.missing_range(policy, window.first_open_time_ms, window.last_open_time_ms)
+        if missing is None:
+            return 0
+        try:
+            added = self.trader.prepend_history(klines(self.rest, self.settings.symbol, *missing), policy.window)
+        except BrokerError as exc:
+            log.warning("the strategy's history could not be loaded from Binance's klines: %s", exc)
+            return 0
+        log.info("loaded %d older candles: the strategy %s", added, warmup.history_needed(policy).text())
+        return added
+
     def on_strategy_loaded(self, sender, policy) -> None:
+        self.load_history(policy)
         reason = (f"{self.settings.strategy_path} is missing: HOLD on every candle" if self.loader.missing
                   else f"strategy version {policy.version} loaded, {len(policy.rules)} rule{'' if len(policy.rules) == 1 else 's'}")
         verdict = heartbeat.Verdict(heartbeat.VALID, reason)
@@ -243,7 +262,7 @@ class Worker:
 
         def run() -> None:
             self.trade(open_feed(self.settings, self.rest, self.trader.window.last_open_time_ms, self.stop,
-                                 self.on_stream_state))
+                                 self.on_stream_state, warmup_minutes=self.loader.current().window))
 
         fault_policy.keep_running(run, self.stop, fault_policy.FaultCounter(self.clock), self.wait,
                                   self.alert_failure)

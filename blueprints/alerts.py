@@ -16,10 +16,23 @@ bp = Blueprint("alerts", __name__)
 
 @bp.get("/alerts")
 def index():
-    """The newest alerts with whether each was delivered, and the test button."""
-    db = get_db()
-    return render_template("alerts/index.html", alerts=alerts.recent(db, 100), open_episodes=heartbeat.open_episodes(db),
-                           has_urls=bool(current_app.config["SETTINGS"].alert_urls))
+    """The newest alerts (of one state with ?state=) with whether each was delivered, and the test button."""
+    db, state = get_db(), request.args.get("state") or None
+    return render_template("alerts/index.html", alerts=alerts.recent(db, 100, state), open_episodes=heartbeat.open_episodes(db),
+                           has_urls=bool(current_app.config["SETTINGS"].alert_urls), states=alerts.states(db),
+                           state=state)
+
+
+@bp.app_template_filter("delivery")
+def delivery(alert: dict) -> str:
+    """What became of an alert: sent, log only, queued or not sent."""
+    return alerts.delivery(alert, bool(current_app.config["SETTINGS"].alert_urls))
+
+
+@bp.app_template_filter("words")
+def words(state: str) -> str:
+    """A state as the operator says it: trailing_stop -> trailing stop."""
+    return state.replace("_", " ")
 
 
 @bp.post("/alerts/<alert_id>/acknowledge")

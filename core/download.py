@@ -340,13 +340,9 @@ def run(settings, symbol_text: str, market: str, from_text: str, to_text: str | 
     or the API failed) or FeedError (a verified file that does not read as klines).
     """
     from core.binance.rest import BinanceRest
-    from core.history import check_period, coverage, folder_of, load_history, parse_day, parse_symbol
+    from core.history import coverage, folder_of, load_history, parse_arguments
 
-    symbol = parse_symbol(symbol_text)
-    today = dt.date(1970, 1, 1) + dt.timedelta(days=now_ms // DAY_MS)
-    first_day = parse_day(from_text, "--from")
-    last_day = parse_day(to_text, "--to") if to_text is not None else today
-    check_period(first_day, last_day, today)
+    symbol, first_day, last_day = parse_arguments(symbol_text, from_text, to_text, now_ms)
     folder = folder_of(settings.data_dir, market, symbol)
     # The archive is the live market, so its missing days come from the live API (or the URL set for it),
     # never from the testnet's unrelated prices.

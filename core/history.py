@@ -100,12 +100,17 @@ def parse_day(text: str, option: str) -> dt.date:
     raise HistoryError(f"{option} {text!r} is not a date: write YYYY-MM-DD, e.g. 2024-01-31")
 
 
-def check_period(first_day: dt.date, last_day: dt.date, today: dt.date) -> None:
-    """HistoryError when --from is after --to, or --to is after today (UTC)."""
+def parse_arguments(symbol_text: str, from_text: str, to_text: str | None, now_ms: int) -> tuple[str, dt.date, dt.date]:
+    """SYMBOL, --from and --to (default: today, UTC) of `download` and `backtest --symbol`, checked."""
+    symbol = parse_symbol(symbol_text)
+    today = dt.date(1970, 1, 1) + dt.timedelta(days=now_ms // DAY_MS)
+    first_day = parse_day(from_text, "--from")
+    last_day = parse_day(to_text, "--to") if to_text is not None else today
     if first_day > last_day:
         raise HistoryError(f"--from {first_day} is after --to {last_day}")
     if last_day > today:
         raise HistoryError(f"--to {last_day} is after today ({today} UTC): Binance has no klines for it yet")
+    return symbol, first_day, last_day
 
 
 def folder_of(data_dir: Path, market: str, symbol: str) -> Path:
@@ -151,7 +156,7 @@ def kept_files(folder: Path, symbol: str, first_day: dt.date, last_day: dt.date)
         span = str(missing[0]) if len(missing) == 1 else f"{missing[0]} to {missing[-1]}"
         raise HistoryError(f"{folder}: {len(missing):,} day{'s' if len(missing) > 1 else ''} of {first_day} to "
                            f"{last_day} not downloaded ({span}): run `python omniwise.py download {symbol} "
-                           f"--from {missing[0]} --to {missing[-1]}`" + _market_option(folder))
+                           f"--from {missing[0]} --to {missing[-1]}{_market_option(folder)}`")
     return files
 
 
@@ -178,6 +183,13 @@ def load_history(folder: Path, symbol: str, first_day: dt.date, last_day: dt.dat
         parts.append({column: candles[column][inside] for column in _COLUMNS})
     return {column: np.concatenate([part[column] for part in parts]) if parts else
             np.zeros(0, dtype=np.int64 if column == "open_time_ms" else np.float64) for column in _COLUMNS}
+
+
+def history_candles(data_dir: Path, symbol_text: str, market: str, from_text: str, to_text: str | None,
+                    now_ms: int) -> dict[str, np.ndarray]:
+    """`backtest --symbol --from --to`: the arguments checked, then `load_history` of the kept files."""
+    symbol, first_day, last_day = parse_arguments(symbol_text, from_text, to_text, now_ms)
+    return load_history(folder_of(data_dir, market, symbol), symbol, first_day, last_day)
 
 
 def read_file(path: Path) -> dict[str, np.ndarray]:

@@ -362,3 +362,131 @@ def test_trades_export_as_csv_with_every_digit_and_utc_times(operator, db, setti
     assert second["entry_price"] == "0.0000001" and second["exit_price"] == "" and second["pnl"] == ""
     assert not any("e" in value.lower() for row in rows for key, value in row.items()
                    if key not in ("side", "exit_reason", "entry_time_utc", "exit_time_utc"))
+
+
+# -- alerts -------------------------------------------------------------------------------------------
+
+def paper_fill(db, broker, side: str, price: float, at_ms: int, reason: str = "strategy") -> None:
+    with db.conn:
+        decision_id = db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, created_at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [SYMBOL, at_ms, side, "long" if side == "BUY" else "flat",
+                                             "flat" if side == "BUY" else "long", reason, at_ms]).lastrowid
+    broker.submit(decision_id, side, at_ms)
+    broker.fill_pending(price, at_ms)
+
+
+@pytest.mark.parametrize("sender_follows", [True, False], ids=["sender sends SELL", "sender stays BUY"])
+def test_a_stop_while_the_signal_says_buy_gets_a_grace_not_a_failure_recovered_pair(db, settings, sender_follows):
+    from core import brokers
+    from core.health import alerts
+
+    hb = heartbeat.HeartbeatSettings(ttl_s=600, grace_s=90, repeat_s=1800)
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    t0 = 1_800_000_000_000
+    receive(db, "BUY", t0)
+    paper_fill(db, broker, "BUY", 100.0, t0 + 60 * S)
+    assert heartbeat.check_position(db, broker, SYMBOL, t0 + 61 * S, hb).state == heartbeat.OK
+    exit_ms = t0 + 300 * S
+    paper_fill(db, broker, "SELL", 98.0, exit_ms, reason="stop_loss")  # STOP LOSS 2%; the signal still says BUY
+    verdict = heartbeat.check_position(db, broker, SYMBOL, exit_ms + 1 * S, hb)
+    assert verdict.in_grace and verdict.pending_until_ms == exit_ms + 90 * S
+    assert heartbeat.state_of(db, "position")["state"] == heartbeat.OK  # shown as pending, not yet a failure
+    if sender_follows:  # TradingView's strategy took the same stop: its SELL arrives seconds later
+        receive(db, "SELL", exit_ms + 4 * S)
+        assert heartbeat.check_position(db, broker, SYMBOL, exit_ms + 5 * S, hb).state == heartbeat.OK
+        heartbeat.check_position(db, broker, SYMBOL, exit_ms + 200 * S, hb)
+        assert [a["message"] for a in alerts.recent(db)] == []
+    else:
+        assert heartbeat.is_recheck_due(db, exit_ms + 90 * S)
+        heartbeat.check_position(db, broker, SYMBOL, exit_ms + 90 * S, hb)
+        assert [a["message"] for a in alerts.recent(db)] == [
+            "HEARTBEAT FAILURE: signal is BUY but no long position (position is flat): exited by stop loss at 98 "
+            "(2027-01-15 08:05 UTC)"]
+
+
+def queue_alerts(db) -> None:
+    from core.health import alerts
+
+    t = 1_800_000_000_000
+    with db.conn:
+        for i, (subject, state) in enumerate((("position", "mismatch"), ("position", "ok"), ("risk", "trailing_stop"),
+                                              ("position", "mismatch"))):
+            alerts.queue(db, subject, state, f"alert {i} in state {state}", t + i * S, is_failure=state != "ok")
+        db.execute("UPDATE alerts SET delivered_at_ms = ? WHERE message = 'alert 0 in state mismatch'", [t + 5 * S])
+
+
+def test_alerts_are_filtered_by_state_and_states_are_words(operator, db):
+    queue_alerts(db)
+    page = operator.get("/alerts?state=trailing_stop").get_data(as_text=True)
+    assert "alert 2 in state trailing_stop" in page and "alert 0" not in page and "alert 1" not in page
+    assert "<td>trailing stop</td>" in page and "<td>trailing_stop</td>" not in page
+    assert '<option value="trailing_stop" selected>trailing stop</option>' in page
+    page = operator.get("/alerts?state=mismatch").get_data(as_text=True)
+    assert "alert 0 in" in page and "alert 3 in" in page and "alert 1 in" not in page
+    assert "showing 2 mismatch alerts" in page
+    everything = operator.get("/alerts").get_data(as_text=True)
+    assert all(f"alert {i} in" in everything for i in range(4))
+
+
+def test_the_status_api_says_log_only_for_alerts_that_went_only_to_the_log(operator, db):
+    queue_alerts(db)
+    deliveries = {a["message"]: a["delivery"] for a in operator.get("/api/v1/status").json["alerts"]}
+    assert deliveries["alert 0 in state mismatch"] == "log only"  # delivered, and no OMNIWISE_ALERT_URLS
+    assert deliveries["alert 3 in state mismatch"] == "queued"
+
+
+# -- editor and versions ------------------------------------------------------------------------------
+
+def test_each_versions_diff_is_what_its_save_changed_and_one_is_current(operator, settings):
+    from core import strategies
+
+    texts = ["IF MA4 > MA9 THEN BUY\n", "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n", "IF MA4 > MA9 THEN BUY\n"]
+    for text in texts:
+        operator.post("/admin/algo", data={"strategy": text, "csrf_token": operator.csrf_token})
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert page.count(">current</span>") == 1  # the first and the third save hold the same text
+    entries = page.split('<li class="version"')[1:]
+    assert '<span class="del">-IF MA4 &lt; MA9 THEN SELL</span>' in entries[0] and "current" in entries[0]
+    assert '<span class="add">+IF MA4 &lt; MA9 THEN SELL</span>' in entries[1] and ">current<" not in entries[1]
+    assert f"/admin/algo/history/{strategies.version_of(texts[1])}/restore" in entries[1]
+
+
+def test_restore_asks_first_with_the_diff_against_what_runs_and_the_position(operator, settings, db):
+    from core import brokers, store, strategies
+
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE < OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    first = strategies.version_of("IF CLOSE > OPEN THEN BUY\n")
+    store.set_meta(db, strategies.LOADED_KEY, strategies.version_of("IF CLOSE < OPEN THEN BUY\n"), now_ms())
+    brokers.save_position(db, brokers.Position("long", 0.5, 95_000.0), now_ms())
+    page = operator.get(f"/admin/algo/history/{first}/restore").get_data(as_text=True)
+    assert '<span class="del">-IF CLOSE &lt; OPEN THEN BUY</span>' in page
+    assert '<span class="add">+IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert "Position now:</strong>\n    long 0.50000000 BTC, entry 95,000.00" in page
+    assert settings.strategy_path.read_text() == "IF CLOSE < OPEN THEN BUY\n"  # asking changed nothing
+    assert f'action="/admin/algo/history/{first}/restore"' in page and 'method="post"' in page
+    assert operator.get("/admin/algo/history/ffffffffffff/restore").status_code == 404
+
+
+def test_the_editor_marks_a_text_that_is_not_the_saved_one(operator):
+    page = operator.get("/admin/algo").get_data(as_text=True)
+    assert 'data-saved="yes"' in page and '<p id="unsaved" class="warn" role="status" hidden>' in page
+    refused = operator.post("/admin/algo", data={"strategy": "IF MA4 > MA9 BUY\n", "csrf_token": operator.csrf_token})
+    page = refused.get_data(as_text=True)
+    assert 'data-saved="no"' in page and '<p id="unsaved" class="warn" role="status" >' in page
+
+
+def test_the_preview_chart_has_its_axes_labelled(operator, db):
+    start = 1_796_000_000_000 - 1_796_000_000_000 % 60_000
+    with db.conn:
+        for i in range(60):
+            close = 100.0 + (i % 7)
+            db.execute("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, 1, ?, 1, 1, 0.5, 0.5)",
+                       [SYMBOL, start + i * 60_000, close, close + 1, close - 1, close, start + i * 60_000 + 59_999])
+    fragment = operator.post("/admin/algo/validate", data={"strategy": "IF MA4 > MA9 THEN BUY\n",
+                                                           "csrf_token": operator.csrf_token}).get_data(as_text=True)
+    axis_y = fragment.split('<div class="axis-y"')[1].split("</div>")[0]
+    assert "<span>106.00</span><span>100.00</span>" in axis_y  # the closes' highest and lowest
+    axis_x = fragment.split('<div class="axis-x"')[1].split("</div>")[0]
+    assert "2026-11-30 00:53:00 UTC" in axis_x and "2026-11-30 01:52:00 UTC" in axis_x

@@ -483,7 +483,7 @@ def test_editor_preview_marks_each_exit_reason_with_its_own_shape(operator, sett
         assert reasons[reason] > 0
         assert fragment.count(f'class="exit-{reason}"') == reasons[reason] + in_table[reason], reason
     assert fragment.count("<circle") == len(expected.trades) + reasons["rule"]  # entries and rule exits
-    assert "Stop loss 0.3%. Take profit 0.4%. Trailing stop 0.5%.</p>" in fragment
+    assert "Stop loss 0.3%. Take profit 0.4%. Trailing stop 0.5%. Live, it needs 5.0 hours of history" in fragment
     last = expected.trades[-1]
     assert f'<td class="exit-{last.exit_reason or "open"}">{(last.exit_reason or "").replace("_", " ")}</td>' in fragment
 

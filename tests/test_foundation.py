@@ -139,7 +139,8 @@ def test_check_refuses_deep_long_and_huge_texts_with_positions_never_a_traceback
 
 def test_check_exits_0_for_the_shipped_strategy(runner):
     result = runner.invoke(args=["check", str(ROOT / "data" / "strategy.txt")])
-    assert (result.exit_code, result.output) == (0, "")
+    assert (result.exit_code, result.stdout) == (0, "")
+    assert result.stderr == f"{ROOT / 'data' / 'strategy.txt'}: note: needs 5.0 hours of history (300 one-minute candles)\n"
 
 
 def test_flask_cli_runs_the_same_check(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import json
 import os
 import resource
 import signal
@@ -351,3 +352,86 @@ def test_plan_takes_whole_months_as_monthly_files_and_the_rest_as_days():
                      "BTCUSDT-1m-2024-03.zip", "BTCUSDT-1m-2024-04-01.zip", "BTCUSDT-1m-2024-04-02.zip"]
     assert [p.name for p in history.plan("BTCUSDT", dt.date(2024, 2, 1), dt.date(2024, 2, 29))] == \
         ["BTCUSDT-1m-2024-02.zip"]
+
+
+# -- backtest --symbol ------------------------------------------------------------------------------------
+
+SWEEP = "IF MA{fast: 3..6} > MA{slow: 8..20..4} THEN BUY\nIF MA{fast} < MA{slow} THEN SELL\n"
+
+
+def run_backtest(data_dir, *args):
+    env = {**os.environ, "OMNIWISE_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "backtest", *map(str, args)],
+                          capture_output=True, text=True, env=env, cwd=data_dir, timeout=300)
+
+
+@pytest.fixture
+def downloaded(data_dir, archive):
+    """ETHBTC 2018-01-21 to 2018-01-29 downloaded into the data folder, and one CSV of the same minutes."""
+    download.download("ETHBTC", "spot", dt.date(2018, 1, 21), dt.date(2018, 1, 29), folder=folder(data_dir),
+                      archive=quick_archive(archive), api=None, now_ms=NOW_MS)
+    lines = ETHBTC.read_text().splitlines(keepends=True)
+    same = data_dir / "same-minutes.csv"
+    same.write_text(lines[0] + "".join(line for line in lines[1:] if JAN[21] <= int(line.split(",")[0]) < JAN[30]))
+    return same
+
+
+@pytest.mark.parametrize("options", [[], ["--trades"], ["--split", "0.7"], ["--walk-forward", "3"]])
+def test_backtest_by_symbol_is_the_backtest_of_one_csv_of_those_minutes(data_dir, downloaded, options):
+    (data_dir / "sweep.txt").write_text(SWEEP)  # 16 combinations; options other than none run the sweep
+    strategy = data_dir / ("sweep.txt" if options else "strategy.txt")
+    by_symbol = run_backtest(data_dir, "--symbol", "ethbtc", "--from", "2018-01-21", "--to", "2018-01-29",
+                             "--strategy", strategy, "--json", *options)
+    assert by_symbol.returncode == 0, by_symbol.stderr
+    by_csv = run_backtest(data_dir, "--candles", downloaded, "--strategy", strategy, "--json", *options)
+    assert by_csv.returncode == 0, by_csv.stderr
+    assert by_symbol.stdout == by_csv.stdout
+    if not options:
+        assert json.loads(by_symbol.stdout)["candles"] == len(reference(JAN[21], JAN[30])) == 12_959
+
+
+def test_backtest_by_symbol_cuts_the_files_to_the_days_asked_for(data_dir, archive, downloaded):
+    download.download("ETHBTC", "spot", dt.date(2018, 1, 1), dt.date(2018, 1, 31), folder=folder(data_dir),
+                      archive=quick_archive(archive), api=None, now_ms=NOW_MS)
+    assert (folder(data_dir) / "ETHBTC-1m-2018-01.zip").exists()  # the month's file is read now, and cut
+    table = run_backtest(data_dir, "--symbol", "ETHBTC", "--from", "2018-01-22", "--to", "2018-01-23",
+                         "--strategy", data_dir / "strategy.txt")
+    assert table.returncode == 0, table.stderr
+    assert table.stdout.splitlines()[0].endswith("on ETHBTC spot from 2018-01-22 to 2018-01-23")
+    assert "  candles       2,880 (2018-01-22 00:00 to 2018-01-23 23:59 UTC)" in table.stdout
+
+
+def test_a_second_read_of_a_history_comes_from_the_cache(data_dir, downloaded, monkeypatch):
+    parsed = []
+    real = history.read_zip
+    monkeypatch.setattr(history, "read_zip", lambda path: parsed.append(path.name) or real(path))
+    first = history.history_candles(data_dir, "ETHBTC", "spot", "2018-01-21", "2018-01-29", NOW_MS)
+    assert len(parsed) == 9
+    again = history.history_candles(data_dir, "ETHBTC", "spot", "2018-01-21", "2018-01-29", NOW_MS)
+    assert len(parsed) == 9 and as_rows(again) == as_rows(first) == reference(JAN[21], JAN[30])
+    (folder(data_dir) / "ETHBTC-1m-2018-01-25.zip").touch()  # a file changed: read again, that one only
+    history.history_candles(data_dir, "ETHBTC", "spot", "2018-01-21", "2018-01-29", NOW_MS)
+    assert parsed[9:] == ["ETHBTC-1m-2018-01-25.zip"]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--from", "2018-01-20", "--to", "2018-01-23"],
+     "Error: {folder}: 1 day of 2018-01-20 to 2018-01-23 not downloaded (2018-01-20): run `python omniwise.py "
+     "download ETHBTC --from 2018-01-20 --to 2018-01-20`"),
+    (["--from", "2018-01-23", "--to", "2018-01-22"], "Error: --from 2018-01-23 is after --to 2018-01-22"),
+    (["--from", "2018-01-21", "--to", "2018-01-22", "--market", "futures"],
+     "Error: {futures}: 2 days of 2018-01-21 to 2018-01-22 not downloaded (2018-01-21 to 2018-01-22): run "
+     "`python omniwise.py download ETHBTC --from 2018-01-21 --to 2018-01-22 --market futures`"),
+])
+def test_backtest_by_symbol_refuses_a_history_not_downloaded_in_one_line(data_dir, downloaded, args, message):
+    result = run_backtest(data_dir, "--symbol", "ETHBTC", *args, "--strategy", data_dir / "strategy.txt")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        message.format(folder=folder(data_dir), futures=folder(data_dir, "futures"))]
+
+
+def test_backtest_takes_candles_or_a_symbol_with_its_dates(data_dir, downloaded):
+    for args in (["--symbol", "ETHBTC"], ["--candles", downloaded, "--symbol", "ETHBTC", "--from", "2018-01-21"], []):
+        result = run_backtest(data_dir, *args, "--strategy", data_dir / "strategy.txt")
+        assert result.returncode == 2
+        assert "give --candles CSV, or --symbol SYMBOL --from YYYY-MM-DD [--to YYYY-MM-DD]" in result.stderr

@@ -225,7 +225,6 @@ class BinanceFeed:
         self.stop = stop
         self.on_state = on_state
         self.monotonic = monotonic
-        self.klines_method = "get_klines" if rest.market == SPOT else "futures_klines"
         self.last_final_ms: int | None = None  # open time of the last minute handed over
         self.gap: _Gap | None = None
         self.backfills = 0
@@ -318,16 +317,7 @@ class BinanceFeed:
                 yield candle
 
     def _klines(self, from_ms: int, to_ms: int) -> list[Candle]:
-        candles: list[Candle] = []
-        start_ms = from_ms
-        while start_ms <= to_ms:
-            rows = self.rest.call(self.klines_method, symbol=self.symbol, interval="1m", startTime=start_ms,
-                                  endTime=to_ms, limit=KLINES_PER_REQUEST)
-            candles.extend(kline_candle(row) for row in rows)
-            if len(rows) < KLINES_PER_REQUEST:
-                break
-            start_ms = candles[-1].open_time_ms + MINUTE_MS
-        return candles
+        return klines(self.rest, self.symbol, from_ms, to_ms)
 
     def _problem(self, kind: str, reason: str) -> None:
         if kind not in self._problems:
@@ -354,12 +344,30 @@ class BinanceFeed:
             self.on_state(True, f"the {self.symbol} kline stream is up and its candles are complete")
 
 
+def klines(rest: BinanceRest, symbol: str, from_ms: int, to_ms: int) -> list[Candle]:
+    """Binance's 1-minute klines opened from `from_ms` to `to_ms` (both included), 1,000 a request; each
+    request goes through BinanceRest.call, which keeps within the minute's request weight (pausing to the
+    next minute near the limit) and honours Retry-After. BrokerError when Binance cannot be asked."""
+    method = "get_klines" if rest.market == SPOT else "futures_klines"
+    candles: list[Candle] = []
+    start_ms = from_ms
+    while start_ms <= to_ms:
+        rows = rest.call(method, symbol=symbol, interval="1m", startTime=start_ms, endTime=to_ms,
+                         limit=KLINES_PER_REQUEST)
+        candles.extend(kline_candle(row) for row in rows)
+        if len(rows) < KLINES_PER_REQUEST:
+            break
+        start_ms = candles[-1].open_time_ms + MINUTE_MS
+    return candles
+
+
 def open_feed(settings, rest: BinanceRest, after_ms: int | None, stop: threading.Event,
-              on_state: Callable[[bool, str], None] | None = None) -> BinanceFeed:
-    """The live feed for the settings' symbol and market, continuing after the stored candle `after_ms`."""
+              on_state: Callable[[bool, str], None] | None = None, warmup_minutes: int = 0) -> BinanceFeed:
+    """The live feed for the settings' symbol and market, continuing after the stored candle `after_ms`; with
+    nothing stored it starts with the last `warmup_minutes` (at least OMNIWISE_WARMUP_HOURS) from klines."""
     reader = StreamReader(endpoints(settings, rest.market).stream_url, settings.symbol, rest.market)
-    return BinanceFeed(rest, reader, settings.symbol, after_ms, int(settings.warmup_hours * 60), stop,
-                       on_state=on_state)
+    return BinanceFeed(rest, reader, settings.symbol, after_ms, max(int(settings.warmup_hours * 60), warmup_minutes),
+                       stop, on_state=on_state)
 
 
 def _iso(time_ms: int) -> str:

@@ -39,7 +39,7 @@ from .timeframe import name_of
 REL_TOL = 1e-10
 MIN_WINDOW = 300  # minutes the live decision looks at, at least
 MAX_WINDOW = 20_000  # minutes of candles always kept (the database's retention keeps these too)
-MAX_LOOKBACK_MINUTES = 366 * 1440  # the live window's limit: a year of minutes (about 60 MB of arrays)
+MAX_LOOKBACK_MINUTES = 366 * 1440  # the live window's limit: a year of minutes (about 50 MB of arrays)
 MINUTE_MS = 60_000
 
 Candles = Mapping[str, np.ndarray]  # "open", "high", "low", "close", "volume" -> float64 arrays, "open_time_ms"

@@ -38,10 +38,23 @@ def queue(db: Database, subject: str, state: str, message: str, now_ms: int, is_
         [now_ms, subject, state, message, now_ms]).lastrowid
 
 
-def recent(db: Database, limit: int = 20) -> list[dict]:
-    """The newest alerts first, with their delivery state."""
+def recent(db: Database, limit: int = 20, state: str | None = None) -> list[dict]:
+    """The newest alerts first (of one `state` when given), with their delivery state."""
+    where, args = ("WHERE state = ? ", [state]) if state else ("", [])
     return list(db.query("SELECT id, created_at_ms, subject, state, message, delivered_at_ms, attempts, last_error, "
-                         "acknowledged_at_ms FROM alerts ORDER BY id DESC LIMIT ?", [limit]))
+                         f"acknowledged_at_ms FROM alerts {where}ORDER BY id DESC LIMIT ?", [*args, limit]))
+
+
+def states(db: Database) -> list[str]:
+    """Every state an alert has had, for a filter."""
+    return [state for (state,) in db.execute("SELECT DISTINCT state FROM alerts ORDER BY state").fetchall()]
+
+
+def delivery(alert: dict, has_urls: bool) -> str:
+    """What became of an alert, in words: sent, log only (no OMNIWISE_ALERT_URLS), queued or not sent."""
+    if alert["delivered_at_ms"] is not None:
+        return "sent" if has_urls else "log only"
+    return "not sent" if alert["attempts"] else "queued"
 
 
 def acknowledge(db: Database, alert_id: int, now_ms: int) -> bool:

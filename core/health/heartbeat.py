@@ -107,17 +107,31 @@ def check_position(db: Database, broker, symbol: str, now_ms: int, settings: Hea
         position, error = broker.position(), None
     except BrokerError as exc:
         position, error = None, exc
-    verdict = reconcile(current_signal(db, symbol), position, now_ms, settings)
+    signal = current_signal(db, symbol)
+    verdict = reconcile(signal, position, now_ms, settings)
     if verdict.state == MISMATCH and position is not None and position.side != "long":
         note = open_trade.last_risk_exit(db, symbol)  # say so when a stop, not a fault, made the position flat
         if note:
             verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}: {note}")
+            verdict = _grace_after_exit(verdict, open_trade.last_risk_exit_ms(db, symbol), signal, now_ms, settings)
     if error is not None:
         verdict = dataclasses.replace(verdict, reason=f"the position could not be read from the broker: {error}")
     else:
         brokers.save_position(db, position, now_ms)
     record(db, "position", verdict, now_ms, settings.repeat_s)
     return verdict
+
+
+def _grace_after_exit(verdict: Verdict, exit_ms: int | None, signal: SignalView | None, now_ms: int,
+                      settings: HeartbeatSettings) -> Verdict:
+    """A risk exit after the BUY it ended gets the grace a new signal gets: the sender's own exit (its SELL)
+    usually follows within seconds, and a FAILURE then RECOVERED pair seconds apart would tell nothing."""
+    if exit_ms is None or signal is None or exit_ms < signal.since_ms:
+        return verdict
+    pending_until_ms = exit_ms + int(settings.grace_s * 1000)
+    if now_ms >= pending_until_ms or verdict.in_grace and verdict.pending_until_ms >= pending_until_ms:
+        return verdict
+    return dataclasses.replace(verdict, in_grace=True, pending_until_ms=pending_until_ms)
 
 
 def check_worker(db: Database, now_ms: int) -> Verdict:

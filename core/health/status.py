@@ -44,7 +44,9 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
                       "checked_at": iso(state["checked_at_ms"]) if state else None,
                       "pending_until": iso(state["pending_until_ms"]) if state else None},
         "alerts": [{"created_at": iso(a["created_at_ms"]), "state": a["state"], "message": a["message"],
-                    "delivered": a["delivered_at_ms"] is not None} for a in alerts.recent(db, alert_limit)],
+                    "delivered": a["delivered_at_ms"] is not None,
+                    "delivery": alerts.delivery(a, bool(settings.alert_urls))}  # "log only" without alert URLs
+                   for a in alerts.recent(db, alert_limit)],
         "account": money.as_json() | {"asset": account.quote_asset(settings.symbol)},
         "trading": controls.trading_state(db).as_json(iso),
     }
