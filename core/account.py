@@ -28,7 +28,7 @@ class RoundTrip:
     entry_time_ms: int
     entry_price: float
     qty: float
-    entry_quote: float  # spent on a long's entry (fee included), received on a short's
+    entry_quote: float  # spent on a long's entry (fee included), received on a short's (after its fee)
     fees: float
     exit_time_ms: int | None = None
     exit_price: float | None = None
@@ -42,11 +42,18 @@ class RoundTrip:
             return None
         return self.exit_quote - self.entry_quote if self.side == "long" else self.entry_quote - self.exit_quote
 
+    entry_fee: float = 0.0  # the entry's own fee
+
+    @property
+    def committed(self) -> float:
+        """The money the entry committed: a long's spend, a short's notional q·E (DESIGN.md "Shorts")."""
+        return self.entry_quote if self.side == "long" else self.entry_quote + self.entry_fee
+
     @property
     def pnl_pct(self) -> float | None:
-        """P&L in percent of the quote the entry committed."""
+        """P&L in percent of the money the entry committed."""
         pnl = self.pnl
-        return None if pnl is None or not self.entry_quote else pnl / self.entry_quote * 100
+        return None if pnl is None or not self.committed else pnl / self.committed * 100
 
 
 def filled_orders(db: Database, symbol: str) -> list[dict]:
@@ -95,13 +102,15 @@ def round_trips(orders: list[dict]) -> list[RoundTrip]:
     for order in orders:
         if open_trip is None:
             open_trip = RoundTrip("long" if order["side"] == "BUY" else "short", order["filled_at_ms"],
-                                  order["price"], order["qty"], order["quote"], order["fee_quote"])
+                                  order["price"], order["qty"], order["quote"], order["fee_quote"],
+                                  entry_fee=order["fee_quote"])
             continue
         opening_side = "BUY" if open_trip.side == "long" else "SELL"
         if order["side"] == opening_side:  # adding to the position (never done by Omniwise itself)
             open_trip = dataclasses.replace(open_trip, qty=open_trip.qty + order["qty"],
                                             entry_quote=open_trip.entry_quote + order["quote"],
-                                            fees=open_trip.fees + order["fee_quote"])
+                                            fees=open_trip.fees + order["fee_quote"],
+                                            entry_fee=open_trip.entry_fee + order["fee_quote"])
             continue
         closing.append(order)
         closed_qty = sum(part["qty"] for part in closing)

@@ -41,7 +41,8 @@ def client_order_id(decision_id: int) -> str:
 
 
 class PaperBroker:
-    """Simulated spot account: long or flat, the balance (or its SIZE share) in, all out, fee per side.
+    """Simulated account: long, flat or short (1x), the balance (or its SIZE share) in, all out, fee per side.
+    A short holds a negative base quantity and the quote its sale received.
 
     Orders wait as `pending` and fill at the next price the trader reports (`fill_pending`), which is
     the next candle's open: the fill rule of the backtest.
@@ -49,6 +50,7 @@ class PaperBroker:
 
     name = "paper"
     fills_at_level = True  # a risk exit fills at its level (or the open that gapped through it), not later
+    can_short = True
 
     def __init__(self, db: Database, symbol: str, start_balance: float = 10_000.0,
                  fee_rate: float = fills.DEFAULT_FEE_RATE):
@@ -71,18 +73,22 @@ class PaperBroker:
         _, base_qty, entry_price = self.account()
         if base_qty > DUST_QTY:
             return Position("long", base_qty, entry_price)
+        if base_qty < -DUST_QTY:
+            return Position("short", -base_qty, entry_price)
         return Position("flat")
 
-    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0) -> dict:
-        """Record a market order for a decision; it fills at the next price. A BUY spends `size_share` of the
-        quote balance (SIZE). Call inside a transaction."""
+    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0,
+               target: str | None = None) -> dict:
+        """Record a market order for a decision; it fills at the next price. An entry commits `size_share` of the
+        equity (SIZE); `target` is the position the order reaches (a SELL to "short" opens a short, one to
+        "flat" closes a long; None: BUY opens, SELL closes). Call inside a transaction."""
         order = {"decision_id": decision_id, "client_order_id": client_order_id(decision_id), "broker": self.name,
                  "symbol": self.symbol, "side": side, "status": "pending", "created_at_ms": now_ms,
-                 "size_share": size_share}
+                 "size_share": size_share, "target": target}
         cursor = self.db.execute(
-            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, size_share) "
-            "VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, :size_share)",
-            order)
+            "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, size_share, "
+            "target) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, "
+            ":size_share, :target)", order)
         order["id"] = cursor.lastrowid
         return order
 
@@ -101,15 +107,22 @@ class PaperBroker:
     def fill_pending(self, price: float, time_ms: int) -> list[dict]:
         """Fill every pending order at `price`. Call inside a transaction."""
         pending = self.db.execute(
-            "SELECT id, side, client_order_id, size_share FROM orders WHERE broker = ? AND symbol = ? "
+            "SELECT id, side, client_order_id, size_share, target FROM orders WHERE broker = ? AND symbol = ? "
             "AND status = 'pending' ORDER BY id", [self.name, self.symbol]).fetchall()
         filled = []
-        for order_id, side, client_id, size_share in pending:
-            quote, base, _ = self.account()
-            if side == "BUY" and quote > 0:
-                fill = fills.buy_share(quote, 1.0 if size_share is None else size_share, price, self.fee_rate)
+        for order_id, side, client_id, size_share, target in pending:
+            quote, base, entry = self.account()
+            share = 1.0 if size_share is None else size_share
+            if side == "BUY" and target == "flat" and base < -DUST_QTY:  # buy the short back
+                fill = fills.close_short(-base, price, self.fee_rate)
+                quote, base, entry = quote - fill.quote, 0.0, None
+            elif side == "SELL" and target == "short" and abs(base) <= DUST_QTY and quote > 0:
+                fill = fills.open_short(quote * min(share, 1.0), price, self.fee_rate)
+                quote, base, entry = quote + fill.quote, -fill.qty, price
+            elif side == "BUY" and target != "flat" and base >= -DUST_QTY and quote > 0:
+                fill = fills.buy_share(quote, share, price, self.fee_rate)
                 quote, base, entry = quote - fill.quote, base + fill.qty, price
-            elif side == "SELL" and base > DUST_QTY:
+            elif side == "SELL" and target != "short" and base > DUST_QTY:
                 fill = fills.sell_all(base, price, self.fee_rate)
                 quote, base, entry = quote + fill.quote, 0.0, None
             else:  # nothing to buy with or nothing to sell: the target is already met
@@ -121,7 +134,7 @@ class PaperBroker:
             self.db.execute("UPDATE orders SET status = 'filled', qty = ?, price = ?, quote = ?, fee_quote = ?, "
                             "filled_at_ms = ? WHERE id = ?",
                             [fill.qty, fill.price, fill.quote, fill.fee_quote, time_ms, order_id])
-            filled.append({"id": order_id, "client_order_id": client_id, "side": side, "qty": fill.qty,
+            filled.append({"id": order_id, "client_order_id": client_id, "side": side, "target": target, "qty": fill.qty,
                            "price": fill.price, "quote": fill.quote, "fee_quote": fill.fee_quote,
                            "filled_at_ms": time_ms})
         return filled

@@ -37,8 +37,9 @@ DECISION_EXIT_REASONS = {"strategy": RULE, "follow": MANUAL, "flatten": MANUAL, 
 
 def exit_reason(decision_reason: str | None) -> str:
     """The exit reason of a trade closed by an order of a decision with this `reason`."""
-    # A close sent in parts (core/binance: above the market maximum): part 2 on is "<reason>:part<n>".
-    return DECISION_EXIT_REASONS.get((decision_reason or "").split(":part")[0], MANUAL)
+    # A close sent in parts (core/binance: above the market maximum): part 2 on is "<reason>:part<n>"; the
+    # close of a change of side is "<reason>:close".
+    return DECISION_EXIT_REASONS.get((decision_reason or "").split(":")[0], MANUAL)
 _NAN = float("nan")
 _ROUND_ELEMENTS = 1 << 20  # candles looked at per vectorised round, over all open trades
 _FIRST_WIDTH = 16  # candles a new trade is first looked at for; four times more each round after
@@ -64,48 +65,68 @@ def _above(distance: Distance | None, price, atr: dict) -> float:
 
 @dataclasses.dataclass
 class TradeLevels:
-    """The risk levels of one open long trade; `peak` grows with each finished candle of the trade."""
+    """The risk levels of one open trade; `peak` takes each finished candle of the trade: its high for a long,
+    its low for a short (whose trailing stop follows the lowest low). A short on paper also has the level
+    where a 1x short has lost its notional (`liquidation`, NaN where none is kept)."""
 
     risk: Risk
     entry_price: float
     atr: dict[int, float]
     peak: float
+    is_short: bool = False
+    liquidation: float = _NAN
 
     @classmethod
     def open(cls, risk: Risk, entry_price: float, atr: dict[int, float]) -> "TradeLevels":
-        """Levels of a trade that just filled at `entry_price`."""
+        """Levels of a long trade that just filled at `entry_price`."""
         return cls(risk, entry_price, atr, entry_price)
 
     @property
     def stop_loss(self) -> float:
+        if self.is_short:
+            return _above(self.risk.stop_loss, self.entry_price, self.atr)
         return _below(self.risk.stop_loss, self.entry_price, self.atr)
 
     @property
     def take_profit(self) -> float:
+        if self.is_short:
+            return _below(self.risk.take_profit, self.entry_price, self.atr)
         return _above(self.risk.take_profit, self.entry_price, self.atr)
 
     @property
     def trailing_stop(self) -> float:
+        if self.is_short:
+            return _above(self.risk.trailing_stop, self.peak, self.atr)
         return _below(self.risk.trailing_stop, self.peak, self.atr)
 
     def stop(self) -> tuple[float, str]:
-        """The effective stop (the higher of stop loss and trailing stop) and which of the two it is."""
+        """The effective stop (the nearer of stop loss and trailing stop: the higher for a long, the lower for
+        a short, where the liquidation binds when no stop lies at or below it) and which of them it is."""
         stop, trail = self.stop_loss, self.trailing_stop
-        if trail > stop or (math.isnan(stop) and not math.isnan(trail)):
-            return trail, TRAILING_STOP
-        return stop, STOP_LOSS
+        sign = -1 if self.is_short else 1
+        if sign * trail > sign * stop or (math.isnan(stop) and not math.isnan(trail)):
+            stop, reason = trail, TRAILING_STOP
+        else:
+            reason = STOP_LOSS
+        if self.is_short and not math.isnan(self.liquidation) and not stop <= self.liquidation:
+            return self.liquidation, LIQUIDATION
+        return stop, reason
 
     def check_candle(self, open_: float, high: float, low: float) -> tuple[str, float] | None:
         """(reason, exit price) when this candle of the trade ends it, else None."""
         stop, stop_reason = self.stop()
         target = self.take_profit
-        if open_ <= stop:
+        # sign · price turns a short's checks into a long's: against a short is up (negation is exact).
+        sign, worst, best = (-1, high, low) if self.is_short else (1, low, high)
+        if sign * open_ <= sign * stop:
+            if self.is_short and open_ >= self.liquidation:  # through it: a 1x short loses its notional, no more
+                return LIQUIDATION, self.liquidation
             return stop_reason, open_
-        if open_ >= target:
+        if sign * open_ >= sign * target:
             return TAKE_PROFIT, open_
-        if low <= stop:
+        if sign * worst <= sign * stop:
             return stop_reason, stop
-        if high >= target:
+        if sign * best >= sign * target:
             return TAKE_PROFIT, target
         return None
 
@@ -115,15 +136,17 @@ class TradeLevels:
         if is_open:
             return self.check_candle(price, price, price)
         stop, stop_reason = self.stop()
-        if price <= stop:
+        sign = -1 if self.is_short else 1
+        if sign * price <= sign * stop:
             return stop_reason, stop
-        if price >= self.take_profit:
+        if sign * price >= sign * self.take_profit:
             return TAKE_PROFIT, self.take_profit
         return None
 
-    def candle_closed(self, high: float) -> None:
-        """A candle of the trade has ended: its high counts for the trailing peak from the next one on."""
-        self.peak = max(self.peak, high)
+    def candle_closed(self, high: float, low: float | None = None) -> None:
+        """A candle of the trade has ended: its high (a short: its low) counts for the trailing stop from the
+        next one on."""
+        self.peak = min(self.peak, low) if self.is_short else max(self.peak, high)
 
 
 # -- the whole history at once (backtest, editor preview) ---------------------------------------------

@@ -3,6 +3,9 @@
 A decision on candle t fills at candle t+1's open (or at candle t's close with `fill=close`). A buy
 spends the whole quote balance (or the strategy's SIZE share of it), a sell sells the whole position; the fee is taken from what is
 received: base on a buy, quote on a sell (as Binance does with fees paid in the traded asset).
+
+A short (DESIGN.md "Shorts", 1x) sells q = M / E for a notional M (the SIZE share of the equity) and
+receives q·E·(1−f); buying it back at X pays q·X·(1+f).
 """
 
 from __future__ import annotations
@@ -38,3 +41,14 @@ def sell_all(base_qty: float, price: float, fee_rate: float) -> Fill:
     """Sell the whole base position at `price`."""
     gross = base_qty * price
     return Fill("SELL", price, base_qty, gross * (1 - fee_rate), gross * fee_rate)
+
+
+def open_short(notional: float, price: float, fee_rate: float) -> Fill:
+    """Sell short `notional` worth at `price`: the quote received is after the fee."""
+    qty = notional / price
+    return Fill("SELL", price, qty, qty * price * (1 - fee_rate), qty * price * fee_rate)
+
+
+def close_short(qty: float, price: float, fee_rate: float) -> Fill:
+    """Buy a short of `qty` back at `price`: the quote paid includes the fee."""
+    return Fill("BUY", price, qty, qty * price * (1 + fee_rate), qty * price * fee_rate)

@@ -154,6 +154,28 @@ def m009_timeframes(db: Database) -> None:
     db.execute("ALTER TABLE decisions ADD COLUMN timeframe_minutes INTEGER")
 
 
+@migrations()
+def m010_shorts(db: Database) -> None:
+    # The position an order is to reach (long, flat, short): a SELL that opens a short and one that closes a
+    # long are told apart by it. NULL on older rows: BUY opened, SELL closed.
+    db.execute("ALTER TABLE orders ADD COLUMN target TEXT")
+    # The open trade's side (or, after a risk exit, the side that may not be entered again yet).
+    db.execute("ALTER TABLE risk_state ADD COLUMN is_short INTEGER NOT NULL DEFAULT 0")
+    # Signal words grow SHORT and FLAT (DESIGN.md "External signals"): SQLite changes a CHECK only by
+    # rebuilding the table, from its own CREATE text (so columns added since come along), indexes included.
+    table_sql = db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'external_signals'").fetchone()[0]
+    index_sqls = [row[0] for row in db.execute("SELECT sql FROM sqlite_master WHERE type = 'index' AND "
+                                               "tbl_name = 'external_signals' AND sql IS NOT NULL").fetchall()]
+    old_check, new_check = "CHECK (signal IN ('BUY', 'SELL'))", "CHECK (signal IN ('BUY', 'SELL', 'SHORT', 'FLAT'))"
+    assert old_check in table_sql, "external_signals' CHECK is not the one m002 made"
+    db.execute(table_sql.replace(old_check, new_check).replace("external_signals", "external_signals_words", 1))
+    db.execute("INSERT INTO external_signals_words SELECT * FROM external_signals")
+    db.execute("DROP TABLE external_signals")
+    db.execute("ALTER TABLE external_signals_words RENAME TO external_signals")
+    for sql in index_sqls:
+        db.execute(sql)
+
+
 def open_db(path: str | Path) -> Database:
     """Open the database at `path` in WAL mode with a busy timeout; creates the folder if needed."""
     path = Path(path)

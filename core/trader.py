@@ -27,8 +27,10 @@ from core.policy_loader import PolicyLoader
 
 log = logging.getLogger(__name__)
 
-TARGETS = {Action.BUY: "long", Action.SELL: "flat", Action.HOLD: None}
-SIDE_FOR_TARGET = {"long": "BUY", "flat": "SELL"}
+TARGETS = {Action.BUY: "long", Action.SELL: "flat", Action.SHORT: "short", Action.HOLD: None}
+OPEN_SIDE = {"long": "BUY", "short": "SELL"}  # the order side that opens a position of that side
+CLOSE_SIDE = {"long": "SELL", "short": "BUY"}  # ... and the one that closes it
+SIGNAL_TARGETS = {"BUY": "long", "SHORT": "short", "FLAT": "flat", "SELL": "flat"}  # follow mode
 FLATTEN_ORDER_KEY = "flatten_order"  # meta: the flatten request being carried out and its order, as JSON
 _SERIES = ("open", "high", "low", "close", "volume")
 
@@ -120,6 +122,7 @@ class Trader:
         self.open_trade = open_trade.OpenTrade()  # the risk state of the position (stored in risk_state)
         self._last_policy: Policy | None = None
         self._tick_minute_ms: int | None = None  # the minute whose ticks were checked against the levels
+        self._cannot_short_signal: tuple | None = None  # follow mode's "cannot short" alert, once a signal
         self._trade_minute_ms: int | None = None  # live: the minute of the stream's last trade
         self._partly_watched_ms: int | None = None  # live: a minute whose first trades were missed (a connect)
         self._exits_to_alert: list[_ExitAlert] = []  # risk exits sent to an exchange, alerted with their fill
@@ -181,7 +184,7 @@ class Trader:
         self._last_policy = policy
         self.window.grow(policy.window)
         now_ms = int(self.clock() * 1000)
-        filled, order, exit_order, late_order, late_row = [], None, None, None, None
+        filled, orders, exit_order, late_orders, late_row = [], [], None, [], None
         stop_fill = self._exchange_stop_fill()  # asked before the transaction: no lock waits on the network
         with store.transaction(self.db):
             state_before = dataclasses.astuple(self.open_trade)
@@ -189,7 +192,7 @@ class Trader:
                     and policy.window_open_ms(last) != policy.window_open_ms(candle.open_time_ms):
                 # The window of the previous minute lacks its last minute (a file's gap): this later minute
                 # closes it, and its decision fills at this minute's open, as in the backtest.
-                late_row, late_order = self._decide(policy, last, now_ms, is_closed=True)
+                late_row, late_orders = self._decide(policy, last, now_ms, is_closed=True)
             if stop_fill is not None:  # the stop kept on the exchange closed the trade: its exit, recorded once
                 fill_minute_ms = stop_fill["time_ms"] - stop_fill["time_ms"] % 60_000
                 exit_order, filled = self._risk_exit(policy, stop_fill["reason"] or exits.STOP_LOSS, stop_fill["price"],
@@ -199,7 +202,7 @@ class Trader:
                 self._after_fills(filled, policy)
                 brokers.save_position(self.db, self.broker.position(), now_ms)
             self._adopt_position(policy)
-            levels = self.open_trade.levels(policy.risk)
+            levels = self._levels(policy)
             if levels is not None and candle.open_time_ms != self._tick_minute_ms:
                 # No tick of this minute was checked (a klines replay, a backfilled minute): the candle is.
                 hit = levels.check_candle(candle.open, candle.high, candle.low)
@@ -207,22 +210,21 @@ class Trader:
                     exit_order, exit_fills = self._risk_exit(policy, *hit, candle.open_time_ms, candle.open_time_ms,
                                                              now_ms)
                     filled += exit_fills
-            if self.open_trade.is_open:  # the trailing peak takes the highs of the trade's finished candles
-                self.open_trade.peak = max(self.open_trade.peak, candle.high)
+            self.open_trade.candle_closed(candle.high, candle.low)  # the trailing stop moves from the next candle on
             self.db.execute("INSERT OR IGNORE INTO candles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             [self.symbol, *candle])
             self.window.append(candle)
             row = None
             if policy.timeframe == 1 or policy.closes_window(candle.open_time_ms):
-                row, order = self._decide(policy, candle.open_time_ms, now_ms)
+                row, orders = self._decide(policy, candle.open_time_ms, now_ms)
             if dataclasses.astuple(self.open_trade) != state_before:
                 open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
-        for sent in (late_order, exit_order, order):
+        for sent in [*late_orders, exit_order, *orders]:
             if sent is not None and sent.get("status") != "filled":
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
         self._alert_exits()
-        for sent in (late_order, order):
-            if sent is not None and sent["side"] == "BUY" and policy.risk.has_exits:
+        for sent in [*late_orders, *orders]:
+            if sent.get("target") in OPEN_SIDE and (policy.risk.has_exits or sent["target"] == "short"):
                 self._enter_from_exchange_fill(sent, policy)
         self._keep_exchange_stop(policy)
         self.latencies_s.append(time.perf_counter() - started)
@@ -232,13 +234,14 @@ class Trader:
         for decided in (late_row, row):
             if decided is not None:
                 events.emit(events.decision_made, self, decision=decided)
-        for sent in (late_order, exit_order, order):
+        for sent in [*late_orders, exit_order, *orders]:
             if sent is not None:
                 events.emit(events.order_placed, self.broker, order=sent)
 
-    def _decide(self, policy: Policy, minute_ms: int, now_ms: int, is_closed: bool = False) -> tuple[dict, dict | None]:
+    def _decide(self, policy: Policy, minute_ms: int, now_ms: int, is_closed: bool = False) -> tuple[dict, list[dict]]:
         """Decide the strategy-timeframe window that the minute `minute_ms` (the newest in the window) closes:
-        the decision's row and the order it sends, if any. Call inside the candle's transaction."""
+        the decision's row and the orders it sends (a change of side: a close, then an open). Call inside the
+        candle's transaction."""
         decision = policy.decide(self.window.arrays(), is_closed=is_closed)
         try:
             position_side = self.broker.position().side
@@ -246,9 +249,9 @@ class Trader:
             position_side = "unknown"
             log.warning("no order on candle %s: %s", _iso(minute_ms), exc)
         target = TARGETS[decision.action]
-        # After a risk exit, BUY waits until the rules have answered SELL or HOLD once.
-        is_blocked = self.open_trade.reentry_blocked and decision.action == Action.BUY
-        if self.open_trade.reentry_blocked and decision.action != Action.BUY:
+        # After a risk exit, that side waits until the rules have answered anything else once.
+        is_blocked = self.open_trade.reentry_blocked and target == self.open_trade.side
+        if self.open_trade.reentry_blocked and target != self.open_trade.side:
             self.open_trade.reentry_blocked = False
         rule = policy.rules[decision.rule_index] if decision.rule_index is not None else None
         row = {"symbol": self.symbol, "candle_open_time_ms": minute_ms,
@@ -262,28 +265,56 @@ class Trader:
             "rule_text, strategy_version, reason, created_at_ms, timeframe_minutes) VALUES (:symbol, "
             ":candle_open_time_ms, :action, :target, :position_before, :rule_index, :rule_text, :strategy_version, "
             ":reason, :created_at_ms, :timeframe_minutes)", row).lastrowid
-        order = None
+        orders = []
         if row["target"] is not None and position_side not in (target, "unknown"):
-            if target == "long" and controls.is_paused(self.db):  # paused: exits only
-                log.info("no entry on candle %s: trading is paused", _iso(minute_ms))
+            orders = self._move(row, position_side, target, now_ms, policy)
+        return row, orders
+
+    def _move(self, decision: dict, position_side: str, target: str, now_ms: int, policy: Policy) -> list[dict]:
+        """The orders taking the position from `position_side` to `target`, recorded (call inside a transaction):
+        a close, then an open. A change of side makes the close a decision of its own (reason "<reason>:close"),
+        so each order has its own decision and client id; paused, nothing is opened (exits still happen)."""
+        orders = []
+        if position_side in CLOSE_SIDE:
+            close_id = decision["id"]
+            if target != "flat":
+                close_id = self.db.execute(
+                    "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_index, "
+                    "rule_text, strategy_version, reason, created_at_ms) VALUES (?, ?, 'SELL', 'flat', ?, ?, ?, ?, ?, ?)",
+                    [self.symbol, decision["candle_open_time_ms"], position_side, decision.get("rule_index"),
+                     decision.get("rule_text"), decision.get("strategy_version"), f"{decision['reason']}:close",
+                     now_ms]).lastrowid
+            orders.append(self.broker.submit(close_id, CLOSE_SIDE[position_side], now_ms, target="flat"))
+        if target in OPEN_SIDE:
+            if controls.is_paused(self.db):
+                log.info("no entry on candle %s: trading is paused", _iso(decision["candle_open_time_ms"]))
             else:
-                order = self._submit(row["id"], SIDE_FOR_TARGET[target], now_ms, policy)
-        return row, order
+                orders.append(self._submit(decision["id"], OPEN_SIDE[target], now_ms, policy, target))
+        return orders
+
 
     # -- risk exits -----------------------------------------------------------------------------
 
-    def _submit(self, decision_id: int, side: str, now_ms: int, policy: Policy) -> dict:
-        """Record the order of a decision; a BUY spends the strategy's SIZE share of what the account can spend."""
-        return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share)
+    def _submit(self, decision_id: int, side: str, now_ms: int, policy: Policy, target: str) -> dict:
+        """Record the opening order of a decision; it commits the strategy's SIZE share of the account."""
+        return self.broker.submit(decision_id, side, now_ms, size_share=policy.risk.size_share, target=target)
 
     def _after_fills(self, filled: list[dict], policy: Policy) -> None:
-        """A filled BUY opens the trade's levels (ATR of the decision candle: the newest in the window,
-        since an entry fills at the next candle's open before that candle joins); a SELL closes them."""
+        """A filled entry opens the trade's levels (ATR of the decision candle: the newest in the window,
+        since an entry fills at the next candle's open before that candle joins); a close closes them."""
         for fill in filled:
-            if fill["side"] == "BUY":
-                self.open_trade.enter(fill["price"], self._atr(policy))
+            target = fill.get("target") or ("long" if fill["side"] == "BUY" else "flat")
+            if target in OPEN_SIDE:
+                self.open_trade.enter(fill["price"], self._atr(policy), is_short=target == "short")
             else:
                 self.open_trade.close()
+
+    def _liquidation_fee(self) -> float | None:
+        """The fee rate at which a paper short is liquidated (DESIGN.md "Shorts"); None where the exchange does it."""
+        return getattr(self.broker, "fee_rate", None) if getattr(self.broker, "fills_at_level", False) else None
+
+    def _levels(self, policy: Policy):
+        return self.open_trade.levels(policy.risk, self._liquidation_fee())
 
     def _atr(self, policy: Policy) -> dict[int, float]:
         """ATR of the strategy's timeframe at the newest decision (the newest closed window)."""
@@ -295,26 +326,27 @@ class Trader:
         """Keep the risk state in step with the account: a long position without levels (an exchange fill,
         a database from before risk exits) gets them from its entry price; a position sold elsewhere
         drops them."""
-        if not policy.risk.has_exits:
-            return
         try:
             position = self.broker.position()
         except brokers.BrokerError:
             return
-        if position.side == "long" and not self.open_trade.is_open:
-            entry = position.entry_price or self._last_buy_price()  # spot accounts have no entry price
-            if entry:
-                self.open_trade.enter(entry, self._atr(policy))
-        elif position.side != "long" and self.open_trade.is_open:
+        is_checked = policy.risk.has_exits or (position.side == "short" and self._liquidation_fee() is not None)
+        if not is_checked:
+            return
+        if position.side in OPEN_SIDE and (not self.open_trade.is_open or self.open_trade.side != position.side):
+            entry = position.entry_price or (self._last_buy_price() if position.side == "long" else None)
+            if entry:  # spot accounts have no entry price: the last buy's
+                self.open_trade.enter(entry, self._atr(policy), is_short=position.side == "short")
+        elif position.side not in OPEN_SIDE and self.open_trade.is_open:
             self.open_trade.close()
 
     def _enter_from_exchange_fill(self, order: dict, policy: Policy) -> None:
-        """An exchange broker fills a BUY while sending it: its levels start now, from the fill price and
+        """An exchange broker fills an entry while sending it: its levels start now, from the fill price and
         the ATR of the decision candle (the newest in the window), so the next ticks are checked."""
         row = self.db.execute("SELECT status, price FROM orders WHERE id = ?", [order["id"]]).fetchone()
         if row is None or row[0] != "filled" or not row[1] or self.open_trade.is_open:
             return
-        self.open_trade.enter(row[1], self._atr(policy))
+        self.open_trade.enter(row[1], self._atr(policy), is_short=order.get("target") == "short")
         with store.transaction(self.db):
             open_trade.save(self.db, self.symbol, self.open_trade, int(self.clock() * 1000))
 
@@ -328,24 +360,25 @@ class Trader:
         """Sell the position because a level was reached: a decision of its own (its id gives the order's
         client id), the order, and on paper its fill at `price`; with `stop_fill`, the fill of the stop the
         exchange triggered is the order (nothing is sent). Call inside a transaction."""
-        distance = getattr(policy.risk, reason)
+        distance = getattr(policy.risk, reason, None)  # a liquidation has no statement
         statement = exits.STATEMENT_TITLES[reason] + (f" {distance.text}" if distance is not None else "")
-        entry = self.open_trade.entry_price
+        entry, side = self.open_trade.entry_price, self.open_trade.side
         decision_id = self.db.execute(
             "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
-            "strategy_version, reason, created_at_ms) VALUES (?, ?, 'SELL', 'flat', 'long', ?, ?, ?, ?)",
-            [self.symbol, minute_ms, statement, policy.version, reason, now_ms]).lastrowid
+            "strategy_version, reason, created_at_ms) VALUES (?, ?, 'SELL', 'flat', ?, ?, ?, ?, ?)",
+            [self.symbol, minute_ms, side, statement, policy.version, reason, now_ms]).lastrowid
         filled = []
         if stop_fill is not None:
             order = self.broker.record_stop_fill(decision_id, stop_fill, now_ms)
         else:
-            order = self.broker.submit(decision_id, "SELL", now_ms)
+            order = self.broker.submit(decision_id, CLOSE_SIDE[side], now_ms, target="flat")
         if stop_fill is None and getattr(self.broker, "fills_at_level", False):
             filled = self.broker.fill_pending(price, time_ms)
             order["status"] = "filled"
         self.open_trade.close()
         self.open_trade.reentry_blocked = True
-        exit_alert = _ExitAlert(order["id"], reason, statement, entry, price, stop_fill is not None)
+        exit_alert = _ExitAlert(order["id"], reason, statement, entry, price, stop_fill is not None,
+                                 side == "short")
         if order.get("status") == "filled" or stop_fill is not None:
             self._alert_exit(exit_alert, price, now_ms)
         else:  # an exchange fills it when it is sent: the alert gives that fill, not the level
@@ -367,7 +400,8 @@ class Trader:
         if price is None:  # refused, or its outcome unknown: the order's own alert tells what follows
             message = f"{head}: the exit order at the level {exit_alert.level:.8g} is {status}"
         else:
-            change = f" (entry {entry:.8g}, {(price / entry - 1) * 100:+.2f} %)" if entry else ""
+            moved = (price / entry - 1) * (-1 if exit_alert.is_short else 1) if entry else 0.0  # for the trade
+            change = f" (entry {entry:.8g}, {moved * 100:+.2f} %)" if entry else ""
             level = f", level {exit_alert.level:.8g}" if price != exit_alert.level else ""
             message = f"{head} at {price:.8g}{change}{level}" + (
                 " by the stop kept on the exchange" if exit_alert.by_exchange_stop else "")
@@ -398,7 +432,7 @@ class Trader:
 
     def _check_level(self, price: float, time_ms: int, is_open: bool) -> None:
         policy = self._last_policy
-        levels = self.open_trade.levels(policy.risk) if policy is not None else None
+        levels = self._levels(policy) if policy is not None else None
         if levels is None:
             return
         hit = levels.check_tick(price, is_open)
@@ -436,7 +470,7 @@ class Trader:
         keep_stop = getattr(self.broker, "keep_stop", None)
         if keep_stop is None:
             return
-        levels = self.open_trade.levels(policy.risk)
+        levels = self._levels(policy)
         try:
             keep_stop(*(levels.stop() if levels is not None else (None, None)))
         except brokers.BrokerError as exc:
@@ -481,30 +515,46 @@ class Trader:
         self.resume_before_ms = max(self.resume_before_ms, last.open_time_ms + 60_000)
 
     def follow(self, signal: str, reason: str) -> dict | None:
-        """Move the position to an external signal (BUY -> long, SELL -> flat): a decision of its own, with
-        `reason`, on the newest candle, and its order. Returns the order, or None when nothing is needed."""
+        """Move the position to an external signal (BUY -> long, SHORT -> short, FLAT -> flat, SELL -> not long):
+        a decision of its own, with `reason`, on the newest candle, and its orders (a change of side: a close,
+        then an open). A broker that cannot short closes a long on SHORT and alerts, once a signal, that it
+        cannot go short. Returns the last order, or None when nothing is needed."""
         last = self.window.last_open_time_ms
         if last is None:
             return None  # no price yet to trade at
-        target = "long" if signal == "BUY" else "flat"
+        target = SIGNAL_TARGETS.get(signal, "flat")
         now_ms = int(self.clock() * 1000)
         with store.transaction(self.db):
             position = self.broker.position()
-            if self.broker.has_pending() or position.side == target or (target == "flat" and position.side != "long"):
+            if self.broker.has_pending() or (signal == "SELL" and position.side != "long"):
+                return None  # SELL only asks for "not long"
+            if target == "short" and not getattr(self.broker, "can_short", False):
+                if self._cannot_short_signal != (signal, last // 3_600_000):  # once an hour while it lasts
+                    self._cannot_short_signal = (signal, last // 3_600_000)
+                    alerts.queue(self.db, "trade", "cannot_short",
+                                 f"FOLLOW: the signal is SHORT but {self.broker.name} cannot short {self.symbol}"
+                                 + ("; the long is closed" if position.side == "long" else ""), now_ms, is_failure=True)
+                target = "flat"
+            if position.side == target or (target == "flat" and position.side not in CLOSE_SIDE):
                 return None
-            if target == "long" and controls.is_paused(self.db):
+            if target in OPEN_SIDE and position.side == "flat" and controls.is_paused(self.db):
                 return None  # paused: the operator allows no entry, not even a correction
+            row = {"candle_open_time_ms": last, "rule_text": reason, "strategy_version": self._policy_version,
+                   "reason": "follow"}
             cursor = self.db.execute(
                 "INSERT OR IGNORE INTO decisions(symbol, candle_open_time_ms, action, target, position_before, "
                 "rule_text, strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, 'follow', ?)",
                 [self.symbol, last, signal, target, position.side, reason, self._policy_version, now_ms])
             if not cursor.rowcount:
                 return None  # already followed on this candle
-            order = self._submit(cursor.lastrowid, SIDE_FOR_TARGET[target], now_ms, self.loader.current())
-        self.broker.execute(order)
+            row["id"] = cursor.lastrowid
+            orders = self._move(row, position.side, target, now_ms, self.loader.current())
+        for order in orders:
+            self.broker.execute(order)
         log.warning("following the external signal %s: %s", signal, reason)
-        events.emit(events.order_placed, self.broker, order=order)
-        return order
+        for order in orders:
+            events.emit(events.order_placed, self.broker, order=order)
+        return orders[-1] if orders else None
 
     def flatten(self, request_id: int | None = None) -> str:
         """Close the position now (the operator's flatten): a decision of its own with reason 'manual' and its
@@ -522,19 +572,20 @@ class Trader:
             # An entry still waiting for the next price would undo the flatten: it is cancelled first.
             cancelled = self.db.execute(
                 "UPDATE orders SET status = 'cancelled', error = 'cancelled by a flatten' WHERE broker = ? "
-                "AND symbol = ? AND status = 'pending' AND side = 'BUY'", [self.broker.name, self.symbol]).rowcount
+                "AND symbol = ? AND status = 'pending' AND (target IN ('long', 'short') OR (target IS NULL AND "
+                "side = 'BUY'))", [self.broker.name, self.symbol]).rowcount
             position = self.broker.position()
             if position.side == "flat" or self.broker.has_pending():
                 return _joined(before, ("nothing to close, the position is flat" if position.side == "flat"
                                         else "a closing order is already waiting")
                                + (f"; {cancelled} waiting entry cancelled" if cancelled else ""))
-            side = SIDE_FOR_TARGET["flat"]  # brokers take targets: SELL means be flat, closing a short too
+            side = CLOSE_SIDE.get(position.side, "SELL")
             # Keyed by the request's own time, not a candle's: two flattens within one candle are two decisions.
             decision_id = self.db.execute(
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, 'flat', ?, 'flatten by the operator', ?, "
                 "'manual', ?)", [self.symbol, now_ms, side, position.side, self._policy_version, now_ms]).lastrowid
-            order = self.broker.submit(decision_id, side, now_ms)
+            order = self.broker.submit(decision_id, side, now_ms, target="flat")
             if request_id is not None:
                 store.set_meta(self.db, FLATTEN_ORDER_KEY, json.dumps({"request": request_id, "order": order["id"]}),
                                now_ms)
@@ -600,6 +651,7 @@ class _ExitAlert(NamedTuple):
     entry: float | None
     level: float
     by_exchange_stop: bool
+    is_short: bool = False
 
 
 def _joined(before: str | None, now: str) -> str:

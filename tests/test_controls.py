@@ -123,8 +123,8 @@ def test_the_worker_carries_out_a_flatten_request_records_and_alerts_it(settings
 
 
 def test_flatten_of_a_futures_short_buys_it_back_reduce_only_at_the_exchange(db, data_dir):
-    # The real python-binance client against the exchange stand-in: a flatten is the target "flat", never a BUY
-    # that would turn the short into a long.
+    # The real python-binance client against the exchange stand-in: a flatten is the target "flat": the BUY that
+    # closes the short is reduce-only, never one that would turn the short into a long.
     from core.binance.futures import BinanceFuturesBroker
     from core.binance.rest import FUTURES
     from tests.test_binance_brokers import broker_for
@@ -136,7 +136,7 @@ def test_flatten_of_a_futures_short_buys_it_back_reduce_only_at_the_exchange(db,
         broker = broker_for(exchange, db, BinanceFuturesBroker, FUTURES)
         (data_dir / "strategy.txt").write_text("IF CLOSE < 0 THEN BUY\n")
         trader = Trader(db, "XRPETH", PolicyLoader(data_dir / "strategy.txt"), broker, clock=lambda: NOW_MS / 1000)
-        assert trader.flatten().startswith("SELL 50 XRPETH at ")
+        assert trader.flatten().startswith("BUY 50 XRPETH at ")
         (client_id,) = db.execute("SELECT client_order_id FROM orders").fetchone()
         (sent,) = exchange.orders_for(client_id)
         assert (sent["side"], sent["params"]["quantity"], sent["params"]["reduceOnly"]) == ("BUY", "50", "true")

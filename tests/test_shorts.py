@@ -359,3 +359,159 @@ def test_the_chart_marks_short_entries_and_liquidations_with_their_own_shapes():
     svg = render_svg(result, candles)
     assert svg.count('class="entry-short"') == 2 and svg.count('class="exit-liquidation"') == 1
     assert "✖ liquidation" in svg and "▼ short entry" in svg
+
+
+# -- paper: the worker's trades ---------------------------------------------------------------------------
+
+from core import open_trade  # noqa: E402
+from core.candles import Candle  # noqa: E402
+from tests.processes import query, start_worker, stop_worker, wait_until  # noqa: E402
+from tests.test_exits import paper_trader, tick  # noqa: E402,F401  (a fixture and a helper shared with it)
+
+
+def paired_orders(rows):
+    """Trades from filled orders (side, target, price, filled_at_ms, decision reason), paired here: an order
+    to "long" or "short" opens, one to "flat" closes."""
+    trades = []
+    for side, target, price, time_ms, reason in rows:
+        if target in ("long", "short"):
+            trades.append([target, time_ms, price, None, None, None])
+        else:
+            assert target == "flat" and trades and trades[-1][3] is None
+            trades[-1][3:] = [time_ms, price, exits.exit_reason(reason)]
+    return [tuple(t) for t in trades]
+
+
+def worker_trades(data_dir):
+    return paired_orders(query(data_dir, "SELECT o.side, o.target, o.price, o.filled_at_ms, d.reason FROM orders o "
+                                         "JOIN decisions d ON d.id = o.decision_id WHERE o.status = 'filled' "
+                                         "ORDER BY o.id"))
+
+
+@pytest.mark.parametrize("risk_lines", ["", "STOP LOSS 0.3%\nTAKE PROFIT 0.5%\nTRAILING STOP 0.25%\nSIZE 60%"])
+def test_worker_paper_trades_of_a_reversing_strategy_equal_the_backtest(data_dir, tmp_path, risk_lines):
+    text = REVERSING + risk_lines
+    (data_dir / "strategy.txt").write_text(text)
+    part = tmp_path / "ETHBTC-1m-part.csv"
+    part.write_text("".join(ETHBTC.read_text().splitlines(keepends=True)[:3001]))
+    candles = load_candles(part)
+    expected = run_backtest(candles, compile_strategy(text))
+    worker = start_worker(data_dir, replay_file=part, replay_speed=0, symbol="ETHBTC", log_level="ERROR")
+    wait_until(lambda: query(data_dir, "SELECT count(*) FROM decisions WHERE reason = 'strategy'")
+               == [(len(candles["close"]),)], worker, timeout_s=180, what="the whole file decided")
+    stop_worker(worker)
+    ours = worker_trades(data_dir)
+    theirs = [(t.side, t.entry_time, t.entry_price, t.exit_time, t.exit_price, t.exit_reason) for t in expected.trades]
+    assert ours == theirs
+    assert {t[0] for t in theirs} == {"long", "short"} and len(theirs) > 100
+    # Each change of side is a close and an open: two decisions, two orders, two client ids.
+    flips = query(data_dir, "SELECT count(*) FROM decisions WHERE reason = 'strategy:close'")[0][0]
+    assert flips > 50
+    (orders, ids, decisions) = query(data_dir, "SELECT count(*), count(DISTINCT client_order_id), "
+                                               "count(DISTINCT decision_id) FROM orders WHERE status = 'filled'")[0]
+    assert orders == ids == decisions == 2 * len(theirs) - (theirs[-1][3] is None)
+    # The paper account marked at the last close (a long with the sale's fee, a short with the buy-back's) is
+    # the backtest's equity there.
+    (quote, base) = query(data_dir, "SELECT quote_balance, base_qty FROM paper_accounts")[0]
+    close = candles["close"][-1]
+    marked = quote + base * close * (1 - 0.001 if base > 0 else 1 + 0.001)
+    assert marked == pytest.approx(10_000 * expected.equity[-1], rel=1e-9)
+
+
+def minute(trader, i, o, h, lo, c):
+    trader.on_candle(Candle(T0 + i * MINUTE, o, h, lo, c, 1.0, T0 + i * MINUTE + 59_999, c, 1, 0.5, c / 2))
+
+
+def test_paper_short_holds_the_sale_and_buys_it_back_with_both_fees(db, paper_trader):
+    trader = paper_trader(HAND)
+    minute(trader, 0, 40, 40, 40, 40)          # SHORT
+    minute(trader, 1, 100, 101, 95, 400)       # sold short at 100: 10 XRP for 1000 · 0.999; then SELL
+    assert trader.broker.position().side == "short"
+    quote, base, entry = trader.broker.account()
+    assert (quote, base, entry) == (pytest.approx(1000 + 999.0), pytest.approx(-10.0), 100.0)
+    minute(trader, 2, 90, 91, 89, 400)         # bought back at 90: 10 · 90 · 1.001
+    quote, base, _ = trader.broker.account()
+    assert quote == pytest.approx(1999 - 900.9) and base == 0  # 1098.1: +9.81 %, as the backtest's hand case
+    sides = db.execute("SELECT o.side, o.target, d.reason FROM orders o JOIN decisions d ON d.id = o.decision_id "
+                       "ORDER BY o.id").fetchall()
+    assert sides == [("SELL", "short", "strategy"), ("BUY", "flat", "strategy")]
+    from core import account
+    (trip,) = account.round_trips(account.filled_orders(db, "XRPETH"))
+    assert (trip.side, trip.exit_reason) == ("short", "rule") and trip.pnl_pct == pytest.approx(9.81)
+
+
+def test_a_flip_is_a_close_and_an_open_with_their_own_decisions_and_client_ids(db, paper_trader):
+    trader = paper_trader(HAND)
+    minute(trader, 0, 600, 600, 600, 600)      # BUY
+    minute(trader, 1, 100, 100, 100, 40)       # long at 100; SHORT: a close and an open
+    rows = db.execute("SELECT d.id, d.action, d.target, d.position_before, d.reason, o.side, o.target, "
+                      "o.client_order_id, o.status FROM decisions d JOIN orders o ON o.decision_id = d.id "
+                      "WHERE d.candle_open_time_ms = ? ORDER BY o.id", [T0 + MINUTE]).fetchall()
+    assert [r[1:7] + r[8:] for r in rows] == [("SELL", "flat", "long", "strategy:close", "SELL", "flat", "pending"),
+                                              ("SHORT", "short", "long", "strategy", "SELL", "short", "pending")]
+    assert rows[0][7] != rows[1][7]
+    minute(trader, 2, 90, 90, 90, 90)          # both fill at 90, in that order
+    assert trader.broker.position().side == "short" and trader.open_trade.is_short
+    assert db.execute("SELECT side, price FROM orders ORDER BY id").fetchall() == [
+        ("BUY", 100.0), ("SELL", 90.0), ("SELL", 90.0)]
+
+
+def test_live_short_stop_fills_at_the_level_and_blocks_only_the_short_side(db, paper_trader):
+    trader = paper_trader(HAND + "STOP LOSS 2%\n")
+    trader.on_tick(tick(0, 1, 40.0))           # minute 0 closes at 40: SHORT
+    trader.on_tick(tick(1, 0, 100.0))          # minute 1 opens at 100: short; stop 102
+    assert trader.broker.position().side == "short"
+    trader.on_tick(tick(1, 20, 101.5))
+    assert trader.broker.position().side == "short"
+    trader.on_tick(tick(1, 30, 102.4))         # through the stop mid-minute: bought back at the level
+    assert trader.broker.position().side == "flat"
+    (row,) = db.execute("SELECT o.side, o.price, d.reason, d.position_before FROM orders o JOIN decisions d "
+                        "ON d.id = o.decision_id WHERE o.side = 'BUY'").fetchall()
+    assert row == ("BUY", 102.0, "stop_loss", "short")
+    state = open_trade.load(db, "XRPETH")
+    assert state.reentry_blocked and state.is_short
+    trader.on_tick(tick(2, 0, 45.0))           # minute 1 closed at 102.4: HOLD, unblocked
+    trader.on_tick(tick(3, 0, 45.0))           # minute 2 closed at 45: SHORT again
+    assert db.execute("SELECT count(*) FROM orders WHERE target = 'short'").fetchone() == (2,)
+
+
+def test_a_short_opened_through_its_stop_fills_at_the_minutes_first_price(db, paper_trader):
+    trader = paper_trader(HAND + "STOP LOSS 2%\nTAKE PROFIT 3%\n")
+    trader.on_tick(tick(0, 1, 40.0))
+    trader.on_tick(tick(1, 0, 100.0))          # short at 100
+    trader.on_tick(tick(1, 50, 101.0))
+    trader.on_tick(tick(2, 5, 104.0))          # the next minute opens above the stop: filled there
+    assert db.execute("SELECT o.price, d.reason FROM orders o JOIN decisions d ON d.id = o.decision_id "
+                      "WHERE o.side = 'BUY'").fetchone() == (104.0, "stop_loss")
+
+
+def test_a_paper_short_is_liquidated_where_it_has_lost_its_notional(db, paper_trader):
+    trader = paper_trader(HAND)
+    minute(trader, 0, 40, 40, 40, 40)
+    minute(trader, 1, 100, 120, 99, 119)       # short 10 at 100
+    minute(trader, 2, 119, 250, 118, 240)      # high 250 passes L = 199.70...: bought back there
+    (price, reason) = db.execute("SELECT o.price, d.reason FROM orders o JOIN decisions d ON d.id = o.decision_id "
+                                 "WHERE o.side = 'BUY'").fetchone()
+    assert reason == "liquidation" and price == pytest.approx(100 * 1.999 / 1.001)
+    quote, base, _ = trader.broker.account()
+    assert quote == pytest.approx(0.0, abs=1e-9) and base == 0  # SIZE 100 %: the whole notional is gone
+    assert "LIQUIDATION" in db.execute("SELECT message FROM alerts").fetchone()[0]
+
+
+def test_short_risk_state_survives_a_restart(db, paper_trader):
+    trader = paper_trader(HAND + "TRAILING STOP 2%\n")
+    minute(trader, 0, 40, 40, 40, 40)
+    minute(trader, 1, 100, 101, 90, 92)        # short at 100; the lowest low becomes 90
+    again = paper_trader(HAND + "TRAILING STOP 2%\n")
+    again.resume()
+    assert (again.open_trade.entry_price, again.open_trade.peak, again.open_trade.is_short) == (100.0, 90.0, True)
+    minute(again, 2, 91, 92, 91, 91.5)         # trailing 91.8: high 92 reaches it
+    assert db.execute("SELECT price FROM orders WHERE side = 'BUY'").fetchone() == (pytest.approx(91.8),)
+
+
+def test_flatten_buys_a_paper_short_back(db, paper_trader):
+    trader = paper_trader(HAND)
+    minute(trader, 0, 40, 40, 40, 40)
+    minute(trader, 1, 100, 101, 95, 99)
+    assert trader.flatten().startswith("BUY 10 XRPETH at 99")
+    assert trader.broker.position().side == "flat"

@@ -12,7 +12,7 @@ from sqlite_utils import Database
 from core import store
 from core.health import alerts
 from core.binance.filters import ZERO, Plan, decimal_text
-from core.binance.orders import BinanceBroker
+from core.binance.orders import BinanceBroker, plan_side
 from core.binance.rest import FUTURES, BinanceRest, ExchangeRejected
 from core.binance.stops import ExchangeStop
 from core.brokers import BrokerError, Position
@@ -51,11 +51,11 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
         self.is_prepared = self.is_hedge_mode = False
 
     def _prepare_for(self, side: str) -> None:
-        """Hedge mode refuses every order; wrong margin or leverage refuses opening a long, never a close."""
+        """Hedge mode refuses every order; wrong margin or leverage refuses opening a position, never a close."""
         try:
             self.prepare()
         except BrokerError:
-            if side == "BUY" or self.is_hedge_mode:
+            if side in ("BUY", "SHORT") or self.is_hedge_mode:
                 raise
 
     def prepare(self) -> None:
@@ -85,7 +85,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
         """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own; a SELL
         first cancels the stop kept on Binance, and when that stop has already closed the position, its fill
         is this order's (no second order is sent)."""
-        if order["side"] == "SELL" and self._stored_stop() is not None:
+        if plan_side(order) == "SELL" and self._stored_stop() is not None:
             try:
                 fill = None if self._cancel_stop(self._stored_stop()) else self.stop_exit()
             except BrokerError as exc:
@@ -94,7 +94,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
             if fill is not None:
                 self._take_stop_fill(order, fill)
                 return
-        if order["side"] == "BUY":
+        if plan_side(order) == "BUY":
             try:
                 self._prepare_for("SELL")  # closing the short needs one-way mode only
                 account = self._read_account()
@@ -115,7 +115,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, 'BUY', 'flat', 'short', ?, ?, ?, ?)",
                 [self.symbol, decision[0], decision[1], decision[2], f"close-short-{order['decision_id']}", now_ms])
-            close = self.submit(cursor.lastrowid, "BUY", now_ms)
+            close = self.submit(cursor.lastrowid, "BUY", now_ms, target="flat")
         close["created_at_ms"] = now_ms
         max_qty = self.rules.max_qty
         problem = self.rules.problem(-account.amount if max_qty is None else min(-account.amount, max_qty), None)
@@ -166,7 +166,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
                 "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, rule_text, "
                 "strategy_version, reason, created_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [*decision[:7], f"{decision[7]}:part{number}", now_ms]).lastrowid
-            return self.submit(decision_id, first["side"], now_ms)
+            return self.submit(decision_id, first["side"], now_ms, target=first.get("target"))
 
     def _read_account(self) -> FuturesAccount:
         rules = self.rules
@@ -203,10 +203,11 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
             close_side = "SELL" if account.amount > 0 else "BUY"
             return Plan({"side": close_side, "quantity": decimal_text(abs(account.amount)), "reduceOnly": "true",
                          "newOrderRespType": "RESULT"})
-        if account.amount > 0:
-            return Plan(None, "already long")
-        if account.amount < 0:
-            return Plan(None, "still short after closing it", is_failure=True)
+        is_short = side == "SHORT"
+        if account.amount != 0 and (account.amount < 0) == is_short:
+            return Plan(None, "already short" if is_short else "already long")
+        if account.amount != 0:
+            return Plan(None, f"still {'long' if is_short else 'short'} after closing it", is_failure=True)
         if price is None:
             return Plan(None, "no price yet to size the order", is_failure=True)
         margin = account.available * min(share, FUTURES_MARGIN_USE)  # SIZE: that share of the available margin
@@ -218,7 +219,9 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
         if not rules.is_tradable(open_qty, price):
             return Plan(None, f"{decimal_text(margin)} {rules.quote_asset} of margin at {self.leverage}x buys "
                               f"{decimal_text(open_qty)} {rules.base_asset}, below Binance's minimum", is_failure=True)
-        return Plan({"side": "BUY", "quantity": decimal_text(open_qty), "newOrderRespType": "RESULT"})
+        # One-way mode: a SELL while flat opens a short (Binance "New Order (TRADE)", positionSide BOTH).
+        return Plan({"side": "SELL" if is_short else "BUY", "quantity": decimal_text(open_qty),
+                     "newOrderRespType": "RESULT"})
 
     def _fill_of(self, answer: dict) -> dict:
         qty = Decimal(answer.get("executedQty", "0"))

@@ -65,6 +65,12 @@ def exchange_client_id(prefix: str, decision_id: int) -> str:
     return client_id
 
 
+def plan_side(order: dict) -> str:
+    """What a recorded order asks of the account: "BUY" (be long), "SELL" (be flat: whatever is held is
+    closed) or "SHORT" (be short), from its target (orders before shorts have none: their side says it)."""
+    return {"flat": "SELL", "short": "SHORT", "long": "BUY"}.get(order.get("target"), order["side"])
+
+
 class BinanceBroker(Settling):
     """The broker protocol on Binance; subclasses say how to read the account and size an order."""
 
@@ -100,16 +106,18 @@ class BinanceBroker(Settling):
             return self._position
         return self._read_account().position
 
-    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0) -> dict:
-        """Record a market order for a decision, before it is sent; a BUY spends `size_share` of what the
-        account can spend (SIZE). Call inside a transaction."""
+    def submit(self, decision_id: int, side: str, now_ms: int, size_share: float = 1.0,
+               target: str | None = None) -> dict:
+        """Record a market order for a decision, before it is sent; an entry spends `size_share` of what the
+        account can spend (SIZE); `target` is the position it reaches (see PaperBroker.submit). Call inside a
+        transaction."""
         order = {"decision_id": decision_id, "client_order_id": exchange_client_id(self.prefix, decision_id),
                  "broker": self.name, "symbol": self.symbol, "side": side, "status": "sending",
-                 "created_at_ms": now_ms, "size_share": size_share}
+                 "created_at_ms": now_ms, "size_share": size_share, "target": target}
         order["id"] = self.db.execute(
             "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, "
-            "size_share) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, :created_at_ms, "
-            ":size_share)", order).lastrowid
+            "size_share, target) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, "
+            ":created_at_ms, :size_share, :target)", order).lastrowid
         return order
 
     def execute(self, order: dict, even_if_unknown: bool = False) -> None:
@@ -117,14 +125,14 @@ class BinanceBroker(Settling):
         never sent again but settled (see the module docstring). While another order's outcome is unknown
         nothing is sent, unless `even_if_unknown` (a flatten: it closes what the account holds now)."""
         try:
-            self._prepare_for(order["side"])
+            self._prepare_for(plan_side(order))
             waiting = self._settle_open(exclude_id=order["id"])
             if waiting and not even_if_unknown:
                 self._settle(order, "skipped", f"not sent: the outcome of order {waiting} is still unknown; the "
                              "next decision decides again against Binance's account")
                 return
             share = Decimal(repr(order.get("size_share") or 1.0))
-            plan = self._plan(order["side"], self._read_account(), self._last_price(), share)
+            plan = self._plan(plan_side(order), self._read_account(), self._last_price(), share)
         except BrokerError as exc:
             self._settle(order, "not_sent", f"not sent: {exc}", is_failure=True)
             return

@@ -56,6 +56,8 @@ class BinanceSpotBroker(SpotTradeEvidence, BinanceBroker):
 
     def _plan(self, side: str, account: SpotAccount, price: Decimal | None, share: Decimal = Decimal(1)) -> Plan:
         rules = self.rules
+        if side == "SHORT":
+            return Plan(None, "spot cannot short: use binance-futures for a strategy with SHORT", is_failure=True)
         if side == "BUY":
             if account.position.side == "long":
                 return Plan(None, "already long")
