@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.health import heartbeat
-from core.webhook import ledger
+from core.webhook import intake, ledger
 
 SYMBOL = "BTCUSDT"  # the tests' Settings() market
 S = 1000
@@ -299,7 +299,7 @@ def test_a_failing_page_is_a_500_in_the_layout_without_the_exceptions_text(app, 
 
 @pytest.mark.parametrize("body, content_type, words", [
     (b"hello", "text/plain", ['the body is the word "hello", which is not a signal',
-                              "buy, sell, long, flat, short"]),
+                              "send one of the words " + ", ".join(intake.SIGNAL_WORDS)]),
     (b"buy", "application/x-www-form-urlencoded", ['the form body is the bare word "buy"',
                                                    "Content-Type: text/plain"]),
 ])
