@@ -98,15 +98,22 @@ def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> l
 
 @dataclasses.dataclass(frozen=True)
 class Preview:
-    """The editor's preview: the backtest over the stored candles and its chart (SVG, numbers only)."""
+    """The editor's preview: the backtest over the stored candles or a downloaded history, and its chart (SVG,
+    numbers only); or why a downloaded history cannot be shown (`error`)."""
 
-    result: BacktestResult
+    result: BacktestResult | None
     chart_svg: str
+    source: str = ""  # the downloaded history it ran over ("ETHBTC spot from ... to ..."); "" for the stored candles
+    error: str | None = None
 
 
 def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
             limit: int = 10_000) -> Preview:
     """What `policy` would have done over the stored candles: the editor's live preview."""
-    candles = stored_candles(db, symbol, limit)
+    return preview_of(stored_candles(db, symbol, limit), policy, fee_rate)
+
+
+def preview_of(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float, source: str = "") -> Preview:
+    """The editor's preview over any candles (a downloaded history: `source` names it)."""
     result = run_backtest(candles, policy, fee_rate=fee_rate)
-    return Preview(result, render_svg(result, candles, width=1100, height=260))
+    return Preview(result, render_svg(result, candles, width=1100, height=260), source)
