@@ -177,13 +177,17 @@ def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> N
     from core import sweep_runs
 
     ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades), rank_by, as_json)
+    deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
-        _print_json([run.report | {"params": run.params} for run in ranked])
+        reports = [run.report | {"params": run.params} for run in ranked]
+        reports[0]["deflated_sharpe"] = _rounded(deflated)
+        _print_json(reports)
         return
     shown = ranked[:sweep_runs.TOP_SHOWN]
     click.echo(f"Sweep of {len(ranked):,} combinations over {len(candles['close']):,} candles "
                f"({_days(ranked[0])}), the best {len(shown)} by {rank_by}:")
     click.echo(_table(shown, rank_by))
+    click.echo(_deflated_line(ranked, deflated))
 
 
 def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades) -> None:
@@ -196,8 +200,10 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
                             rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
     again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades)
+    deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
+        reports[0]["deflated_sharpe"] = _rounded(deflated)
         for report, run in zip(reports, again):
             report["out_of_sample"] = run.report
         _print_json(reports)
@@ -205,6 +211,7 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     click.echo(f"Ranked by {rank_by} on the first {point:,} candles ({_span(inside)}); "
                f"the best {len(best)} again on the last {n - point:,} ({_span(outside)}):")
     click.echo(_side_by_side(best, again, rank_by))
+    click.echo(_deflated_line(ranked, deflated))
 
 
 def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling) -> None:
@@ -262,6 +269,19 @@ def _rank(runs, rank_by: str, as_json: bool, label: str = ""):
 
 
 # -- output -----------------------------------------------------------------------------------------
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _deflated_line(ranked, deflated: float | None) -> str:
+    """What the deflated Sharpe ratio of #1 is, in one line."""
+    if deflated is None:
+        why = ranked[0].metrics.why_null.get("sharpe", "too few combinations with a Sharpe ratio")
+        return f"  deflated Sharpe of #1: - ({why})"
+    return (f"  deflated Sharpe of #1: {deflated:.3f}, the probability that its Sharpe ratio is above zero once "
+            f"the luck of picking the best of {len(ranked):,} is taken out (Bailey & López de Prado 2014)")
+
 
 def _days(run) -> str:
     days = run.metrics.days

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from blueprints.db import get_db
-from core import auth, charts, clock, logs, strategies, tradingview, warmup
+from core import auth, brokers, charts, clock, logs, strategies, tradingview, warmup
 from core.dsl import StrategyError
 from core.feeds import FeedError
 from core.history import HistoryError, downloaded, preview_candles
@@ -109,6 +109,7 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_for_editor(_strategy_path())[0])
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy), history=policy and warmup.history_needed(policy),
+                           is_saved_text=strategies.version_of(text) == saved_version,
                            downloaded=downloaded(current_app.config["SETTINGS"].data_dir),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
@@ -134,9 +135,9 @@ def _preview(policy):
         candles, source = preview_candles(settings.data_dir, picked, request.form.get("preview_from", ""),
                                           request.form.get("preview_to", ""), clock.now_ms())
     except HistoryError as exc:
-        return charts.Preview(None, "", picked, str(exc))
+        return charts.Preview(None, "", source=picked, error=str(exc))
     except FeedError as exc:
-        return charts.Preview(None, "", picked, exc.format())
+        return charts.Preview(None, "", source=picked, error=exc.format())
     return charts.preview_of(candles, policy, settings.fee_rate, source)
 
 
@@ -150,14 +151,18 @@ def loaded():
 
 @bp.get("/admin/algo/history")
 def history():
-    """Saved versions, newest first, a page at a time, each with its diff against the current text."""
+    """Saved versions, newest first, a page at a time, each with what its save changed."""
     current = strategies.read_for_editor(_strategy_path())[0]
     pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
     page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
-    entries = [(version, *_shown(strategies.diff(version.text, current)), *_shown(version.text.splitlines()))
-               for version in strategies.versions(_db(), HISTORY_PAGE_SIZE, (page - 1) * HISTORY_PAGE_SIZE)]
-    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current),
-                           page=page, pages=pages)
+    rows = strategies.versions(_db(), HISTORY_PAGE_SIZE + 1, (page - 1) * HISTORY_PAGE_SIZE)  # + the one before
+    entries = [(version, *_shown(strategies.diff(rows[i + 1].text if i + 1 < len(rows) else "", version.text)),
+                *_shown(version.text.splitlines())) for i, version in enumerate(rows[:HISTORY_PAGE_SIZE])]
+    try:  # the newest save of the current text is "current", not every save of the same text
+        current_id = strategies.find_version(_db(), strategies.version_of(current)).id
+    except strategies.UnknownVersion:
+        current_id = None
+    return render_template("admin/history.html", entries=entries, current_id=current_id, page=page, pages=pages)
 
 
 def _shown(lines: list[str]) -> tuple[list[str], int]:
@@ -173,6 +178,25 @@ def version_text(version: str):
     except strategies.UnknownVersion:
         abort(404, f"No saved strategy has version {version}.")
     return text, 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/admin/algo/history/<version>/restore")
+def confirm_restore(version: str):
+    """Ask before restoring: what would change against the version the worker runs, and the position now."""
+    try:
+        chosen = strategies.find_version(_db(), version)
+    except strategies.UnknownVersion:
+        abort(404, f"No saved strategy has version {version}.")
+    worker = strategies.worker_view(_db(), clock.now_ms())
+    try:
+        running = strategies.find_version(_db(), worker.loaded_version).text if worker.loaded_version else None
+    except strategies.UnknownVersion:
+        running = None
+    if running is None:  # the worker has loaded nothing saved here: compare with the file it will load
+        running = strategies.read_for_editor(_strategy_path())[0]
+    changes, more = _shown(strategies.diff(running, chosen.text))
+    return render_template("admin/restore.html", chosen=chosen, changes=changes, more_changes=more, worker=worker,
+                           running_version=strategies.version_of(running), position=brokers.load_position(_db()))
 
 
 @bp.post("/admin/algo/history/<version>/restore")

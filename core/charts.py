@@ -97,14 +97,36 @@ def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> l
 
 
 @dataclasses.dataclass(frozen=True)
+class Axes:
+    """What the preview chart's axes say: the closes' and the equity's ranges, and the time span."""
+
+    price_low: float
+    price_high: float
+    equity_low_pct: float  # the equity's lowest and highest point, in % of the start
+    equity_high_pct: float
+    first_ms: int
+    last_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Preview:
     """The editor's preview: the backtest over the stored candles or a downloaded history, and its chart (SVG,
     numbers only); or why a downloaded history cannot be shown (`error`)."""
 
     result: BacktestResult | None
     chart_svg: str
+    axes: Axes | None = None  # None without candles
     source: str = ""  # the downloaded history it ran over ("ETHBTC spot from ... to ..."); "" for the stored candles
     error: str | None = None
+
+
+def axes(result: BacktestResult, candles: Mapping[str, np.ndarray]) -> Axes | None:
+    """The ranges the preview chart spans, for labels beside it (text inside a shrunk SVG is unreadable)."""
+    if result.candles == 0:
+        return None
+    close, equity = candles["close"], np.concatenate(([1.0], result.equity))
+    return Axes(float(np.min(close)), float(np.max(close)), float((np.min(equity) - 1) * 100),
+                float((np.max(equity) - 1) * 100), int(candles["open_time_ms"][0]), int(candles["open_time_ms"][-1]))
 
 
 def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
@@ -116,4 +138,4 @@ def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE
 def preview_of(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float, source: str = "") -> Preview:
     """The editor's preview over any candles (a downloaded history: `source` names it)."""
     result = run_backtest(candles, policy, fee_rate=fee_rate)
-    return Preview(result, render_svg(result, candles, width=1100, height=260), source)
+    return Preview(result, render_svg(result, candles, width=1100, height=260), axes(result, candles), source)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from statistics import NormalDist
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Metrics:
     fees_paid: float
     days: int = 0  # complete UTC days, the daily returns' count
     why_null: dict[str, str] = dataclasses.field(default_factory=dict)  # metric -> why it is None
+    # Of the daily returns, for the deflated Sharpe ratio (not in the JSON); None with sharpe None.
+    daily_skewness: float | None = None
+    daily_kurtosis: float | None = None  # not excess: 3 for a normal distribution
 
     def as_json(self) -> dict:
         """The `metrics` object of `backtest --json`, rounded to 6 decimals, with `why_null`."""
@@ -132,7 +136,14 @@ def compute_metrics(ledger: Ledger) -> Metrics:
         fees_paid=float(ledger.fees_paid),
         days=len(daily),
     )
-    return dataclasses.replace(metrics, why_null=_why_null(metrics, closed_pnl, daily))
+    skewness = kurtosis = None
+    if metrics.sharpe is not None:
+        deviations = daily - np.mean(daily)
+        spread = math.sqrt(float(np.mean(deviations ** 2)))
+        skewness = float(np.mean(deviations ** 3)) / spread ** 3
+        kurtosis = float(np.mean(deviations ** 4)) / spread ** 4
+    return dataclasses.replace(metrics, why_null=_why_null(metrics, closed_pnl, daily), daily_skewness=skewness,
+                               daily_kurtosis=kurtosis)
 
 
 def _why_null(m: Metrics, closed_pnl: np.ndarray, daily: np.ndarray) -> dict[str, str]:
@@ -204,6 +215,33 @@ def sortino(daily: np.ndarray) -> float | None:
         return None
     downside = math.sqrt(float(np.mean(np.minimum(daily, 0.0) ** 2)))
     return float(np.mean(daily)) / downside * math.sqrt(YEAR_DAYS) if downside > 0 else None
+
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def deflated_sharpe(m: Metrics, trials: int, sharpe_variance: float) -> float | None:
+    """The probability that the true Sharpe ratio behind `m` is above zero, given that it is the best of
+    `trials` combinations whose daily Sharpe ratios vary with `sharpe_variance` (Bailey & López de Prado,
+    "The Deflated Sharpe Ratio", 2014, eq. 2 and the expected maximum of `trials` Sharpe ratios).
+
+    Works on daily, not annualised, figures: SR = mean / sd of the daily returns; SR0 = √V·((1−γ)·Φ⁻¹(1 −
+    1/N) + γ·Φ⁻¹(1 − 1/(N·e))); DSR = Φ((SR − SR0)·√(T − 1) / √(1 − skew·SR + (kurtosis − 1)/4·SR²)).
+    None where the Sharpe ratio is None, or where the moments leave the square root without a value.
+    """
+    if m.sharpe is None or m.daily_skewness is None or m.daily_kurtosis is None or trials < 1:
+        return None
+    normal = NormalDist()
+    sr = m.sharpe / math.sqrt(YEAR_DAYS)
+    if trials == 1:
+        sr0 = 0.0  # nothing was picked: the plain probabilistic Sharpe ratio against zero
+    else:
+        sr0 = math.sqrt(max(sharpe_variance, 0.0)) * (
+            (1 - EULER_GAMMA) * normal.inv_cdf(1 - 1 / trials) + EULER_GAMMA * normal.inv_cdf(1 - 1 / (trials * math.e)))
+    spread = 1 - m.daily_skewness * sr + (m.daily_kurtosis - 1) / 4 * sr * sr
+    if spread <= 0 or m.days < 2:
+        return None
+    return normal.cdf((sr - sr0) * math.sqrt(m.days - 1) / math.sqrt(spread))
 
 
 def annualised_return_pct(final_equity: float, span_days: float) -> float | None:

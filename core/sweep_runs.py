@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
+import math
 import multiprocessing
 import os
 from collections.abc import Callable, Mapping
@@ -22,7 +23,7 @@ import numpy as np
 from core.backtest import BacktestResult, run_backtest
 from core.dsl import compile_strategy
 from core.dsl.sweeps import Combination
-from core.metrics import LOWER_IS_BETTER, NAMES, Metrics, compute_metrics, join
+from core.metrics import LOWER_IS_BETTER, NAMES, YEAR_DAYS, Metrics, compute_metrics, deflated_sharpe, join
 
 TOP_SHOWN = 20
 TOP_RECHECKED = 5
@@ -170,6 +171,17 @@ def choose_metric(runs: list[Run], metric: str) -> tuple[str, str | None]:
     reason = runs[0].metrics.why_null.get(metric, "undefined")
     return FALLBACK_METRIC, (f"{metric} is null for every combination ({reason}): "
                              f"ranked by {FALLBACK_METRIC} instead")
+
+
+def deflated_sharpe_of_best(ranked: list[Run]) -> float | None:
+    """The deflated Sharpe ratio of the best run, `ranked[0]`, given every run tried (core.metrics)."""
+    if not ranked:
+        return None
+    daily = [run.metrics.sharpe / math.sqrt(YEAR_DAYS) for run in ranked if run.metrics.sharpe is not None]
+    if len(ranked) > 1 and len(daily) < 2:
+        return None  # no spread of Sharpe ratios to deflate by
+    variance = float(np.var(daily, ddof=1)) if len(daily) > 1 else 0.0
+    return deflated_sharpe(ranked[0].metrics, len(ranked), variance)
 
 
 def split_point(n: int, fraction: float) -> int:

@@ -434,3 +434,59 @@ def test_the_status_api_says_log_only_for_alerts_that_went_only_to_the_log(opera
     deliveries = {a["message"]: a["delivery"] for a in operator.get("/api/v1/status").json["alerts"]}
     assert deliveries["alert 0 in state mismatch"] == "log only"  # delivered, and no OMNIWISE_ALERT_URLS
     assert deliveries["alert 3 in state mismatch"] == "queued"
+
+
+# -- editor and versions ------------------------------------------------------------------------------
+
+def test_each_versions_diff_is_what_its_save_changed_and_one_is_current(operator, settings):
+    from core import strategies
+
+    texts = ["IF MA4 > MA9 THEN BUY\n", "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n", "IF MA4 > MA9 THEN BUY\n"]
+    for text in texts:
+        operator.post("/admin/algo", data={"strategy": text, "csrf_token": operator.csrf_token})
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert page.count(">current</span>") == 1  # the first and the third save hold the same text
+    entries = page.split('<li class="version"')[1:]
+    assert '<span class="del">-IF MA4 &lt; MA9 THEN SELL</span>' in entries[0] and "current" in entries[0]
+    assert '<span class="add">+IF MA4 &lt; MA9 THEN SELL</span>' in entries[1] and ">current<" not in entries[1]
+    assert f"/admin/algo/history/{strategies.version_of(texts[1])}/restore" in entries[1]
+
+
+def test_restore_asks_first_with_the_diff_against_what_runs_and_the_position(operator, settings, db):
+    from core import brokers, store, strategies
+
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE < OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    first = strategies.version_of("IF CLOSE > OPEN THEN BUY\n")
+    store.set_meta(db, strategies.LOADED_KEY, strategies.version_of("IF CLOSE < OPEN THEN BUY\n"), now_ms())
+    brokers.save_position(db, brokers.Position("long", 0.5, 95_000.0), now_ms())
+    page = operator.get(f"/admin/algo/history/{first}/restore").get_data(as_text=True)
+    assert '<span class="del">-IF CLOSE &lt; OPEN THEN BUY</span>' in page
+    assert '<span class="add">+IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert "Position now:</strong>\n    long 0.50000000 BTC, entry 95,000.00" in page
+    assert settings.strategy_path.read_text() == "IF CLOSE < OPEN THEN BUY\n"  # asking changed nothing
+    assert f'action="/admin/algo/history/{first}/restore"' in page and 'method="post"' in page
+    assert operator.get("/admin/algo/history/ffffffffffff/restore").status_code == 404
+
+
+def test_the_editor_marks_a_text_that_is_not_the_saved_one(operator):
+    page = operator.get("/admin/algo").get_data(as_text=True)
+    assert 'data-saved="yes"' in page and '<p id="unsaved" class="warn" role="status" hidden>' in page
+    refused = operator.post("/admin/algo", data={"strategy": "IF MA4 > MA9 BUY\n", "csrf_token": operator.csrf_token})
+    page = refused.get_data(as_text=True)
+    assert 'data-saved="no"' in page and '<p id="unsaved" class="warn" role="status" >' in page
+
+
+def test_the_preview_chart_has_its_axes_labelled(operator, db):
+    start = 1_796_000_000_000 - 1_796_000_000_000 % 60_000
+    with db.conn:
+        for i in range(60):
+            close = 100.0 + (i % 7)
+            db.execute("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, 1, ?, 1, 1, 0.5, 0.5)",
+                       [SYMBOL, start + i * 60_000, close, close + 1, close - 1, close, start + i * 60_000 + 59_999])
+    fragment = operator.post("/admin/algo/validate", data={"strategy": "IF MA4 > MA9 THEN BUY\n",
+                                                           "csrf_token": operator.csrf_token}).get_data(as_text=True)
+    axis_y = fragment.split('<div class="axis-y"')[1].split("</div>")[0]
+    assert "<span>106.00</span><span>100.00</span>" in axis_y  # the closes' highest and lowest
+    axis_x = fragment.split('<div class="axis-x"')[1].split("</div>")[0]
+    assert "2026-11-30 00:53:00 UTC" in axis_x and "2026-11-30 01:52:00 UTC" in axis_x
