@@ -85,7 +85,7 @@ def editor():
     text, unreadable = strategies.read_for_editor(_strategy_path())
     if unreadable is not None:  # the worker does not read it either: say why, Save replaces it
         return _editor_page(text, None, unreadable.errors)
-    return _editor_page(text, *strategies.check(text))
+    return _editor_page(text, *strategies.check(text, _short_refusal()))
 
 
 @bp.post("/admin/algo")
@@ -93,14 +93,14 @@ def save():
     """Save a valid strategy (the worker picks it up); an invalid one is shown again with its errors."""
     text = request.form.get("strategy", "")
     try:
-        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms())
+        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms(), _short_refusal())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
     except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
         reason = getattr(exc, "strerror", None) or exc
         flash(f"Not saved: cannot write {_strategy_path()} or its database ({reason}). Make the data folder "
               "writable by the user running Omniwise, then save again; the running strategy is unchanged.", "bad")
-        return _editor_page(text, *strategies.check(text)), 503
+        return _editor_page(text, *strategies.check(text, _short_refusal())), 503
     flash(f"Saved version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
@@ -114,10 +114,14 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
+def _short_refusal() -> str | None:
+    return current_app.config["SETTINGS"].short_refusal  # the worker's broker decides whether SHORT is allowed
+
+
 @bp.post("/admin/algo/validate")
 def validate():
     """The live check of the editor's text: the #validation fragment with every error (none: valid)."""
-    policy, errors = strategies.check(request.form.get("strategy", ""))
+    policy, errors = strategies.check(request.form.get("strategy", ""), _short_refusal())
     return render_template("admin/_validation.html", policy=policy, errors=errors, preview=_preview(policy),
                            history=policy and warmup.history_needed(policy))
 
