@@ -224,8 +224,10 @@ def restore(version: str):
 def webhook():
     """What to give TradingView: the webhook URL, its secret and alert messages to paste."""
     token = current_app.extensions["omniwise.webhook"].token
+    policy = current_app.extensions["omniwise.policy"].current()  # the strategy file's, compiled once per change
     return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
-                           url=url_for("signals.external_signal", token=token, _external=True))
+                           url=url_for("signals.external_signal", token=token, _external=True),
+                           bar=policy.timeframe_name, bar_ttl_s=int(tradingview.ttl_for_bar_s(policy.timeframe * 60)))
 
 
 def _rules(policy) -> str:
