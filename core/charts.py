@@ -120,11 +120,14 @@ class Axes:
 
 @dataclasses.dataclass(frozen=True)
 class Preview:
-    """The editor's preview: the backtest over the stored candles and its chart (SVG, numbers only)."""
+    """The editor's preview: the backtest over the stored candles or a downloaded history, and its chart (SVG,
+    numbers only); or why a downloaded history cannot be shown (`error`)."""
 
-    result: BacktestResult
+    result: BacktestResult | None
     chart_svg: str
     axes: Axes | None = None  # None without candles
+    source: str = ""  # the downloaded history it ran over ("ETHBTC spot from ... to ..."); "" for the stored candles
+    error: str | None = None
 
 
 def axes(result: BacktestResult, candles: Mapping[str, np.ndarray], timeframe: int = 1) -> Axes | None:
@@ -140,7 +143,11 @@ def axes(result: BacktestResult, candles: Mapping[str, np.ndarray], timeframe: i
 def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
             limit: int = 10_000) -> Preview:
     """What `policy` would have done over the stored candles: the editor's live preview."""
-    candles = stored_candles(db, symbol, limit)
+    return preview_of(stored_candles(db, symbol, limit), policy, fee_rate)
+
+
+def preview_of(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float, source: str = "") -> Preview:
+    """The editor's preview over any candles (a downloaded history: `source` names it)."""
     result = run_backtest(candles, policy, fee_rate=fee_rate)
     return Preview(result, render_svg(result, candles, width=1100, height=260, timeframe=policy.timeframe),
-                   axes(result, candles, policy.timeframe))
+                   axes(result, candles, policy.timeframe), source)
