@@ -75,7 +75,7 @@ class Worker:
         self.clock = clock
         self.stop = threading.Event()
         self.db = store.connect(settings.db_path)
-        self.loader = PolicyLoader(settings.strategy_path)
+        self.loader = PolicyLoader(settings.strategy_path, settings.short_refusal)
         is_binance = settings.feed == "binance" or settings.broker != "paper"
         self.rest = BinanceRest(settings, market_of(settings)) if is_binance else None
         self.user_stream = None

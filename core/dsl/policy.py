@@ -400,10 +400,16 @@ def lookback_minutes(node, tf: int = 1) -> int:
     return 0
 
 
-def compile_strategy(text: str) -> Policy:
-    """Parse and compile a strategy text; raise StrategyError listing every error in it."""
+def compile_strategy(text: str, short_refusal: str | None = None) -> Policy:
+    """Parse and compile a strategy text; raise StrategyError listing every error in it. With
+    `short_refusal` (why the broker cannot short), every SHORT is an error saying so."""
     sweeps.refuse_sweep(text)  # a sweep is a family of strategies: only the backtest expands it
     rules, risk, timeframe = parse_program(text)
+    if short_refusal is not None:
+        refused = [Diagnostic(rule.line, rule.action_column, short_refusal) for rule in rules
+                   if rule.action == Action.SHORT]
+        if refused:
+            raise StrategyError(refused)
     return Policy(rules, text, risk, timeframe)
 
 
