@@ -348,26 +348,41 @@ def backtest_fills(candles, text):
     return fills
 
 
-def test_the_trader_fed_minute_by_minute_decides_and_fills_as_the_backtest(db, data_dir, ethbtc):
-    (data_dir / "strategy.txt").write_text(LIVE_STRATEGY)
+def without_some_last_minutes(candles, tf: int, every: int):
+    """The minutes without the last minute of every `every`-th window of `tf` minutes: such a window closes
+    when the next window's first minute arrives, and its decision fills at that minute's open."""
+    times = candles["open_time_ms"]
+    is_last = (times + MINUTE) % (tf * MINUTE) == 0
+    drop = is_last & ((times // (tf * MINUTE)) % every == 0)
+    return {k: v[~drop] for k, v in candles.items()}
+
+
+@pytest.mark.parametrize("timeframe, holes", [("15m", False), ("3m", False), ("15m", True)])
+def test_the_trader_fed_minute_by_minute_decides_and_fills_as_the_backtest(db, data_dir, ethbtc, timeframe, holes):
+    strategy = LIVE_STRATEGY.replace("TIMEFRAME 15m", f"TIMEFRAME {timeframe}")
+    (data_dir / "strategy.txt").write_text(strategy)
+    if holes:
+        ethbtc = without_some_last_minutes(ethbtc, 15, every=3)
     broker = PaperBroker(db, "ETHBTC", start_balance=1.0, fee_rate=0.001)
     trader = Trader(db, "ETHBTC", PolicyLoader(data_dir / "strategy.txt"), broker, clock=lambda: 1_700_000_000.0)
     rows = zip(*(ethbtc[k].tolist() for k in ("open_time_ms", "open", "high", "low", "close", "volume")))
     for t, o, h, lo, c, v in rows:
         trader.on_candle(Candle(t, o, h, lo, c, v, t + MINUTE - 1, 0.0, 0, 0.0, 0.0))
     ours = [(side, price, time_ms) for side, price, time_ms, _ in paper_fills(db, "ETHBTC")]
-    theirs = backtest_fills(ethbtc, LIVE_STRATEGY)
+    theirs = backtest_fills(ethbtc, strategy)
     assert [(s, t) for s, _, t in ours] == [(s, t) for s, _, t in theirs]
     # Prices: ATR levels from the live window equal the whole history's to about 1e-12.
     assert [p for _, p, _ in ours] == pytest.approx([p for _, p, _ in theirs], rel=1e-9)
     reasons = {reason for *_, reason in paper_fills(db, "ETHBTC")}
     assert {"strategy", "stop_loss"} <= reasons or {"strategy", "trailing_stop"} <= reasons, reasons
-    # One decision per closed 15-minute window, each at the window's last minute present.
-    frame = timeframes.build_frame(ethbtc, 15)
+    # One decision per closed window, each at the window's last minute present.
+    minutes = compile_strategy(strategy).timeframe
+    frame = timeframes.build_frame(ethbtc, minutes)
     decided = [t for (t,) in db.execute("SELECT candle_open_time_ms FROM decisions WHERE reason = 'strategy' "
                                         "ORDER BY 1").fetchall()]
     assert decided == ethbtc["open_time_ms"][frame.last_minute].tolist()
-    assert db.execute("SELECT DISTINCT timeframe_minutes FROM decisions WHERE reason = 'strategy'").fetchall() == [(15,)]
+    assert db.execute("SELECT DISTINCT timeframe_minutes FROM decisions WHERE reason = 'strategy'").fetchall() == \
+        [(minutes,)]
 
 
 def test_the_worker_replaying_a_klines_file_trades_as_the_backtest(data_dir, tmp_path):

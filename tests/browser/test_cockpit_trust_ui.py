@@ -201,3 +201,16 @@ def test_unsaved_edits_are_marked_and_leaving_asks_first(op, site):
     op.get_by_role("button", name="Save").click()  # saving leaves without asking
     expect(op.get_by_role("status").first).to_contain_text("Saved version")
     expect(op.locator("#unsaved-mark")).to_be_hidden()
+
+
+def test_a_replay_is_a_banner_with_its_day_speed_and_progress(op, site):
+    from core import replay_status
+
+    worker_alive(site)
+    write(site, lambda db: replay_status.started(db, "XRPETH-aggTrades-2019-10-11.csv", 60, now_ms()))
+    op.goto(site.url + "/trades")
+    expect(op.locator("#replay-banner")).to_contain_text("Replaying 2019-10-11 at 60×")
+    write(site, lambda db: replay_status.finished(db, now_ms()))
+    expect(op.locator("#replay-banner")).to_contain_text("Replay finished.", timeout=10_000)
+    write(site, lambda db: replay_status.live(db, now_ms()))
+    expect(op.locator("#replay-banner")).to_have_count(0, timeout=10_000)
