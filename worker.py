@@ -48,7 +48,7 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_ev
     (settling orders from the user data stream's `user_events` too). Makes no network call;
     ConfigError when the Binance keys are missing."""
     if settings.broker == "paper":
-        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
+        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate, settings.paper_slippage)
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
                           "in the environment")

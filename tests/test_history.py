@@ -479,3 +479,36 @@ def test_a_preview_over_days_not_downloaded_says_why(operator, data_dir, downloa
     fragment = validate(operator, preview_source="futures/ETHBTC")
     assert "nothing of ETHBTC futures is downloaded" in fragment
     assert "Valid: 2 rules" in fragment  # the text itself is still checked
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_does_not(data_dir, archive):
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "OMNIWISE_DATA_DIR": str(data_dir), "OMNIWISE_BINANCE_ARCHIVE_URL": archive.url}
+    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "download", "ETHBTC", "--from", "2018-01-21",
+                             "--to", "2018-01-23"], stdout=subprocess.PIPE, stderr=follower, env=env, cwd=data_dir,
+                            timeout=120)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal's other end is closed: all of it is read
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert result.returncode == 0
+    assert b"3/3" in drawn and b"file" in drawn  # tqdm's bar: files done of the files planned
+    piped = cli(data_dir, archive, "ETHBTC", "--from", "2018-01-21", "--to", "2018-01-23")
+    assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_a_data_folder_that_cannot_be_written_is_one_line(data_dir, archive):
+    (data_dir / "history").write_text("a file where the folder should be")
+    result = cli(data_dir, archive, "ETHBTC", "--from", "2018-01-21", "--to", "2018-01-21")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {folder(data_dir)}: cannot create the folder: Not a directory"]
