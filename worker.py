@@ -293,6 +293,9 @@ def main() -> int:
     except maintenance.WorkerRunning as exc:
         print(f"omniwise worker: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a data folder it cannot write to
+        print(f"omniwise worker: cannot take the lock in {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
         logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,
                          settings.binance_api_secret)
