@@ -198,6 +198,9 @@ def restore_command(backup_file: Path) -> None:
         raise click.ClickException(f"{exc}: stop it first (sudo systemctl stop omniwise-worker)") from None
     except BackupError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from None
+    except OSError as exc:  # the data folder cannot be written (the backup is put in place by one rename)
+        raise click.ClickException(f"cannot restore into {settings.data_dir}: {exc.strerror or exc} "
+                                   f"({exc.filename})") from None
     click.echo(f"restored {backup_file} to {settings.db_path}")
     click.echo(f"  taken at:       {_utc(summary.taken_at_ms) or 'not recorded (an older backup)'}")
     click.echo(f"  worker's last beacon: {_utc(summary.last_beacon_ms) or 'none'}")
@@ -220,7 +223,9 @@ def _utc(time_ms: int | None) -> str | None:
 
 
 @click.command("init")
-def init_command() -> None:
+@click.option("--port", type=int, default=None,
+              help="the port `serve` will listen on: also print the webhook's URL on this machine (127.0.0.1)")
+def init_command(port: int | None) -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
@@ -240,6 +245,11 @@ def init_command() -> None:
     else:
         click.echo("Signal webhook: https://YOUR-HOST/api/v1/external-signal/TOKEN (the token is on the admin's "
                    "Webhook page)")
+    if port is not None:
+        # The token only on a terminal or when new: a service's log (journald) never gets it again.
+        shown = token if is_token_new or sys.stdout.isatty() else "TOKEN"
+        click.echo(f"From this machine: curl -H 'Content-Type: text/plain' --data buy "
+                   f"http://127.0.0.1:{port}/api/v1/external-signal/{shown}")
 
 
 @click.command("serve")

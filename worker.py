@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import config, controls, events, fault_policy, logs, maintenance, store, warmup
+from core import config, controls, events, fault_policy, logs, maintenance, replay_status, store, warmup
 from core.binance.futures import BinanceFuturesBroker
 from core.binance.spot import BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, klines, open_feed
@@ -48,7 +48,7 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_ev
     (settling orders from the user data stream's `user_events` too). Makes no network call;
     ConfigError when the Binance keys are missing."""
     if settings.broker == "paper":
-        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
+        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate, settings.paper_slippage)
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
                           "in the environment")
@@ -209,6 +209,7 @@ class Worker:
         self.trader.check_strategy()
         self.check_heartbeat()
         if self.settings.feed == "binance":
+            replay_status.live(self.db, int(self.clock() * 1000))
             log.info("worker started: %s, broker %s (%s), Binance's kline stream", self.settings.symbol,
                      self.trader.broker.name, self.settings.mode)
             self.trade_live()
@@ -216,8 +217,11 @@ class Worker:
             replay_file = self.settings.replay_file or BUNDLED_REPLAY
             log.info("worker started: %s, broker %s (%s), replaying %s at %gx", self.settings.symbol,
                      self.trader.broker.name, self.settings.mode, replay_file, self.settings.replay_speed)
+            replay_status.started(self.db, replay_file, self.settings.replay_speed, int(self.clock() * 1000))
             try:
                 self.trade(ReplayFeed(replay_file, speed=self.settings.replay_speed, sleep=self.wait))
+                if not self.stop.is_set():  # the file's end, not a stop in the middle
+                    replay_status.finished(self.db, int(self.clock() * 1000))
             except FeedError as exc:
                 log.critical("replay stopped: %s", exc)
         while not self.stop.is_set():
@@ -288,6 +292,9 @@ def main() -> int:
         lock = maintenance.hold_worker_lock(settings.data_dir)  # one worker a data folder; `restore` waits for none
     except maintenance.WorkerRunning as exc:
         print(f"omniwise worker: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a data folder it cannot write to
+        print(f"omniwise worker: cannot take the lock in {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
         logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,

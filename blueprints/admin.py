@@ -11,6 +11,8 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from blueprints.db import get_db
 from core import auth, brokers, charts, clock, logs, strategies, tradingview, warmup
 from core.dsl import StrategyError
+from core.feeds import FeedError
+from core.history import HistoryError, downloaded, preview_candles
 
 bp = Blueprint("admin", __name__)
 log = logging.getLogger(__name__)
@@ -108,6 +110,7 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy), history=policy and warmup.history_needed(policy),
                            is_saved_text=strategies.version_of(text) == saved_version,
+                           downloaded=downloaded(current_app.config["SETTINGS"].data_dir),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
 
 
@@ -124,11 +127,22 @@ def validate():
 
 
 def _preview(policy):
-    """What a valid strategy would have done over the stored candles (the same engine as the backtest)."""
+    """What a valid strategy would have done over the stored candles, or over the downloaded history picked
+    under the editor (the same engine as the backtest)."""
     if policy is None:
         return None
     settings = current_app.config["SETTINGS"]
-    return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    picked = request.form.get("preview_source", "")
+    if not picked:
+        return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    try:
+        candles, source = preview_candles(settings.data_dir, picked, request.form.get("preview_from", ""),
+                                          request.form.get("preview_to", ""), clock.now_ms())
+    except HistoryError as exc:
+        return charts.Preview(None, "", source=picked, error=str(exc))
+    except FeedError as exc:
+        return charts.Preview(None, "", source=picked, error=exc.format())
+    return charts.preview_of(candles, policy, settings.fee_rate, source)
 
 
 @bp.get("/admin/algo/loaded")
@@ -210,8 +224,10 @@ def restore(version: str):
 def webhook():
     """What to give TradingView: the webhook URL, its secret and alert messages to paste."""
     token = current_app.extensions["omniwise.webhook"].token
+    policy = current_app.extensions["omniwise.policy"].current()  # the strategy file's, compiled once per change
     return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
-                           url=url_for("signals.external_signal", token=token, _external=True))
+                           url=url_for("signals.external_signal", token=token, _external=True),
+                           bar=policy.timeframe_name, bar_ttl_s=int(tradingview.ttl_for_bar_s(policy.timeframe * 60)))
 
 
 def _rules(policy) -> str:

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.health import heartbeat
-from core.webhook import ledger
+from core.webhook import intake, ledger
 
 SYMBOL = "BTCUSDT"  # the tests' Settings() market
 S = 1000
@@ -299,7 +299,7 @@ def test_a_failing_page_is_a_500_in_the_layout_without_the_exceptions_text(app, 
 
 @pytest.mark.parametrize("body, content_type, words", [
     (b"hello", "text/plain", ['the body is the word "hello", which is not a signal',
-                              "buy, sell, long, flat, short"]),
+                              "send one of the words " + ", ".join(intake.SIGNAL_WORDS)]),
     (b"buy", "application/x-www-form-urlencoded", ['the form body is the bare word "buy"',
                                                    "Content-Type: text/plain"]),
 ])
@@ -490,3 +490,83 @@ def test_the_preview_chart_has_its_axes_labelled(operator, db):
     assert "<span>106.00</span><span>100.00</span>" in axis_y  # the closes' highest and lowest
     axis_x = fragment.split('<div class="axis-x"')[1].split("</div>")[0]
     assert "2026-11-30 00:53:00 UTC" in axis_x and "2026-11-30 01:52:00 UTC" in axis_x
+
+
+# -- the first hour -----------------------------------------------------------------------------------
+
+def test_init_with_the_port_prints_a_webhook_url_that_works_on_this_machine(data_dir, settings):
+    from click.testing import CliRunner
+
+    from omniwise import create_app, init_command
+
+    env = {"OMNIWISE_DATA_DIR": str(data_dir)}
+    first = CliRunner().invoke(init_command, ["--port", "5123"], env=env)
+    assert first.exit_code == 0, first.output
+    line = next(text for text in first.output.splitlines() if text.startswith("From this machine: "))
+    url = line.split()[-1]
+    assert url.startswith("http://127.0.0.1:5123/api/v1/external-signal/") and "https://YOUR-HOST" in first.output
+    client = create_app(settings).test_client()  # the URL's path is the webhook's, with the token the app uses
+    answer = client.post(url.removeprefix("http://127.0.0.1:5123"), data=b"buy", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 200, answer.json
+    again = CliRunner().invoke(init_command, ["--port", "5123"], env=env)  # not a terminal: a log keeps no token
+    assert "http://127.0.0.1:5123/api/v1/external-signal/TOKEN" in again.output
+
+
+def test_the_replay_banner_says_the_day_the_speed_the_progress_and_finished(operator, db):
+    from core import replay_status
+    from core.health import liveness
+
+    liveness.beat(db, now_ms())
+    replay_status.started(db, "/data/XRPETH-aggTrades-2019-10-11.csv", 60, now_ms())
+    day = 1_570_752_000_000  # 2019-10-11 00:00 UTC
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 1, 1, 1, 1, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 359 * 60_000, day + 360 * 60_000 - 1])  # the minute 05:59: a quarter of the day
+    banner = operator.get("/banner").get_data(as_text=True)
+    assert "<strong>Replaying</strong>\n      2019-10-11 at 60× · 25 % · candles up to 2019-10-11 05:59:00 UTC." in banner
+    assert 'data-title=""' in banner  # information, not a warning in the tab title
+    replay_status.finished(db, now_ms())
+    banner = operator.get("/").get_data(as_text=True)
+    assert "<strong>Replay finished.</strong>" in banner and " %" not in banner.split('id="replay-banner"')[1][:200]
+    replay_status.live(db, now_ms())
+    assert "replay-banner" not in operator.get("/banner").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name, period, span_days", [("XRPETH-aggTrades-2019-10-11.csv", "2019-10-11", 1),
+                                                     ("BTCUSDT-1m-2024-02.csv", "2024-02", 29),
+                                                     ("my-own-file.csv", None, None)])
+def test_a_replay_files_period_comes_from_binances_archive_name(name, period, span_days):
+    from core.replay_status import period_of
+
+    got, span = period_of(name)
+    assert got == period and (span is None if span_days is None else (span[1] - span[0]) == span_days * 86_400_000)
+
+
+def test_in_a_replay_todays_pnl_is_the_candles_day(operator, db, settings):
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    day = 1_570_752_000_000  # 2019-10-11, the file's day
+    paper_fill(db, broker, "BUY", 100.0, day - 3_600_000)  # the day before
+    paper_fill(db, broker, "SELL", 110.0, day - 1_800_000)
+    paper_fill(db, broker, "BUY", 100.0, day + 60_000)
+    paper_fill(db, broker, "SELL", 90.0, day + 120_000)
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 90, 90, 90, 90, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 120_000, day + 180_000 - 1])
+    money = operator.get("/api/v1/status").json["account"]
+    cash_after_first = 10_000 / 100 * 0.999 * 110 * 0.999
+    second = cash_after_first / 100 * 0.999 * 90 * 0.999 - cash_after_first
+    assert money["realized_pnl_today"] == pytest.approx(second)  # 2019-10-11's, not the wall clock's (none)
+
+
+def test_a_sell_while_already_flat_is_muted_in_the_decisions(operator, db):
+    with db.conn:
+        for minute, (action, before, target) in enumerate((("SELL", "flat", "flat"), ("BUY", "flat", "long"))):
+            db.execute("INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
+                       "created_at_ms) VALUES (?, ?, ?, ?, ?, 'strategy', ?)",
+                       [SYMBOL, minute * 60_000, action, target, before, minute * 60_000])
+    rows = operator.get("/dashboard/activity").get_data(as_text=True).split('id="decisions-scroll"')[1].split("</tbody>")[0]
+    buy, sell = rows.split("<tr")[2:4]  # newest first
+    assert 'class="action-buy"' in buy and "→ long" in buy
+    assert 'class="no-change"' in sell and 'class="action-hold"' in sell and "already is flat" in sell

@@ -200,15 +200,14 @@ class Policy:
         return out
 
     def atr_now(self, candles: Candles) -> dict[int, float]:
-        """ATR(n) of the newest closed strategy-timeframe candle over the live window, for each level period."""
+        """ATR(n) of the strategy-timeframe window of the newest minute, the one just decided (also when a later
+        minute closed it), over the live window, for each level period."""
         if not self.risk.atr_periods or len(candles["close"]) == 0:
             return {}
         recent = self._recent(candles)
         if self.timeframe == 1:
             return {n: float(indicators.compute("ATR", recent, (float(n),))[-1]) for n in self.risk.atr_periods}
-        frame = timeframes.build_frame(recent, self.timeframe)
-        if len(frame) == 0:
-            return {n: float("nan") for n in self.risk.atr_periods}
+        frame = timeframes.build_frame(recent, self.timeframe, last_is_closed=True)  # the window just decided
         return {n: float(indicators.compute("ATR", frame.candles, (float(n),))[-1]) for n in self.risk.atr_periods}
 
     def _evaluate(self, frames: _Frames, indicator_cache: dict | None = None) -> list:
