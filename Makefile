@@ -12,7 +12,7 @@ $(STAMP): requirements.txt
 	@touch $(STAMP)
 
 run: $(STAMP)
-	@$(VENV)/bin/python omniwise.py init
+	@$(VENV)/bin/python omniwise.py init --port $(PORT)
 	@echo "Open http://127.0.0.1:$(PORT)/ in your browser (Ctrl-C stops both processes)."
 	@OMNIWISE_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 

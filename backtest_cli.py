@@ -148,7 +148,7 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
     if chart is not None:
         from core.charts import render_svg
 
-        chart.write_text(render_svg(result, candles), encoding="utf-8")
+        chart.write_text(render_svg(result, candles, timeframe=policy.timeframe), encoding="utf-8")
     if as_json:
         sys.stdout.write(result.json_text({"strategy_version": policy.version}) + "\n")
     else:

@@ -220,7 +220,9 @@ def _utc(time_ms: int | None) -> str | None:
 
 
 @click.command("init")
-def init_command() -> None:
+@click.option("--port", type=int, default=None,
+              help="the port `serve` will listen on: also print the webhook's URL on this machine (127.0.0.1)")
+def init_command(port: int | None) -> None:
     """Create the data folder, the database and a starter strategy; print where to open the browser."""
     settings = _settings_or_exit()
     with store.connect(settings.db_path) as db:
@@ -240,6 +242,11 @@ def init_command() -> None:
     else:
         click.echo("Signal webhook: https://YOUR-HOST/api/v1/external-signal/TOKEN (the token is on the admin's "
                    "Webhook page)")
+    if port is not None:
+        # The token only on a terminal or when new: a service's log (journald) never gets it again.
+        shown = token if is_token_new or sys.stdout.isatty() else "TOKEN"
+        click.echo(f"From this machine: curl -H 'Content-Type: text/plain' --data buy "
+                   f"http://127.0.0.1:{port}/api/v1/external-signal/{shown}")
 
 
 @click.command("serve")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import schedule
 
-from core import config, controls, events, fault_policy, logs, maintenance, store, warmup
+from core import config, controls, events, fault_policy, logs, maintenance, replay_status, store, warmup
 from core.binance.futures import BinanceFuturesBroker
 from core.binance.spot import BinanceSpotBroker
 from core.binance.feed import Backfill, StreamTime, klines, open_feed
@@ -75,7 +75,7 @@ class Worker:
         self.clock = clock
         self.stop = threading.Event()
         self.db = store.connect(settings.db_path)
-        self.loader = PolicyLoader(settings.strategy_path)
+        self.loader = PolicyLoader(settings.strategy_path, settings.short_refusal)
         is_binance = settings.feed == "binance" or settings.broker != "paper"
         self.rest = BinanceRest(settings, market_of(settings)) if is_binance else None
         self.user_stream = None
@@ -209,6 +209,7 @@ class Worker:
         self.trader.check_strategy()
         self.check_heartbeat()
         if self.settings.feed == "binance":
+            replay_status.live(self.db, int(self.clock() * 1000))
             log.info("worker started: %s, broker %s (%s), Binance's kline stream", self.settings.symbol,
                      self.trader.broker.name, self.settings.mode)
             self.trade_live()
@@ -216,8 +217,11 @@ class Worker:
             replay_file = self.settings.replay_file or BUNDLED_REPLAY
             log.info("worker started: %s, broker %s (%s), replaying %s at %gx", self.settings.symbol,
                      self.trader.broker.name, self.settings.mode, replay_file, self.settings.replay_speed)
+            replay_status.started(self.db, replay_file, self.settings.replay_speed, int(self.clock() * 1000))
             try:
                 self.trade(ReplayFeed(replay_file, speed=self.settings.replay_speed, sleep=self.wait))
+                if not self.stop.is_set():  # the file's end, not a stop in the middle
+                    replay_status.finished(self.db, int(self.clock() * 1000))
             except FeedError as exc:
                 log.critical("replay stopped: %s", exc)
         while not self.stop.is_set():

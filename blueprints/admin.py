@@ -9,8 +9,10 @@ from urllib.parse import urlsplit
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, session, url_for
 
 from blueprints.db import get_db
-from core import auth, charts, clock, logs, strategies, tradingview, warmup
+from core import auth, brokers, charts, clock, logs, strategies, tradingview, warmup
 from core.dsl import StrategyError
+from core.feeds import FeedError
+from core.history import HistoryError, downloaded, preview_candles
 
 bp = Blueprint("admin", __name__)
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def editor():
     text, unreadable = strategies.read_for_editor(_strategy_path())
     if unreadable is not None:  # the worker does not read it either: say why, Save replaces it
         return _editor_page(text, None, unreadable.errors)
-    return _editor_page(text, *strategies.check(text))
+    return _editor_page(text, *strategies.check(text, _short_refusal()))
 
 
 @bp.post("/admin/algo")
@@ -91,14 +93,14 @@ def save():
     """Save a valid strategy (the worker picks it up); an invalid one is shown again with its errors."""
     text = request.form.get("strategy", "")
     try:
-        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms())
+        policy = strategies.save_strategy(_strategy_path(), text, _db(), clock.now_ms(), _short_refusal())
     except StrategyError as exc:
         return _editor_page(text, None, exc.errors, refused=True), 422
     except (OSError, sqlite3.OperationalError) as exc:  # a read-only data folder, a full disk: keep the text
         reason = getattr(exc, "strerror", None) or exc
         flash(f"Not saved: cannot write {_strategy_path()} or its database ({reason}). Make the data folder "
               "writable by the user running Omniwise, then save again; the running strategy is unchanged.", "bad")
-        return _editor_page(text, *strategies.check(text)), 503
+        return _editor_page(text, *strategies.check(text, _short_refusal())), 503
     flash(f"Saved version {policy.version}: {_rules(policy)}.", "good")
     return redirect(url_for("admin.editor"))
 
@@ -107,23 +109,40 @@ def _editor_page(text: str, policy, errors, refused: bool = False) -> str:
     saved_version = strategies.version_of(strategies.read_for_editor(_strategy_path())[0])
     return render_template("admin/algo.html", text=text, policy=policy, errors=errors, refused=refused,
                            preview=_preview(policy), history=policy and warmup.history_needed(policy),
+                           is_saved_text=strategies.version_of(text) == saved_version,
+                           downloaded=downloaded(current_app.config["SETTINGS"].data_dir),
                            saved_version=saved_version, worker=strategies.worker_view(_db(), clock.now_ms()))
+
+
+def _short_refusal() -> str | None:
+    return current_app.config["SETTINGS"].short_refusal  # the worker's broker decides whether SHORT is allowed
 
 
 @bp.post("/admin/algo/validate")
 def validate():
     """The live check of the editor's text: the #validation fragment with every error (none: valid)."""
-    policy, errors = strategies.check(request.form.get("strategy", ""))
+    policy, errors = strategies.check(request.form.get("strategy", ""), _short_refusal())
     return render_template("admin/_validation.html", policy=policy, errors=errors, preview=_preview(policy),
                            history=policy and warmup.history_needed(policy))
 
 
 def _preview(policy):
-    """What a valid strategy would have done over the stored candles (the same engine as the backtest)."""
+    """What a valid strategy would have done over the stored candles, or over the downloaded history picked
+    under the editor (the same engine as the backtest)."""
     if policy is None:
         return None
     settings = current_app.config["SETTINGS"]
-    return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    picked = request.form.get("preview_source", "")
+    if not picked:
+        return charts.preview(_db(), settings.symbol, policy, settings.fee_rate)
+    try:
+        candles, source = preview_candles(settings.data_dir, picked, request.form.get("preview_from", ""),
+                                          request.form.get("preview_to", ""), clock.now_ms())
+    except HistoryError as exc:
+        return charts.Preview(None, "", source=picked, error=str(exc))
+    except FeedError as exc:
+        return charts.Preview(None, "", source=picked, error=exc.format())
+    return charts.preview_of(candles, policy, settings.fee_rate, source)
 
 
 @bp.get("/admin/algo/loaded")
@@ -136,14 +155,18 @@ def loaded():
 
 @bp.get("/admin/algo/history")
 def history():
-    """Saved versions, newest first, a page at a time, each with its diff against the current text."""
+    """Saved versions, newest first, a page at a time, each with what its save changed."""
     current = strategies.read_for_editor(_strategy_path())[0]
     pages = max(1, -(-strategies.version_count(_db()) // HISTORY_PAGE_SIZE))
     page = min(max(1, request.args.get("page", 1, type=int) or 1), pages)
-    entries = [(version, *_shown(strategies.diff(version.text, current)), *_shown(version.text.splitlines()))
-               for version in strategies.versions(_db(), HISTORY_PAGE_SIZE, (page - 1) * HISTORY_PAGE_SIZE)]
-    return render_template("admin/history.html", entries=entries, current_version=strategies.version_of(current),
-                           page=page, pages=pages)
+    rows = strategies.versions(_db(), HISTORY_PAGE_SIZE + 1, (page - 1) * HISTORY_PAGE_SIZE)  # + the one before
+    entries = [(version, *_shown(strategies.diff(rows[i + 1].text if i + 1 < len(rows) else "", version.text)),
+                *_shown(version.text.splitlines())) for i, version in enumerate(rows[:HISTORY_PAGE_SIZE])]
+    try:  # the newest save of the current text is "current", not every save of the same text
+        current_id = strategies.find_version(_db(), strategies.version_of(current)).id
+    except strategies.UnknownVersion:
+        current_id = None
+    return render_template("admin/history.html", entries=entries, current_id=current_id, page=page, pages=pages)
 
 
 def _shown(lines: list[str]) -> tuple[list[str], int]:
@@ -159,6 +182,25 @@ def version_text(version: str):
     except strategies.UnknownVersion:
         abort(404, f"No saved strategy has version {version}.")
     return text, 200, {"Content-Type": "text/plain; charset=utf-8"}
+
+
+@bp.get("/admin/algo/history/<version>/restore")
+def confirm_restore(version: str):
+    """Ask before restoring: what would change against the version the worker runs, and the position now."""
+    try:
+        chosen = strategies.find_version(_db(), version)
+    except strategies.UnknownVersion:
+        abort(404, f"No saved strategy has version {version}.")
+    worker = strategies.worker_view(_db(), clock.now_ms())
+    try:
+        running = strategies.find_version(_db(), worker.loaded_version).text if worker.loaded_version else None
+    except strategies.UnknownVersion:
+        running = None
+    if running is None:  # the worker has loaded nothing saved here: compare with the file it will load
+        running = strategies.read_for_editor(_strategy_path())[0]
+    changes, more = _shown(strategies.diff(running, chosen.text))
+    return render_template("admin/restore.html", chosen=chosen, changes=changes, more_changes=more, worker=worker,
+                           running_version=strategies.version_of(running), position=brokers.load_position(_db()))
 
 
 @bp.post("/admin/algo/history/<version>/restore")
@@ -182,8 +224,10 @@ def restore(version: str):
 def webhook():
     """What to give TradingView: the webhook URL, its secret and alert messages to paste."""
     token = current_app.extensions["omniwise.webhook"].token
+    policy = current_app.extensions["omniwise.policy"].current()  # the strategy file's, compiled once per change
     return render_template("admin/webhook.html", token=token, messages=tradingview.alert_messages(), tv=tradingview,
-                           url=url_for("signals.external_signal", token=token, _external=True))
+                           url=url_for("signals.external_signal", token=token, _external=True),
+                           bar=policy.timeframe_name, bar_ttl_s=int(tradingview.ttl_for_bar_s(policy.timeframe * 60)))
 
 
 def _rules(policy) -> str:

@@ -7,7 +7,7 @@ import sqlite3
 from flask import Blueprint, current_app, render_template, request, session
 
 from blueprints.db import get_db
-from core import clock, dashboard, store, strategies
+from core import clock, dashboard, replay_status, store, strategies
 from core.webhook import intake
 from core.policy_loader import PolicyLoader
 from core.health.status import is_healthy, status_report
@@ -48,6 +48,15 @@ def entry_size_share() -> float:
 
 
 @bp.app_template_global()
+def page_replay() -> replay_status.Replay | None:
+    """The replay the worker runs (or ran to its end), for the banner on every page."""
+    try:
+        return replay_status.current(get_db(), current_app.config["SETTINGS"].symbol)
+    except sqlite3.Error:
+        return None
+
+
+@bp.app_template_global()
 def page_read_ms() -> int:
     """When this page's data was read."""
     return clock.now_ms()
@@ -56,7 +65,7 @@ def page_read_ms() -> int:
 @bp.get("/banner")
 def banner():
     """The #banner fragment on every page: the worker down, a heartbeat mismatch or a stale signal."""
-    return render_template("_banner.html", warnings=page_warnings())
+    return render_template("_banner.html", warnings=page_warnings(), replay=page_replay())
 
 
 @bp.get("/dashboard/summary")

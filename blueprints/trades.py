@@ -15,7 +15,8 @@ def _page_data() -> dict:
     _, trips = account.ledger(db, settings.symbol)
     start = settings.paper_balance if settings.broker == "paper" else None
     return {"trips": trips[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
-            "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol), now_ms, start)}
+            "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol),
+                                     account.today_ms(db, settings.symbol, settings.feed, now_ms), start)}
 
 
 @bp.get("/trades")

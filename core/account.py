@@ -199,6 +199,15 @@ def quote_asset(symbol: str) -> str:
     return "quote"
 
 
+def today_ms(db: Database, symbol: str, feed: str, now_ms: int) -> int:
+    """The moment whose UTC day is "today" for the money: a replay's newest candle (the file's day), else now."""
+    if feed == "replay":
+        last = last_close(db, symbol)
+        if last is not None:
+            return last[1]
+    return now_ms
+
+
 def last_price(db: Database, symbol: str) -> float | None:
     """The newest candle's close: what an open position is valued at."""
     last = last_close(db, symbol)

@@ -7,14 +7,26 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from core import fills
+from core import fills, timeframes
 from core.backtest import BacktestResult, run_backtest, stored_candles
 from core.dsl import Policy
 
 
-def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500) -> str:
-    """A self-contained SVG chart: close prices with entries and exits, and the equity curve below."""
-    n = result.candles
+def _drawn(result: BacktestResult, candles: Mapping[str, np.ndarray], timeframe: int):
+    """(closes, open times, equity) of the candles the chart draws: the strategy's timeframe, its newest window
+    shown even while it is forming."""
+    if timeframe == 1 or result.candles == 0:
+        return candles["close"], candles["open_time_ms"], result.equity
+    frame = timeframes.build_frame(candles, timeframe, last_is_closed=True)
+    return frame.candles["close"], frame.candles["open_time_ms"], result.equity[frame.last_minute]
+
+
+def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width: int = 1200, height: int = 500,
+               timeframe: int = 1) -> str:
+    """A self-contained SVG chart: closes of the strategy's timeframe (`timeframe` minutes) with entries and
+    exits on the candle they happened in, and the equity curve at those closes below."""
+    close, times, equity = _drawn(result, candles, timeframe)
+    n = len(close)
     if n == 0:
         return f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}"></svg>'
     step = max(1, n // width)  # one point a pixel is plenty
@@ -30,12 +42,10 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
     def path(values: np.ndarray, top: float, h: float) -> str:
         return "M" + " L".join(points(values, top, h, float(np.min(values)), float(np.max(values))))
 
-    close = candles["close"]
     low, high = float(np.min(close)), float(np.max(close))
-    times = candles["open_time_ms"]
 
     def marker(time_ms: int, price: float, colour: str, reason: str | None = None) -> str:
-        i = int(np.searchsorted(times, time_ms))
+        i = int(np.searchsorted(times, time_ms) if timeframe == 1 else np.searchsorted(times, time_ms, "right") - 1)
         x = i / max(n - 1, 1) * (width - 20) + 10
         y = 10 + price_h - (price - low) / ((high - low) or 1.0) * price_h
         return _marker_shape(reason, x, y, colour)
@@ -57,7 +67,7 @@ def render_svg(result: BacktestResult, candles: Mapping[str, np.ndarray], width:
         f'{" · exits: " + legend if legend else ""}</text>',
         f'<path d="{path(close, 10, price_h)}" fill="none" stroke="#1d232a" stroke-width="1"/>',
         *marks,
-        *_equity_with_drawdown(result.equity, points, price_h + 30, equity_h - 20),
+        *_equity_with_drawdown(equity, points, price_h + 30, equity_h - 20),
         "</svg>",
     ])
 
@@ -97,16 +107,47 @@ def _equity_with_drawdown(equity: np.ndarray, points, top: float, h: float) -> l
 
 
 @dataclasses.dataclass(frozen=True)
-class Preview:
-    """The editor's preview: the backtest over the stored candles and its chart (SVG, numbers only)."""
+class Axes:
+    """What the preview chart's axes say: the closes' and the equity's ranges, and the time span."""
 
-    result: BacktestResult
+    price_low: float
+    price_high: float
+    equity_low_pct: float  # the equity's lowest and highest point, in % of the start
+    equity_high_pct: float
+    first_ms: int
+    last_ms: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Preview:
+    """The editor's preview: the backtest over the stored candles or a downloaded history, and its chart (SVG,
+    numbers only); or why a downloaded history cannot be shown (`error`)."""
+
+    result: BacktestResult | None
     chart_svg: str
+    axes: Axes | None = None  # None without candles
+    source: str = ""  # the downloaded history it ran over ("ETHBTC spot from ... to ..."); "" for the stored candles
+    error: str | None = None
+
+
+def axes(result: BacktestResult, candles: Mapping[str, np.ndarray], timeframe: int = 1) -> Axes | None:
+    """The ranges the preview chart spans, for labels beside it (text inside a shrunk SVG is unreadable)."""
+    if result.candles == 0:
+        return None
+    close, _, equity = _drawn(result, candles, timeframe)
+    equity = np.concatenate(([1.0], equity))
+    return Axes(float(np.min(close)), float(np.max(close)), float((np.min(equity) - 1) * 100),
+                float((np.max(equity) - 1) * 100), int(candles["open_time_ms"][0]), int(candles["open_time_ms"][-1]))
 
 
 def preview(db, symbol: str, policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
             limit: int = 10_000) -> Preview:
     """What `policy` would have done over the stored candles: the editor's live preview."""
-    candles = stored_candles(db, symbol, limit)
+    return preview_of(stored_candles(db, symbol, limit), policy, fee_rate)
+
+
+def preview_of(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float, source: str = "") -> Preview:
+    """The editor's preview over any candles (a downloaded history: `source` names it)."""
     result = run_backtest(candles, policy, fee_rate=fee_rate)
-    return Preview(result, render_svg(result, candles, width=1100, height=260))
+    return Preview(result, render_svg(result, candles, width=1100, height=260, timeframe=policy.timeframe),
+                   axes(result, candles, policy.timeframe), source)

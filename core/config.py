@@ -77,6 +77,14 @@ class Settings:
         return self.data_dir / "omniwise.db"
 
     @property
+    def short_refusal(self) -> str | None:
+        """Why the broker cannot trade SHORT (binance-spot: spot holds no negative balance), else None."""
+        if self.broker == "binance-spot":
+            return ("SHORT needs a broker that can short: OMNIWISE_BROKER=binance-spot cannot (use binance-futures, "
+                    "or paper)")
+        return None
+
+    @property
     def mode(self) -> str:
         """What trading means: "paper" (simulated), "testnet" (Binance's test exchange) or "live" (real money)."""
         if self.broker == "paper":

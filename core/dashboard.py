@@ -16,16 +16,18 @@ from decimal import Decimal
 import numpy as np
 from sqlite_utils import Database
 
-from core import account, brokers, controls, indicators, open_trade, precision
+from core import account, brokers, controls, indicators, open_trade, precision, timeframes
 from core.health import alerts, heartbeat, liveness
 from core.candles import Candle
 from core.exits import REASON_WORDS
 from core.dsl import Policy
+from core.dsl import timeframe
 from core.dsl.nodes import AtTimeframe, Indicator, Series
 from core.health.status import iso, status_report
 
 CHART_CANDLES = 240  # four hours of minutes
 MAX_WARMUP = 5_000  # candles read before the chart so that its averages are settled
+MAX_CHART_MINUTES = 30_000  # minutes read for one chart at most (a 4-hour chart shows 125 candles)
 MAX_MARKERS = 200
 RECENT_ROWS = 10
 OVERLAYS = ("SMA", "EMA", "WMA", "BB_UPPER", "BB_MIDDLE", "BB_LOWER")  # drawn on the price scale
@@ -94,9 +96,9 @@ def unrealised_pnl(position: dict, price: float | None) -> dict | None:
 def recent_activity(db: Database, limit: int = RECENT_ROWS) -> dict[str, list[dict]]:
     """The newest decisions, orders, external signals and alerts, newest first."""
     return {
-        "decisions": _rows(db, "SELECT id, candle_open_time_ms, action, target, position_before, rule_text, "
-                               "strategy_version, reason, created_at_ms FROM decisions ORDER BY id DESC LIMIT ?",
-                           limit),
+        "decisions": [_with_window(row) for row in _rows(
+            db, "SELECT id, candle_open_time_ms, action, target, position_before, rule_text, strategy_version, "
+                "reason, created_at_ms, timeframe_minutes FROM decisions ORDER BY id DESC LIMIT ?", limit)],
         "orders": _rows(db, "SELECT id, side, status, qty, price, fee_quote, broker, error, created_at_ms, "
                             "filled_at_ms FROM orders ORDER BY id DESC LIMIT ?", limit),
         "signals": _rows(db, "SELECT id, received_at_ms, source, signal, signal_time_ms, symbol, outcome "
@@ -107,20 +109,27 @@ def recent_activity(db: Database, limit: int = RECENT_ROWS) -> dict[str, list[di
 
 
 def chart(db: Database, symbol: str, policy: Policy, count: int = CHART_CANDLES) -> dict:
-    """Recent candles, the strategy's moving averages over them, and markers for fills and signals.
+    """Recent candles of the strategy's timeframe (the newest one still forming), the strategy's moving
+    averages over them, and markers for fills and signals on the candle they happened in.
 
     Times are UTC seconds, as lightweight-charts wants them.
     """
-    warmup = min(policy.warmup, MAX_WARMUP)
+    tf = policy.timeframe
+    count = min(count, MAX_CHART_MINUTES // tf)  # a daily chart shows fewer candles: the minutes are read
+    warmup = min(policy.warmup, MAX_WARMUP * tf, MAX_CHART_MINUTES)
     rows = db.execute("SELECT open_time_ms, open, high, low, close, volume FROM candles WHERE symbol = ? "
-                      "ORDER BY open_time_ms DESC LIMIT ?", [symbol, count + warmup]).fetchall()[::-1]
+                      "ORDER BY open_time_ms DESC LIMIT ?", [symbol, count * tf + warmup]).fetchall()[::-1]
     if not rows:
         return {"symbol": symbol, "candles": [], "lines": [], "markers": []}
     table = np.array(rows, dtype=np.float64)
     series = {name: np.ascontiguousarray(table[:, i + 1]) for i, name in enumerate(("open", "high", "low",
                                                                                      "close", "volume"))}
-    times = [int(ms) // 1000 for ms in table[:, 0]]
-    shown = slice(max(0, len(rows) - count), len(rows))
+    last_close = float(table[-1, 4])
+    series["open_time_ms"] = table[:, 0].astype(np.int64)
+    if tf > 1:
+        series = timeframes.build_frame(series, tf, last_is_closed=True).candles  # the forming window shown too
+    times = [int(ms) // 1000 for ms in series["open_time_ms"].tolist()]
+    shown = slice(max(0, len(times) - count), len(times))
     candles = [{"time": t, "open": o, "high": h, "low": lo, "close": c}
                for t, o, h, lo, c in zip(times[shown], *(series[n][shown].tolist() for n in PRICE_SERIES))]
     lines = []
@@ -129,10 +138,11 @@ def chart(db: Database, symbol: str, policy: Policy, count: int = CHART_CANDLES)
         values = indicators.compute(node.name, series, node.args, source)[shown]
         points = [{"time": t, "value": v} for t, v in zip(times[shown], values.tolist()) if v == v]  # NaN != NaN
         lines.append({"name": name, "points": points})
-    first_ms, last_ms = int(table[shown.start, 0]), int(table[-1, 0]) + 59_999
-    decimals = precision.for_market(db, symbol, account.quote_asset(symbol), float(table[-1, 4])).price
+    first_ms, last_ms = times[shown.start] * 1000, int(table[-1, 0]) + 59_999
+    decimals = precision.for_market(db, symbol, account.quote_asset(symbol), last_close).price
     return {"symbol": symbol, "candles": candles, "lines": lines, "price_decimals": decimals,
-            "markers": _markers(db, symbol, first_ms, last_ms), "levels": trade_levels(db, symbol, policy)}
+            "markers": _markers(db, symbol, first_ms, last_ms, tf), "levels": trade_levels(db, symbol, policy),
+            "timeframe": policy.timeframe_name}
 
 
 def trade_levels(db: Database, symbol: str, policy: Policy) -> list[dict]:
@@ -156,8 +166,6 @@ def trade_levels(db: Database, symbol: str, policy: Policy) -> list[dict]:
 def moving_averages(policy: Policy) -> dict[str, Indicator]:
     """The strategy's indicators that live on the price scale (SMA, EMA, WMA, Bollinger bands), by label."""
     found: dict[str, Indicator] = {}
-    if policy.timeframe != 1:
-        return found  # the chart draws minutes: averages of longer candles would be drawn wrong
     for rule in policy.rules:
         for node in _walk(rule.condition):
             if isinstance(node, Indicator) and node.name in OVERLAYS and _reads_price(node):
@@ -202,21 +210,32 @@ def _walk(node):
                 yield from _walk(child)
 
 
-def _markers(db: Database, symbol: str, first_ms: int, last_ms: int) -> list[dict]:
+def _markers(db: Database, symbol: str, first_ms: int, last_ms: int, tf: int = 1) -> list[dict]:
     fills = db.execute("SELECT filled_at_ms, side, price FROM orders WHERE symbol = ? AND filled_at_ms "
                        "BETWEEN ? AND ? ORDER BY filled_at_ms DESC LIMIT ?",
                        [symbol, first_ms, last_ms, MAX_MARKERS]).fetchall()
     signals = db.execute("SELECT signal_time_ms, signal, source FROM external_signals WHERE outcome = 'accepted' "
                          "AND signal_time_ms BETWEEN ? AND ? AND symbol = ? ORDER BY signal_time_ms DESC LIMIT ?",
                          [first_ms, last_ms, symbol, MAX_MARKERS]).fetchall()
-    markers = [{"time": _minute_s(ms), "kind": "fill", "side": side, "price": price} for ms, side, price in fills]
-    markers += [{"time": _minute_s(ms), "kind": "signal", "side": signal, "text": f"{source}: {signal}"}
+    markers = [{"time": _candle_s(ms, tf), "kind": "fill", "side": side, "price": price} for ms, side, price in fills]
+    markers += [{"time": _candle_s(ms, tf), "kind": "signal", "side": signal, "text": f"{source}: {signal}"}
                 for ms, signal, source in signals]
     return sorted(markers, key=lambda marker: marker["time"])
 
 
-def _minute_s(time_ms: int) -> int:
-    return time_ms // 60_000 * 60
+def _candle_s(time_ms: int, tf: int = 1) -> int:
+    """The open time (s) of the candle of `tf` minutes that holds `time_ms`."""
+    return time_ms // (60_000 * tf) * 60 * tf
+
+
+def _with_window(decision: dict) -> dict:
+    """A strategy decision on a longer timeframe gets its window: (open ms, end ms, interval name)."""
+    minutes = decision.get("timeframe_minutes") or 1
+    if minutes > 1 and decision["reason"] == "strategy":
+        window_ms = minutes * 60_000
+        opened = decision["candle_open_time_ms"] - decision["candle_open_time_ms"] % window_ms
+        decision["window"] = (opened, opened + window_ms, timeframe.name_of(minutes))
+    return decision
 
 
 def _rows(db: Database, sql: str, limit: int) -> list[dict]:

@@ -169,7 +169,10 @@ def download(symbol: str, market: str, first_day: dt.date, last_day: dt.date, *,
     `on_file(done, total)` is called after each archive file. `now_ms` decides which klines of the
     API are final (closed before it).
     """
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DownloadError(f"{folder}: cannot create the folder: {exc.strerror or exc}") from None
     _remove_leftovers(folder)
     pieces = plan(symbol, first_day, last_day)
     results = _fetch_all(archive, pieces, folder, on_file, workers)
@@ -285,7 +288,10 @@ def _from_api(api: KlinesApi | None, archive: Archive, symbol: str, pieces: list
             path.unlink(missing_ok=True)
             continue
         text = "".join(",".join(str(value) for value in row[:11]) + ",0\r\n" for row in rows)
-        _write_atomically(path, text.encode())
+        try:
+            _write_atomically(path, text.encode())
+        except OSError as exc:
+            raise DownloadError(f"{path}: cannot write: {exc.strerror or exc}") from None
         kept.append(piece.first_day)
     return kept
 

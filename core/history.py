@@ -31,6 +31,8 @@ _ARCHIVE_ROOTS = {"spot": "data/spot", "futures": "data/futures/um"}  # USDⓈ-M
 API_SUFFIX = ".api.csv"
 _SYMBOL = re.compile(r"^[A-Z0-9_]{2,30}$")  # BTCUSDT, 1000SHIBUSDT, futures delivery BTCUSDT_250627
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_KEPT_NAME = re.compile(r"(?P<symbol>[A-Z0-9_]+)-1m-(?P<year>[0-9]{4})-(?P<month>[0-9]{2})(?:-(?P<day>[0-9]{2}))?"
+                        r"(?:\.zip|\.api\.csv)")
 _COLUMNS = ("open_time_ms", "open", "high", "low", "close", "volume")
 
 
@@ -190,6 +192,65 @@ def history_candles(data_dir: Path, symbol_text: str, market: str, from_text: st
     """`backtest --symbol --from --to`: the arguments checked, then `load_history` of the kept files."""
     symbol, first_day, last_day = parse_arguments(symbol_text, from_text, to_text, now_ms)
     return load_history(folder_of(data_dir, market, symbol), symbol, first_day, last_day)
+
+
+@dataclasses.dataclass(frozen=True)
+class Downloaded:
+    """A market with kept files, and the first and last day they hold."""
+
+    market: str
+    symbol: str
+    first_day: dt.date
+    last_day: dt.date
+
+    @property
+    def key(self) -> str:
+        """How the editor's form names it: market/SYMBOL."""
+        return f"{self.market}/{self.symbol}"
+
+
+def downloaded(data_dir: Path) -> list[Downloaded]:
+    """Every market `download` kept files of under DATA_DIR/history/, by market and symbol."""
+    found = []
+    for market in MARKETS:
+        root = Path(data_dir) / "history" / market
+        for folder in sorted(root.iterdir()) if root.is_dir() else ():
+            days = [span for path in folder.iterdir() if (span := _days_in_name(path.name, folder.name))]
+            if days:
+                found.append(Downloaded(market, folder.name, min(d[0] for d in days), max(d[1] for d in days)))
+    return found
+
+
+def _days_in_name(name: str, symbol: str) -> tuple[dt.date, dt.date] | None:
+    """(first day, last day) a kept file's name covers, or None for any other file (checksums, caches)."""
+    match = _KEPT_NAME.fullmatch(name)
+    if match is None or match["symbol"] != symbol:
+        return None
+    try:
+        if match["day"] is None:
+            first = dt.date(int(match["year"]), int(match["month"]), 1)
+            return first, next(_months(first, first))[1]
+        day = dt.date(int(match["year"]), int(match["month"]), int(match["day"]))
+        return day, day
+    except ValueError:
+        return None
+
+
+def preview_candles(data_dir: Path, key: str, from_text: str, to_text: str,
+                    now_ms: int) -> tuple[dict[str, np.ndarray], str]:
+    """The candles of a downloaded history the editor's preview was pointed at (`key` market/SYMBOL), and
+    their name; the dates default to all the kept files hold. HistoryError for anything not downloaded."""
+    market, _, symbol_text = key.partition("/")
+    if market not in MARKETS:
+        raise HistoryError(f"no downloaded history {key!r}")
+    symbol = parse_symbol(symbol_text)
+    kept = next((d for d in downloaded(data_dir) if d.market == market and d.symbol == symbol), None)
+    if kept is None:
+        raise HistoryError(f"nothing of {symbol} {market} is downloaded: run `python omniwise.py download {symbol} "
+                           f"--from YYYY-MM-DD" + (" --market futures`" if market == "futures" else "`"))
+    from_text, to_text = from_text.strip() or str(kept.first_day), to_text.strip() or str(kept.last_day)
+    candles = history_candles(data_dir, symbol, market, from_text, to_text, now_ms)
+    return candles, f"{symbol} {market} from {from_text} to {to_text}"
 
 
 def read_file(path: Path) -> dict[str, np.ndarray]:

@@ -21,8 +21,9 @@ class PolicyLoader:
     large to be a strategy is refused without being read (the text's limit applies before parsing).
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, short_refusal: str | None = None):
         self.path = Path(path)
+        self.short_refusal = short_refusal  # the broker cannot short: a text with SHORT is refused, saying why
         self._path_str = str(self.path)
         self._seen: tuple[int, int, int] | None = None
         self.policy: Policy = hold_policy("no strategy loaded yet")
@@ -54,7 +55,7 @@ class PolicyLoader:
             text = read_within_limit(self.path)  # refuses a huge file without reading it, and one not UTF-8
             if text == self.policy.text and self.error is None:
                 return False
-            policy = compile_strategy(text)
+            policy = compile_strategy(text, self.short_refusal)
         except OSError as exc:  # e.g. replaced between stat and open: try again on the next call
             self._seen = None
             log.warning("could not read strategy file %s: %s", self.path, exc)

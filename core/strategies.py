@@ -58,15 +58,16 @@ def normalize(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def compile_text(text: str) -> Policy:
-    """Compile a strategy as the worker will; raise StrategyError (every error) when it is not valid."""
-    return compile_strategy(normalize(text))  # refuses more than MAX_CHARS before parsing
+def compile_text(text: str, short_refusal: str | None = None) -> Policy:
+    """Compile a strategy as the worker will; raise StrategyError (every error) when it is not valid.
+    `short_refusal`: why the broker cannot short (Settings.short_refusal), refusing every SHORT."""
+    return compile_strategy(normalize(text), short_refusal)  # refuses more than MAX_CHARS before parsing
 
 
-def check(text: str) -> tuple[Policy | None, list[Diagnostic]]:
+def check(text: str, short_refusal: str | None = None) -> tuple[Policy | None, list[Diagnostic]]:
     """The compiled policy and no errors, or None and every error of the text (the editor's live check)."""
     try:
-        return compile_text(text), []
+        return compile_text(text, short_refusal), []
     except StrategyError as exc:
         return None, exc.errors
 
@@ -92,10 +93,10 @@ def read_for_editor(path: str | Path) -> tuple[str, StrategyError | None]:
             return file.read(MAX_FILE_BYTES).decode("utf-8", errors="replace"), exc
 
 
-def save_strategy(path: str | Path, text: str, db: Database, now_ms: int) -> Policy:
+def save_strategy(path: str | Path, text: str, db: Database, now_ms: int, short_refusal: str | None = None) -> Policy:
     """Compile `text` (raising StrategyError, nothing written), write it atomically and record it."""
     text = normalize(text)
-    policy = compile_text(text)
+    policy = compile_text(text, short_refusal)
     path = Path(path)
     with store.transaction(db):  # one save at a time, across processes
         newest = _newest_version(db)

@@ -39,13 +39,15 @@ def alert_messages() -> list[AlertMessage]:
     """The messages for a strategy alert (position or order action) and for indicator alerts."""
     return [
         AlertMessage("Strategy: position", "an alert on a strategy; sends the position after every order "
-                     "(long → BUY, flat or short → SELL)", _message("{{strategy.market_position}}")),
+                     "(long → BUY, flat → FLAT, short → SHORT)", _message("{{strategy.market_position}}")),
         AlertMessage("Strategy: order action", "an alert on a strategy; sends each order's side (buy or sell)",
                      _message("{{strategy.order.action}}")),
         AlertMessage("Indicator: buy", "an alert on an indicator or a price condition that means be long",
                      _message("BUY")),
         AlertMessage("Indicator: sell", "an alert on an indicator or a price condition that means be flat",
                      _message("SELL")),
+        AlertMessage("Indicator: short", "an alert on an indicator or a price condition that means be short",
+                     _message("SHORT")),
     ]
 
 

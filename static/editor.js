@@ -37,7 +37,22 @@
     textarea.scrollTop = Math.max(0, (line - 3) * lineHeight);
   }
 
-  textarea.addEventListener("input", renderGutter);
+  // Unsaved edits: marked at the title, the "worker runs the saved version" line hidden, and leaving asks.
+  const savedText = textarea.dataset.saved === "yes" ? textarea.value : null;
+  function isUnsaved() { return savedText === null || textarea.value !== savedText; }
+  function markUnsaved() {
+    const unsaved = isUnsaved();
+    ["unsaved", "unsaved-mark"].forEach((id) => { const el = document.getElementById(id); if (el) el.hidden = !unsaved; });
+    document.body.classList.toggle("is-unsaved", unsaved);
+  }
+  window.addEventListener("beforeunload", (event) => {
+    if (isUnsaved() && !window.omniwiseSaving) { event.preventDefault(); event.returnValue = ""; }
+  });
+  const form = document.getElementById("editor-form");
+  if (form) form.addEventListener("submit", () => { window.omniwiseSaving = true; });
+
+  textarea.addEventListener("input", () => { renderGutter(); markUnsaved(); });
+  markUnsaved();
   textarea.addEventListener("scroll", () => { gutter.scrollTop = textarea.scrollTop; });
   document.body.addEventListener("htmx:afterSettle", () => {
     readErrorLines();

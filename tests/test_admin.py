@@ -262,7 +262,7 @@ def test_webhook_panel_shows_the_url_the_secret_and_messages_to_paste(operator):
     page = operator.get("/admin/webhook").get_data(as_text=True)
     assert f'value="http://localhost/api/v1/external-signal/{TOKEN}"' in page and f'value="{TOKEN}"' in page
     assert "{{strategy.market_position}}" in page and "{{timenow}}" in page and "{{ticker}}" in page
-    assert page.count('class="copy"') == 8  # URL, secret, the recipe's Pine line and message, 4 messages
+    assert page.count('class="copy"') == 9  # URL, secret, the recipe's Pine line and message, 5 messages
 
 
 def test_pages_carry_security_headers(operator):

@@ -39,7 +39,8 @@ def same_result(a, b):
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_every_sweep_row_equals_the_backtest_of_its_expanded_text(ethbtc, text, fill, jobs):
     combinations = sweeps.expand(text)
-    runs = sweep_runs.run_combinations(combinations, ethbtc, 0.001, fill, keep_reports=True, jobs=jobs)
+    runs = sweep_runs.run_combinations(combinations, ethbtc, 0.001, fill, keep_reports=True, jobs=jobs,
+                                       with_trades=True)
     assert len(runs) == len(combinations) >= 8
     for combination, run in zip(combinations, runs):
         alone = run_backtest(ethbtc, compile_strategy(combination.text), fee_rate=0.001, fill=fill)

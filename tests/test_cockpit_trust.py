@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.health import heartbeat
-from core.webhook import ledger
+from core.webhook import intake, ledger
 
 SYMBOL = "BTCUSDT"  # the tests' Settings() market
 S = 1000
@@ -299,7 +299,7 @@ def test_a_failing_page_is_a_500_in_the_layout_without_the_exceptions_text(app, 
 
 @pytest.mark.parametrize("body, content_type, words", [
     (b"hello", "text/plain", ['the body is the word "hello", which is not a signal',
-                              "buy, sell, long, flat, short"]),
+                              "send one of the words " + ", ".join(intake.SIGNAL_WORDS)]),
     (b"buy", "application/x-www-form-urlencoded", ['the form body is the bare word "buy"',
                                                    "Content-Type: text/plain"]),
 ])
@@ -434,3 +434,139 @@ def test_the_status_api_says_log_only_for_alerts_that_went_only_to_the_log(opera
     deliveries = {a["message"]: a["delivery"] for a in operator.get("/api/v1/status").json["alerts"]}
     assert deliveries["alert 0 in state mismatch"] == "log only"  # delivered, and no OMNIWISE_ALERT_URLS
     assert deliveries["alert 3 in state mismatch"] == "queued"
+
+
+# -- editor and versions ------------------------------------------------------------------------------
+
+def test_each_versions_diff_is_what_its_save_changed_and_one_is_current(operator, settings):
+    from core import strategies
+
+    texts = ["IF MA4 > MA9 THEN BUY\n", "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n", "IF MA4 > MA9 THEN BUY\n"]
+    for text in texts:
+        operator.post("/admin/algo", data={"strategy": text, "csrf_token": operator.csrf_token})
+    page = operator.get("/admin/algo/history").get_data(as_text=True)
+    assert page.count(">current</span>") == 1  # the first and the third save hold the same text
+    entries = page.split('<li class="version"')[1:]
+    assert '<span class="del">-IF MA4 &lt; MA9 THEN SELL</span>' in entries[0] and "current" in entries[0]
+    assert '<span class="add">+IF MA4 &lt; MA9 THEN SELL</span>' in entries[1] and ">current<" not in entries[1]
+    assert f"/admin/algo/history/{strategies.version_of(texts[1])}/restore" in entries[1]
+
+
+def test_restore_asks_first_with_the_diff_against_what_runs_and_the_position(operator, settings, db):
+    from core import brokers, store, strategies
+
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE > OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    operator.post("/admin/algo", data={"strategy": "IF CLOSE < OPEN THEN BUY\n", "csrf_token": operator.csrf_token})
+    first = strategies.version_of("IF CLOSE > OPEN THEN BUY\n")
+    store.set_meta(db, strategies.LOADED_KEY, strategies.version_of("IF CLOSE < OPEN THEN BUY\n"), now_ms())
+    brokers.save_position(db, brokers.Position("long", 0.5, 95_000.0), now_ms())
+    page = operator.get(f"/admin/algo/history/{first}/restore").get_data(as_text=True)
+    assert '<span class="del">-IF CLOSE &lt; OPEN THEN BUY</span>' in page
+    assert '<span class="add">+IF CLOSE &gt; OPEN THEN BUY</span>' in page
+    assert "Position now:</strong>\n    long 0.50000000 BTC, entry 95,000.00" in page
+    assert settings.strategy_path.read_text() == "IF CLOSE < OPEN THEN BUY\n"  # asking changed nothing
+    assert f'action="/admin/algo/history/{first}/restore"' in page and 'method="post"' in page
+    assert operator.get("/admin/algo/history/ffffffffffff/restore").status_code == 404
+
+
+def test_the_editor_marks_a_text_that_is_not_the_saved_one(operator):
+    page = operator.get("/admin/algo").get_data(as_text=True)
+    assert 'data-saved="yes"' in page and '<p id="unsaved" class="warn" role="status" hidden>' in page
+    refused = operator.post("/admin/algo", data={"strategy": "IF MA4 > MA9 BUY\n", "csrf_token": operator.csrf_token})
+    page = refused.get_data(as_text=True)
+    assert 'data-saved="no"' in page and '<p id="unsaved" class="warn" role="status" >' in page
+
+
+def test_the_preview_chart_has_its_axes_labelled(operator, db):
+    start = 1_796_000_000_000 - 1_796_000_000_000 % 60_000
+    with db.conn:
+        for i in range(60):
+            close = 100.0 + (i % 7)
+            db.execute("INSERT INTO candles VALUES (?, ?, ?, ?, ?, ?, 1, ?, 1, 1, 0.5, 0.5)",
+                       [SYMBOL, start + i * 60_000, close, close + 1, close - 1, close, start + i * 60_000 + 59_999])
+    fragment = operator.post("/admin/algo/validate", data={"strategy": "IF MA4 > MA9 THEN BUY\n",
+                                                           "csrf_token": operator.csrf_token}).get_data(as_text=True)
+    axis_y = fragment.split('<div class="axis-y"')[1].split("</div>")[0]
+    assert "<span>106.00</span><span>100.00</span>" in axis_y  # the closes' highest and lowest
+    axis_x = fragment.split('<div class="axis-x"')[1].split("</div>")[0]
+    assert "2026-11-30 00:53:00 UTC" in axis_x and "2026-11-30 01:52:00 UTC" in axis_x
+
+
+# -- the first hour -----------------------------------------------------------------------------------
+
+def test_init_with_the_port_prints_a_webhook_url_that_works_on_this_machine(data_dir, settings):
+    from click.testing import CliRunner
+
+    from omniwise import create_app, init_command
+
+    env = {"OMNIWISE_DATA_DIR": str(data_dir)}
+    first = CliRunner().invoke(init_command, ["--port", "5123"], env=env)
+    assert first.exit_code == 0, first.output
+    line = next(text for text in first.output.splitlines() if text.startswith("From this machine: "))
+    url = line.split()[-1]
+    assert url.startswith("http://127.0.0.1:5123/api/v1/external-signal/") and "https://YOUR-HOST" in first.output
+    client = create_app(settings).test_client()  # the URL's path is the webhook's, with the token the app uses
+    answer = client.post(url.removeprefix("http://127.0.0.1:5123"), data=b"buy", headers={"Content-Type": "text/plain"})
+    assert answer.status_code == 200, answer.json
+    again = CliRunner().invoke(init_command, ["--port", "5123"], env=env)  # not a terminal: a log keeps no token
+    assert "http://127.0.0.1:5123/api/v1/external-signal/TOKEN" in again.output
+
+
+def test_the_replay_banner_says_the_day_the_speed_the_progress_and_finished(operator, db):
+    from core import replay_status
+    from core.health import liveness
+
+    liveness.beat(db, now_ms())
+    replay_status.started(db, "/data/XRPETH-aggTrades-2019-10-11.csv", 60, now_ms())
+    day = 1_570_752_000_000  # 2019-10-11 00:00 UTC
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 1, 1, 1, 1, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 359 * 60_000, day + 360 * 60_000 - 1])  # the minute 05:59: a quarter of the day
+    banner = operator.get("/banner").get_data(as_text=True)
+    assert "<strong>Replaying</strong>\n      2019-10-11 at 60× · 25 % · candles up to 2019-10-11 05:59:00 UTC." in banner
+    assert 'data-title=""' in banner  # information, not a warning in the tab title
+    replay_status.finished(db, now_ms())
+    banner = operator.get("/").get_data(as_text=True)
+    assert "<strong>Replay finished.</strong>" in banner and " %" not in banner.split('id="replay-banner"')[1][:200]
+    replay_status.live(db, now_ms())
+    assert "replay-banner" not in operator.get("/banner").get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name, period, span_days", [("XRPETH-aggTrades-2019-10-11.csv", "2019-10-11", 1),
+                                                     ("BTCUSDT-1m-2024-02.csv", "2024-02", 29),
+                                                     ("my-own-file.csv", None, None)])
+def test_a_replay_files_period_comes_from_binances_archive_name(name, period, span_days):
+    from core.replay_status import period_of
+
+    got, span = period_of(name)
+    assert got == period and (span is None if span_days is None else (span[1] - span[0]) == span_days * 86_400_000)
+
+
+def test_in_a_replay_todays_pnl_is_the_candles_day(operator, db, settings):
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    day = 1_570_752_000_000  # 2019-10-11, the file's day
+    paper_fill(db, broker, "BUY", 100.0, day - 3_600_000)  # the day before
+    paper_fill(db, broker, "SELL", 110.0, day - 1_800_000)
+    paper_fill(db, broker, "BUY", 100.0, day + 60_000)
+    paper_fill(db, broker, "SELL", 90.0, day + 120_000)
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 90, 90, 90, 90, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 120_000, day + 180_000 - 1])
+    money = operator.get("/api/v1/status").json["account"]
+    cash_after_first = 10_000 / 100 * 0.999 * 110 * 0.999
+    second = cash_after_first / 100 * 0.999 * 90 * 0.999 - cash_after_first
+    assert money["realized_pnl_today"] == pytest.approx(second)  # 2019-10-11's, not the wall clock's (none)
+
+
+def test_a_sell_while_already_flat_is_muted_in_the_decisions(operator, db):
+    with db.conn:
+        for minute, (action, before, target) in enumerate((("SELL", "flat", "flat"), ("BUY", "flat", "long"))):
+            db.execute("INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
+                       "created_at_ms) VALUES (?, ?, ?, ?, ?, 'strategy', ?)",
+                       [SYMBOL, minute * 60_000, action, target, before, minute * 60_000])
+    rows = operator.get("/dashboard/activity").get_data(as_text=True).split('id="decisions-scroll"')[1].split("</tbody>")[0]
+    buy, sell = rows.split("<tr")[2:4]  # newest first
+    assert 'class="action-buy"' in buy and "→ long" in buy
+    assert 'class="no-change"' in sell and 'class="action-hold"' in sell and "already is flat" in sell

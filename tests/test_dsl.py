@@ -26,6 +26,7 @@ def candles(close, high=None, low=None, open_=None, volume=None):
         "low": np.asarray(low if low is not None else close, dtype=np.float64),
         "close": close,
         "volume": np.asarray(volume if volume is not None else np.ones_like(close), dtype=np.float64),
+        "open_time_ms": 1_570_752_000_000 + np.arange(len(close), dtype=np.int64) * 60_000,  # from 00:00 UTC
     }
 
 
@@ -143,7 +144,8 @@ def test_random_text_never_raises_anything_but_strategy_error(text):
 
 _words = st.sampled_from(["IF", "THEN", "BUY", "SELL", "HOLD", "AND", "OR", "NOT", "CROSSES", "ABOVE", "BELOW",
                           "MA4", "MA9", "CLOSE", "VOLUME", "RSI", "SMA", "EMA", "MACD", "BB_UPPER", "OBV",
-                          "(", ")", ",", "+", "-", "*", "/", ">", "<", ">=", "==", "!=", "0", "14", "2.5", "#"])
+                          "(", ")", ",", "+", "-", "*", "/", ">", "<", ">=", "==", "!=", "0", "14", "2.5", "#",
+                          "@", "@5m", "@1h", "@15m", "@7m", "@1d", "\nTIMEFRAME", "5m", "1h"])
 
 
 @given(st.lists(_words, max_size=25).map(" ".join))
@@ -324,6 +326,9 @@ _number_text = st.builds(lambda whole, fraction: whole if fraction is None else 
 
 
 def _nest(kind: str, depth: int, leaf: str) -> str:
+    if kind == "at":  # each level read on a longer timeframe: (((CLOSE)@1m)@3m)@...
+        intervals = ["1m", "3m", "15m", "1h", "4h", "1d", "2x"]
+        return "(" * depth + leaf + "".join(f")@{intervals[i % len(intervals)]}" for i in range(depth))
     if kind == "parens":
         return "(" * depth + leaf + ")" * depth
     if kind == "minus":
@@ -334,7 +339,7 @@ def _nest(kind: str, depth: int, leaf: str) -> str:
 
 
 _value = st.one_of(
-    st.builds(_nest, st.sampled_from(["parens", "minus", "minus spaced", "calls"]), _size, _leaf),
+    st.builds(_nest, st.sampled_from(["parens", "minus", "minus spaced", "calls", "at"]), _size, _leaf),
     st.builds(lambda op, n, leaf: op.join([leaf] * (n + 1)), st.sampled_from(["+", "-", "*", "/", " + "]),
               _size, st.sampled_from(["1", "2", "CLOSE"])),
     _number_text,

@@ -599,7 +599,7 @@ def test_backtrader_stop_and_limit_orders_give_the_same_exits(tmp_path, ethbtc):
 
 # -- Binance: a risk exit is a market order whose client id comes from the exit's own decision ------------
 
-def test_binance_spot_risk_exit_is_one_market_sell_with_the_exit_decisions_client_id(data_dir):
+def test_binance_spot_risk_exit_is_one_sell_the_market_order_of_the_exit_decision_or_the_stop_on_binance(data_dir):
     import os
 
     from tests.exchange.standin import API_KEY, API_SECRET, DAY_START_MS, start_standin
@@ -616,15 +616,24 @@ def test_binance_spot_risk_exit_is_one_market_sell_with_the_exit_decisions_clien
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             exits_done = wait_until(lambda: query(
-                data_dir, "SELECT d.id, d.reason, o.client_order_id, o.status FROM decisions d JOIN orders o "
-                          "ON o.decision_id = d.id WHERE d.reason = 'trailing_stop' AND o.status = 'filled'"),
+                data_dir, "SELECT d.id, d.reason, o.client_order_id, o.status, o.exchange_order_id FROM decisions d "
+                          "JOIN orders o ON o.decision_id = d.id WHERE d.reason = 'trailing_stop' "
+                          "AND o.status = 'filled'"),
                 worker, timeout_s=90, what="a trailing-stop exit filled at the exchange")
         finally:
             stop_worker(worker)
-        decision_id, _, client_id, _ = exits_done[0]
+        decision_id, _, client_id, _, exchange_order_id = exits_done[0]
         assert re.fullmatch(rf"ow[A-Za-z0-9]{{8}}-{decision_id}", client_id)  # this installation's prefix
-        (sent,) = exchange.orders_for(client_id)  # exactly one order for the exit event
-        assert sent["side"] == "SELL" and sent["type"] == "MARKET"
+        # Exactly one sell for the exit event: the worker's market order on the trade that crossed, or the stop
+        # Binance held (STOP_LOSS_LIMIT here) when it was executed first; then the worker sent nothing.
+        (sent,) = [o for o in exchange.orders if str(o["orderId"]) == exchange_order_id]
+        if sent["type"] == "MARKET":
+            assert sent["clientOrderId"] == client_id
+        else:
+            assert sent["type"] == "STOP_LOSS_LIMIT" and re.fullmatch(r"ow[A-Za-z0-9]{8}-s[a-z0-9]{4}\d+",
+                                                                       sent["clientOrderId"])
+            assert exchange.orders_for(client_id) == []
+        assert sent["side"] == "SELL"
         assert query(data_dir, "SELECT count(*) FROM alerts WHERE subject = 'trade' AND state = 'trailing_stop'")[0][0] >= 1
     finally:
         exchange.close()

@@ -435,3 +435,80 @@ def test_backtest_takes_candles_or_a_symbol_with_its_dates(data_dir, downloaded)
         result = run_backtest(data_dir, *args, "--strategy", data_dir / "strategy.txt")
         assert result.returncode == 2
         assert "give --candles CSV, or --symbol SYMBOL --from YYYY-MM-DD [--to YYYY-MM-DD]" in result.stderr
+
+
+# -- the editor's preview over a downloaded history ------------------------------------------------------
+
+SEED = "IF MA4 > MA9 THEN BUY\nIF MA4 < MA9 THEN SELL\n"
+
+
+def validate(operator, **form):
+    answer = operator.post("/admin/algo/validate", data={"strategy": SEED, "csrf_token": operator.csrf_token, **form})
+    assert answer.status_code == 200
+    return answer.get_data(as_text=True)
+
+
+def test_the_editor_offers_the_downloaded_histories(operator, data_dir, downloaded):
+    page = operator.get("/admin/algo").get_data(as_text=True)
+    assert '<option value="spot/ETHBTC">ETHBTC spot, downloaded 2018-01-21 to 2018-01-29</option>' in page
+    assert '<option value="">the stored candles</option>' in page  # the default, selected when nothing else is
+
+
+def test_the_preview_runs_over_the_picked_history_and_period(operator, data_dir, downloaded):
+    from core.backtest import run_backtest
+    from core.dsl import compile_strategy
+
+    fragment = validate(operator, preview_source="spot/ETHBTC", preview_from="2018-01-22", preview_to="2018-01-23")
+    rows = np.array(reference(JAN[22], JAN[24]))
+    candles = {"open_time_ms": rows[:, 0].astype(np.int64), **{c: np.ascontiguousarray(rows[:, i + 1])
+               for i, c in enumerate(("open", "high", "low", "close", "volume"))}}
+    expected = run_backtest(candles, compile_strategy(SEED), fee_rate=0.001)
+    assert "Over 2,880 candles of ETHBTC spot from 2018-01-22 to 2018-01-23 this text would have made" in fragment
+    assert f"<strong>{len(expected.trades)} trades</strong>" in fragment
+    assert f"{expected.return_pct:+.2f} %</strong>" in fragment
+
+    whole = validate(operator, preview_source="spot/ETHBTC")  # no dates: all the kept files hold
+    assert "Over 12,959 candles of ETHBTC spot from 2018-01-21 to 2018-01-29" in whole
+
+
+def test_a_preview_over_days_not_downloaded_says_why(operator, data_dir, downloaded):
+    fragment = validate(operator, preview_source="spot/ETHBTC", preview_from="2018-01-20", preview_to="2018-01-22")
+    assert 'id="preview"' not in fragment
+    assert ('<p class="bad" id="preview-error">No preview over spot/ETHBTC: '
+            f"{folder(data_dir)}: 1 day of 2018-01-20 to 2018-01-22 not downloaded") in fragment
+    fragment = validate(operator, preview_source="futures/ETHBTC")
+    assert "nothing of ETHBTC futures is downloaded" in fragment
+    assert "Valid: 2 rules" in fragment  # the text itself is still checked
+
+
+def test_a_terminal_gets_a_progress_bar_and_a_pipe_does_not(data_dir, archive):
+    import pty
+
+    leader, follower = pty.openpty()
+    env = {**os.environ, "OMNIWISE_DATA_DIR": str(data_dir), "OMNIWISE_BINANCE_ARCHIVE_URL": archive.url}
+    result = subprocess.run([sys.executable, str(ROOT / "omniwise.py"), "download", "ETHBTC", "--from", "2018-01-21",
+                             "--to", "2018-01-23"], stdout=subprocess.PIPE, stderr=follower, env=env, cwd=data_dir,
+                            timeout=120)
+    os.close(follower)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal's other end is closed: all of it is read
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(leader)
+    assert result.returncode == 0
+    assert b"3/3" in drawn and b"file" in drawn  # tqdm's bar: files done of the files planned
+    piped = cli(data_dir, archive, "ETHBTC", "--from", "2018-01-21", "--to", "2018-01-23")
+    assert piped.returncode == 0 and piped.stderr == ""
+
+
+def test_a_data_folder_that_cannot_be_written_is_one_line(data_dir, archive):
+    (data_dir / "history").write_text("a file where the folder should be")
+    result = cli(data_dir, archive, "ETHBTC", "--from", "2018-01-21", "--to", "2018-01-21")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"Error: {folder(data_dir)}: cannot create the folder: Not a directory"]

@@ -66,7 +66,7 @@ def ledger_rows(db) -> list[dict]:
 
 @pytest.mark.parametrize("word, expected", [
     ("BUY", "BUY"), ("buy", "BUY"), ("Buy", "BUY"), (" sell ", "SELL"), ("SELL", "SELL"),
-    ("long", "BUY"), ("flat", "SELL"), ("short", "SELL"), ("LONG", "BUY"),
+    ("long", "BUY"), ("flat", "FLAT"), ("short", "SHORT"), ("LONG", "BUY"), ("exit", "FLAT"),
 ])
 def test_webhook_reads_signal_words_and_tradingview_placeholders(client, db, clock, word, expected):
     response = post(client, {"signal": word})
@@ -162,7 +162,8 @@ def test_webhook_names_an_anonymous_sender_webhook(client, db, clock):
 
 
 @pytest.mark.parametrize("body, signal", [
-    ("buy", "BUY"), ("sell", "SELL"), ("long", "BUY"), ("flat", "SELL"), ("short", "SELL"), (" BUY\r\n", "BUY"),
+    ("buy", "BUY"), ("sell", "SELL"), ("long", "BUY"), ("flat", "FLAT"), ("short", "SHORT"), ("Exit", "FLAT"),
+    (" BUY\r\n", "BUY"),
 ])
 def test_a_bare_word_as_tradingview_sends_strategy_order_action_is_a_signal(client, db, clock, body, signal):
     answer = post(client, body, content_type="text/plain; charset=utf-8")
@@ -263,7 +264,7 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
                  "could not be read either", False, id="broken JSON hides its token"),
     # 400: the body is not a usable signal (recorded, since the token was right)
     pytest.param(dict(body="BUY NOW", content_type="text/plain"), 400, "not valid JSON", True, id="plain words"),
-    pytest.param(dict(body="hold", content_type="text/plain"), 400, "buy, sell, long, flat, short", True,
+    pytest.param(dict(body="hold", content_type="text/plain"), 400, "buy, sell, long, flat, exit, short", True,
                  id="plain unknown word"),
     pytest.param(dict(body='{"signal": "BUY",}'), 400, "not valid JSON", True, id="trailing comma"),
     pytest.param(dict(body=""), 400, "empty", True, id="empty body"),
@@ -274,8 +275,8 @@ BIG = json.dumps({**BUY, "pad": "x" * 5000})
     pytest.param(dict(body={"timestamp": 1_700_000_000}), 400, 'no "signal"', True, id="no signal"),
     pytest.param(dict(body="signal=BUY" + "&x=1" * 50, content_type="application/x-www-form-urlencoded"), 400,
                  "more than 50 fields", True, id="form of 51 fields"),
-    pytest.param(dict(body={"signal": "hold"}), 400, "not BUY or SELL", True, id="unknown word"),
-    pytest.param(dict(body={"signal": 1}), 400, "not BUY or SELL", True, id="number signal"),
+    pytest.param(dict(body={"signal": "hold"}), 400, "not BUY, SELL, SHORT or FLAT", True, id="unknown word"),
+    pytest.param(dict(body={"signal": 1}), 400, "not BUY, SELL, SHORT or FLAT", True, id="number signal"),
     pytest.param(dict(body={"signal": "{{strategy.order.action}}"}), 400, "not replaced", True, id="raw placeholder"),
     pytest.param(dict(body={"signal": "BUY", "timestamp": "yesterday"}), 400, "not a time", True, id="word time"),
     pytest.param(dict(body={"signal": "BUY", "timestamp": True}), 400, "not a time", True, id="boolean time"),
@@ -667,7 +668,7 @@ def test_receive_records_before_it_raises(db):
     delivery = intake.Delivery(b'{"signal": "hold"}', "text/plain", (TOKEN,), "127.0.0.1")
     with pytest.raises(intake.SignalError):
         intake.receive(db, delivery, token=TOKEN, symbol="BTCUSDT", now_ms=NOW_MS)
-    assert ledger_rows(db)[0]["outcome"] == 'rejected: signal "hold" is not BUY or SELL'
+    assert ledger_rows(db)[0]["outcome"] == 'rejected: signal "hold" is not BUY, SELL, SHORT or FLAT'
 
 
 def test_settings_stay_hashable_with_networks(settings):

@@ -19,6 +19,7 @@ from core.dsl import Action, StrategyError, compile_strategy
 from core.policy_loader import PolicyLoader
 from core.trader import Trader
 from tests.conftest import SHARED_DATA
+from tests.test_exits import store_ethbtc as store_candles
 from tests.processes import query, start_worker, stop_worker, wait_until
 
 ETHBTC = SHARED_DATA / "candles" / "ETHBTC-1m.csv"  # starts at 04:53 UTC; 04:38 on 2018-01-24 is missing
@@ -347,26 +348,41 @@ def backtest_fills(candles, text):
     return fills
 
 
-def test_the_trader_fed_minute_by_minute_decides_and_fills_as_the_backtest(db, data_dir, ethbtc):
-    (data_dir / "strategy.txt").write_text(LIVE_STRATEGY)
+def without_some_last_minutes(candles, tf: int, every: int):
+    """The minutes without the last minute of every `every`-th window of `tf` minutes: such a window closes
+    when the next window's first minute arrives, and its decision fills at that minute's open."""
+    times = candles["open_time_ms"]
+    is_last = (times + MINUTE) % (tf * MINUTE) == 0
+    drop = is_last & ((times // (tf * MINUTE)) % every == 0)
+    return {k: v[~drop] for k, v in candles.items()}
+
+
+@pytest.mark.parametrize("timeframe, holes", [("15m", False), ("3m", False), ("15m", True)])
+def test_the_trader_fed_minute_by_minute_decides_and_fills_as_the_backtest(db, data_dir, ethbtc, timeframe, holes):
+    strategy = LIVE_STRATEGY.replace("TIMEFRAME 15m", f"TIMEFRAME {timeframe}")
+    (data_dir / "strategy.txt").write_text(strategy)
+    if holes:
+        ethbtc = without_some_last_minutes(ethbtc, 15, every=3)
     broker = PaperBroker(db, "ETHBTC", start_balance=1.0, fee_rate=0.001)
     trader = Trader(db, "ETHBTC", PolicyLoader(data_dir / "strategy.txt"), broker, clock=lambda: 1_700_000_000.0)
     rows = zip(*(ethbtc[k].tolist() for k in ("open_time_ms", "open", "high", "low", "close", "volume")))
     for t, o, h, lo, c, v in rows:
         trader.on_candle(Candle(t, o, h, lo, c, v, t + MINUTE - 1, 0.0, 0, 0.0, 0.0))
     ours = [(side, price, time_ms) for side, price, time_ms, _ in paper_fills(db, "ETHBTC")]
-    theirs = backtest_fills(ethbtc, LIVE_STRATEGY)
+    theirs = backtest_fills(ethbtc, strategy)
     assert [(s, t) for s, _, t in ours] == [(s, t) for s, _, t in theirs]
     # Prices: ATR levels from the live window equal the whole history's to about 1e-12.
     assert [p for _, p, _ in ours] == pytest.approx([p for _, p, _ in theirs], rel=1e-9)
     reasons = {reason for *_, reason in paper_fills(db, "ETHBTC")}
     assert {"strategy", "stop_loss"} <= reasons or {"strategy", "trailing_stop"} <= reasons, reasons
-    # One decision per closed 15-minute window, each at the window's last minute present.
-    frame = timeframes.build_frame(ethbtc, 15)
+    # One decision per closed window, each at the window's last minute present.
+    minutes = compile_strategy(strategy).timeframe
+    frame = timeframes.build_frame(ethbtc, minutes)
     decided = [t for (t,) in db.execute("SELECT candle_open_time_ms FROM decisions WHERE reason = 'strategy' "
                                         "ORDER BY 1").fetchall()]
     assert decided == ethbtc["open_time_ms"][frame.last_minute].tolist()
-    assert db.execute("SELECT DISTINCT timeframe_minutes FROM decisions WHERE reason = 'strategy'").fetchall() == [(15,)]
+    assert db.execute("SELECT DISTINCT timeframe_minutes FROM decisions WHERE reason = 'strategy'").fetchall() == \
+        [(minutes,)]
 
 
 def test_the_worker_replaying_a_klines_file_trades_as_the_backtest(data_dir, tmp_path):
@@ -401,3 +417,62 @@ def test_the_editor_validates_timeframes_and_explains_them(operator):
     assert "line 2, column 19</a>: @15m is below the strategy&#39;s TIMEFRAME 1h" in fragment
     page = operator.get("/admin/algo").get_data(as_text=True)
     assert "<code>TIMEFRAME 15m</code>" in page and "<code>value@4h</code>" in page
+
+
+# -- seen everywhere: the dashboard chart, the preview, decisions, the webhook page ----------------------------
+
+def test_the_dashboard_chart_draws_candles_of_the_strategys_timeframe_with_its_averages(db, ethbtc):
+    from core import dashboard
+
+    part = {k: v[:3000] for k, v in ethbtc.items()}
+    store_candles(db, "ETHBTC", part)
+    with db.conn:
+        db.execute("INSERT INTO decisions(id, symbol, candle_open_time_ms, action, target, position_before, reason, "
+                   "created_at_ms) VALUES (1, 'ETHBTC', 0, 'BUY', 'long', 'flat', 'strategy', 0)")
+        fill_ms = int(part["open_time_ms"][2500]) + 1234
+        db.execute("INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, qty, price, "
+                   "created_at_ms, filled_at_ms) VALUES (1, 'c-1', 'paper', 'ETHBTC', 'BUY', 'filled', 1, 0.09, ?, ?)",
+                   [fill_ms, fill_ms])
+    policy = compile_strategy("TIMEFRAME 15m\nIF CLOSE > SMA(8) AND CLOSE > SMA(4)@1h THEN BUY\n")
+    data = dashboard.chart(db, "ETHBTC", policy, count=60)
+    # The reference: pandas' 15-minute candles, with the forming window at the end (the last minutes).
+    rows = minutes_frame(part).assign(row=np.arange(3000)).resample("15min").agg(
+        {"open": "first", "high": "max", "low": "min", "close": "last"}).dropna()
+    expected = rows.iloc[-60:]
+    assert [c["time"] for c in data["candles"]] == (expected.index.as_unit("s").asi8).tolist()
+    assert [c["close"] for c in data["candles"]] == expected["close"].tolist()
+    assert [c["high"] for c in data["candles"]] == expected["high"].tolist()
+    (line,) = data["lines"]  # SMA(8) of the 15-minute closes; SMA(4)@1h is not drawn on this chart
+    sma = talib.SMA(rows["close"].to_numpy(), 8)[-60:]
+    assert line["name"] == "SMA(8)" and [p["value"] for p in line["points"]] == pytest.approx(list(sma), rel=1e-12)
+    assert data["markers"][0]["time"] == (fill_ms - fill_ms % (15 * MINUTE)) // 1000  # on its candle
+    assert data["timeframe"] == "15m"
+
+
+def test_the_preview_chart_draws_one_point_per_window(operator, db, settings, ethbtc):
+    from core.charts import preview
+
+    store_candles(db, settings.symbol, {k: v[:3000] for k, v in ethbtc.items()})
+    text = "TIMEFRAME 1h\nIF EMA(3) > EMA(8) THEN BUY\nIF EMA(3) < EMA(8) THEN SELL\n"
+    shown = preview(db, settings.symbol, compile_strategy(text))
+    price_path = shown.chart_svg.split('<path d="M', 1)[1].split('"', 1)[0]
+    assert len(price_path.split(" L")) == len(frame_of(minutes_frame({k: v[:3000] for k, v in ethbtc.items()}), 60)) + 1
+    assert shown.result.trades  # and its trades are marked on it
+    fragment = validate(operator, text)
+    assert "Timeframe 1h." in fragment and "<svg" in fragment
+
+
+def test_decisions_show_their_window_and_the_webhook_page_the_strategys_bar(operator, db, data_dir):
+    (data_dir / "strategy.txt").write_text("TIMEFRAME 4h\nIF CLOSE > SMA(5) THEN BUY\n")
+    window_ms = 1_700_006_400_000  # 2023-11-15 00:00 UTC, a 4-hour window's open
+    with db.conn:
+        db.execute("INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
+                   "created_at_ms, timeframe_minutes) VALUES (?, ?, 'BUY', 'long', 'flat', 'strategy', 0, 240)",
+                   [operator.application.config["SETTINGS"].symbol, window_ms + 239 * MINUTE])
+    page = operator.get("/").get_data(as_text=True)
+    assert "2023-11-15 00:00–2023-11-15 04:00 (4h)" in page
+    assert ", 4h candles</h2>" in page
+    webhook = operator.get("/admin/webhook").get_data(as_text=True)
+    assert "decides on <strong>4h</strong> bars" in webhook
+    assert "at least <strong>28860 s</strong>" in webhook  # two bars and a minute
+    assert "too short for it" in webhook  # the default 600 s

@@ -20,7 +20,7 @@ def settings(data_dir):
     return Settings(data_dir=data_dir, webhook_token=TOKEN, webhook_rate_per_s=0)
 
 
-@pytest.mark.parametrize("position, signal", [("long", "BUY"), ("flat", "SELL"), ("short", "SELL")])
+@pytest.mark.parametrize("position, signal", [("long", "BUY"), ("flat", "FLAT"), ("short", "SHORT")])
 def test_the_recipes_message_as_tradingview_fills_it_is_a_signal(client, db, position, signal):
     # {{strategy.market_position}} and the Pine line's alert() both send the bare word
     message = tradingview.RECIPE_MESSAGE.replace("{{strategy.market_position}}", position)

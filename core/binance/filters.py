@@ -26,6 +26,7 @@ class SymbolRules:
     quote_step: Decimal  # smallest unit of a quote amount (spot quoteOrderQty)
     avg_price_mins: int = 0  # spot: notional checked at the average price of this many minutes (0: last price)
     tick: Decimal = ZERO  # prices (a stop's trigger price) are whole multiples of this (PRICE_FILTER tickSize)
+    order_types: tuple[str, ...] = ()  # the symbol's orderTypes (spot: is STOP_LOSS offered?)
 
     @classmethod
     def from_symbol(cls, info: dict, market: str) -> "SymbolRules":
@@ -46,7 +47,7 @@ class SymbolRules:
         quote = info["quoteAsset"] if market == SPOT else info.get("marginAsset", info["quoteAsset"])
         return cls(info["baseAsset"], quote, max(steps), min_qty, min(maxima) if maxima else None, min_notional,
                    max_notional, Decimal(1).scaleb(-int(precision)), int(notional.get("avgPriceMins", 0)),
-                   Decimal(filters.get("PRICE_FILTER", {}).get("tickSize", "0")))
+                   Decimal(filters.get("PRICE_FILTER", {}).get("tickSize", "0")), tuple(info.get("orderTypes", ())))
 
     def floor_qty(self, qty: Decimal) -> Decimal:
         """`qty` rounded down to the step size."""

@@ -1,4 +1,5 @@
-"""Binance spot: long is a base-asset balance above dust; market orders within the symbol's filters."""
+"""Binance spot: long is a base-asset balance above dust; market orders within the symbol's filters; the stop
+kept on Binance (core/binance/spot_stop.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from core.binance.filters import ZERO, Plan, decimal_text, floor_to
 from core.binance.orders import BinanceBroker
 from core.binance.rest import SPOT
 from core.binance.settle import SpotTradeEvidence
+from core.binance.spot_stop import SpotStop
 from core.brokers import BrokerError, Position
 
 log = logging.getLogger(__name__)
@@ -23,9 +25,10 @@ class SpotAccount(NamedTuple):
 
 
 
-class BinanceSpotBroker(SpotTradeEvidence, BinanceBroker):
-    """Spot: long is a base-asset balance above dust; BUY spends the free quote balance (at most
-    OMNIWISE_ORDER_QUOTE), SELL sells the free base balance, both within Binance's filters."""
+class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
+    """Spot: long is a base-asset balance (free and locked) above dust; BUY spends the free quote balance (at
+    most OMNIWISE_ORDER_QUOTE), SELL sells the free base balance after cancelling the stop kept on Binance
+    (which locks it), both within Binance's filters."""
 
     name = "binance-spot"
     market = SPOT
@@ -37,15 +40,30 @@ class BinanceSpotBroker(SpotTradeEvidence, BinanceBroker):
         rules = self.rules
         balances = {b["asset"]: b for b in self.rest.call("get_account")["balances"]}
         base = balances.get(rules.base_asset, {"free": "0", "locked": "0"})
-        base_free = Decimal(base["free"])
+        base_free, base_total = Decimal(base["free"]), Decimal(base["free"]) + Decimal(base["locked"])
         quote_free = Decimal(balances.get(rules.quote_asset, {"free": "0"})["free"])
-        if rules.is_tradable(rules.floor_qty(base_free), self._last_price()):
-            position = Position("long", float(base_free + Decimal(base["locked"])), self._entry_price())
+        if rules.is_tradable(rules.floor_qty(base_total), self._last_price()):  # the stop's lock is still ours
+            position = Position("long", float(base_total), self._entry_price())
         else:
             position = Position("flat")
         self._position = position
-        self._account = SpotAccount(position, base_free, quote_free, base_free + Decimal(base["locked"]))
+        self._account = SpotAccount(position, base_free, quote_free, base_total)
         return self._account
+
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
+        """As BinanceBroker.execute; a SELL first cancels the stop kept on Binance, and when that stop has
+        already sold the position, its fill is this order's (no second order is sent)."""
+        if order["side"] == "SELL" and self._cancel_stop_before_selling(order):
+            return
+        super().execute(order, even_if_unknown)
+
+    def recover(self) -> None:
+        """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
+        super().recover()
+        try:
+            self.reconcile_stops()
+        except BrokerError as exc:
+            log.warning("the stops on Binance were not reconciled: %s", exc)
 
 
     def _average_price(self) -> Decimal | None:
@@ -76,6 +94,9 @@ class BinanceSpotBroker(SpotTradeEvidence, BinanceBroker):
             return Plan({"side": "BUY", "quoteOrderQty": decimal_text(spend), "newOrderRespType": "FULL"})
         qty = rules.floor_qty(account.base_free)
         if not rules.is_tradable(qty, price):
+            if account.position.side == "long":  # held by an open order: sold only once that is cancelled
+                return Plan(None, f"the {rules.base_asset} is locked by an open order (a stop on Binance not "
+                                  "cancelled?): nothing to sell yet", is_failure=True)
             return Plan(None, "already flat: the base balance is dust")
         problem = rules.problem(qty, self._average_price())
         if problem is not None:

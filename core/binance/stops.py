@@ -28,6 +28,8 @@ STOP_GONE = ("CANCELED", "EXPIRED", "REJECTED")  # algoStatus of a stop that clo
 class ExchangeStop:
     """The stop kept on Binance for the open position."""
 
+    stop_key = STOP_KEY  # the meta row that keeps it
+
     def keep_stop(self, level: float | None, reason: str | None) -> None:
         """Keep one Close-All STOP_MARKET (reduce-only by nature) on Binance at the effective stop `level`,
         placed, moved once the level differs by 0.1 % or more, cancelled with `level` None (flat, or no stop
@@ -153,9 +155,9 @@ class ExchangeStop:
         return True
 
     def _stored_stop(self) -> dict | None:
-        value = store.get_meta(self.db, STOP_KEY)
+        value = store.get_meta(self.db, self.stop_key)
         return json.loads(value) if value else None
 
     def _store_stop(self, stop: dict | None) -> None:
         with store.transaction(self.db):
-            store.set_meta(self.db, STOP_KEY, json.dumps(stop) if stop else "", int(self.clock() * 1000))
+            store.set_meta(self.db, self.stop_key, json.dumps(stop) if stop else "", int(self.clock() * 1000))

@@ -118,6 +118,7 @@ class Rule:
     action: Action
     line: int
     text: str
+    action_column: int = dataclasses.field(default=1, compare=False)  # where the action word starts
 
 
 def timeframes_of(node) -> list[AtTimeframe]:

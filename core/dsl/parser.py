@@ -134,7 +134,7 @@ def _parse_line(line: str, number: int, problems: list[Diagnostic]) -> Rule | No
     action = builder.action(action_token)
     if node is None or action is None:
         return None
-    return Rule(condition=node, action=action, line=number, text=line.strip())
+    return Rule(condition=node, action=action, line=number, text=line.strip(), action_column=action_token.column)
 
 
 def _nesting_error(line: str) -> tuple[int, str] | None:

@@ -200,15 +200,14 @@ class Policy:
         return out
 
     def atr_now(self, candles: Candles) -> dict[int, float]:
-        """ATR(n) of the newest closed strategy-timeframe candle over the live window, for each level period."""
+        """ATR(n) of the strategy-timeframe window of the newest minute, the one just decided (also when a later
+        minute closed it), over the live window, for each level period."""
         if not self.risk.atr_periods or len(candles["close"]) == 0:
             return {}
         recent = self._recent(candles)
         if self.timeframe == 1:
             return {n: float(indicators.compute("ATR", recent, (float(n),))[-1]) for n in self.risk.atr_periods}
-        frame = timeframes.build_frame(recent, self.timeframe)
-        if len(frame) == 0:
-            return {n: float("nan") for n in self.risk.atr_periods}
+        frame = timeframes.build_frame(recent, self.timeframe, last_is_closed=True)  # the window just decided
         return {n: float(indicators.compute("ATR", frame.candles, (float(n),))[-1]) for n in self.risk.atr_periods}
 
     def _evaluate(self, frames: _Frames, indicator_cache: dict | None = None) -> list:
@@ -400,10 +399,16 @@ def lookback_minutes(node, tf: int = 1) -> int:
     return 0
 
 
-def compile_strategy(text: str) -> Policy:
-    """Parse and compile a strategy text; raise StrategyError listing every error in it."""
+def compile_strategy(text: str, short_refusal: str | None = None) -> Policy:
+    """Parse and compile a strategy text; raise StrategyError listing every error in it. With
+    `short_refusal` (why the broker cannot short), every SHORT is an error saying so."""
     sweeps.refuse_sweep(text)  # a sweep is a family of strategies: only the backtest expands it
     rules, risk, timeframe = parse_program(text)
+    if short_refusal is not None:
+        refused = [Diagnostic(rule.line, rule.action_column, short_refusal) for rule in rules
+                   if rule.action == Action.SHORT]
+        if refused:
+            raise StrategyError(refused)
     return Policy(rules, text, risk, timeframe)
 
 

@@ -27,6 +27,11 @@ FAILURES = {MISMATCH, STALE, UNKNOWN, DOWN, INVALID}
 REPEATED = {MISMATCH}  # failures that are alerted again while they last
 
 _TITLES = {"position": "HEARTBEAT", "worker": "WORKER", "strategy": "STRATEGY"}
+# What each signal word expects of the position (DESIGN.md "External signals"): a test and its words.
+EXPECTED = {"BUY": (lambda side: side == "long", "no long position"),
+            "SELL": (lambda side: side != "long", "the position is long"),
+            "SHORT": (lambda side: side == "short", "no short position"),
+            "FLAT": (lambda side: side == "flat", "the position is not flat")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +52,7 @@ class HeartbeatSettings:
 class SignalView:
     """The signal the heartbeat compares: the latest one, and since when it has said the same thing."""
 
-    signal: str  # BUY or SELL
+    signal: str  # BUY, SELL, SHORT or FLAT
     received_at_ms: int  # arrival of the latest delivery
     since_ms: int  # arrival of the first delivery of this run of identical signals
     source: str
@@ -89,11 +94,11 @@ def reconcile(signal: SignalView | None, position: Position | None, now_ms: int,
     if age_s > settings.ttl_s:
         return Verdict(STALE, f"the last signal ({signal.signal} from {signal.source}) is {_duration(age_s)} old, "
                               f"more than the {_duration(settings.ttl_s)} allowed")
-    is_long = position.side == "long"
-    if signal.signal == "BUY" and not is_long:
-        reason = f"signal is BUY but no long position (position is {position.side})"
-    elif signal.signal == "SELL" and is_long:
-        reason = "signal is SELL but position is long"
+    expected = EXPECTED.get(signal.signal)
+    if expected is not None and not expected[0](position.side):
+        reason = f"signal is {signal.signal} but {expected[1]} (position is {position.side})"
+        if signal.signal == "SELL":
+            reason = "signal is SELL but position is long"
     else:
         return Verdict(OK, f"signal is {signal.signal} and position is {position.side}")
     pending_until_ms = signal.since_ms + int(settings.grace_s * 1000)
@@ -109,7 +114,7 @@ def check_position(db: Database, broker, symbol: str, now_ms: int, settings: Hea
         position, error = None, exc
     signal = current_signal(db, symbol)
     verdict = reconcile(signal, position, now_ms, settings)
-    if verdict.state == MISMATCH and position is not None and position.side != "long":
+    if verdict.state == MISMATCH and position is not None and position.side == "flat":
         note = open_trade.last_risk_exit(db, symbol)  # say so when a stop, not a fault, made the position flat
         if note:
             verdict = dataclasses.replace(verdict, reason=f"{verdict.reason}: {note}")

@@ -30,8 +30,9 @@ MAX_FORM_FIELDS = 50
 DEFAULT_SOURCE = "webhook"
 TOKEN_KEY = "webhook_token"  # the generated token's row of the meta table
 
-# TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short.
-SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "SELL", "short": "SELL"}
+# TradingView's words: {{strategy.order.action}} is buy/sell, {{strategy.market_position}} long/flat/short
+# (DESIGN.md "External signals": BUY/LONG expect long, SHORT short, FLAT/EXIT flat, SELL not long).
+SIGNAL_WORDS = {"buy": "BUY", "sell": "SELL", "long": "BUY", "flat": "FLAT", "exit": "FLAT", "short": "SHORT"}
 BARE_WORD = re.compile(r"[A-Za-z][A-Za-z_-]{0,31}")  # a lone word, not JSON: told which words are taken
 EXAMPLE = '{"signal": "{{strategy.order.action}}", "timestamp": "{{timenow}}", "source": "TradingView"}'
 
@@ -244,8 +245,8 @@ def _signal_word(value: object) -> str:
         raise SignalError(f"the signal is the placeholder {_quote(value)}, not replaced by TradingView",
                           "{{strategy.order.action}} and {{strategy.market_position}} are filled in only "
                           "for alerts on a strategy; on an indicator alert write BUY or SELL")
-    raise SignalError(f"signal {_quote(value)} is not BUY or SELL",
-                      "send BUY or SELL (any case), or TradingView's buy/sell/long/flat/short")
+    raise SignalError(f"signal {_quote(value)} is not BUY, SELL, SHORT or FLAT",
+                      "send BUY, SELL, SHORT or FLAT (any case), or TradingView's buy/sell/long/flat/short, or EXIT")
 
 
 def _signal_time_ms(value: object, now_ms: int) -> int:

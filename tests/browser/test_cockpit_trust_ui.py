@@ -177,3 +177,40 @@ def test_an_unknown_page_is_a_404_in_the_layout(op, site):
     expect(op.get_by_role("heading", level=1)).to_have_text("This page does not exist")
     expect(op.get_by_role("link", name="Back to the dashboard")).to_be_visible()
     assert op.evaluate("document.documentElement.scrollWidth") <= op.viewport_size["width"]
+
+
+def test_unsaved_edits_are_marked_and_leaving_asks_first(op, site):
+    op.goto(site.url + "/admin/algo")
+    expect(op.locator("#unsaved-mark")).to_be_hidden()
+    op.locator("#strategy").press("End")
+    op.locator("#strategy").press_sequentially("\nIF MA4 < MA9 THEN SELL")
+    expect(op.locator("#unsaved-mark")).to_be_visible()
+    expect(op.locator("#unsaved")).to_contain_text("Unsaved changes: the worker runs the saved version")
+    expect(op.locator("#loaded.good")).to_be_hidden()  # no "runs the saved version" claim beside other text
+    asked = []
+
+    def stay(dialog):
+        asked.append(dialog.type)
+        dialog.dismiss()  # "stay on the page"
+
+    op.on("dialog", stay)
+    op.get_by_role("link", name="Versions").last.click()
+    wait_until(lambda: asked == ["beforeunload"], timeout_s=10, what="the browser to ask before leaving")
+    assert op.url.endswith("/admin/algo")
+    op.remove_listener("dialog", stay)
+    op.get_by_role("button", name="Save").click()  # saving leaves without asking
+    expect(op.get_by_role("status").first).to_contain_text("Saved version")
+    expect(op.locator("#unsaved-mark")).to_be_hidden()
+
+
+def test_a_replay_is_a_banner_with_its_day_speed_and_progress(op, site):
+    from core import replay_status
+
+    worker_alive(site)
+    write(site, lambda db: replay_status.started(db, "XRPETH-aggTrades-2019-10-11.csv", 60, now_ms()))
+    op.goto(site.url + "/trades")
+    expect(op.locator("#replay-banner")).to_contain_text("Replaying 2019-10-11 at 60×")
+    write(site, lambda db: replay_status.finished(db, now_ms()))
+    expect(op.locator("#replay-banner")).to_contain_text("Replay finished.", timeout=10_000)
+    write(site, lambda db: replay_status.live(db, now_ms()))
+    expect(op.locator("#replay-banner")).to_have_count(0, timeout=10_000)

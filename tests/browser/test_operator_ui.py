@@ -74,10 +74,15 @@ def test_restoring_an_older_version_from_the_history(operator_page, live):
     page.locator("#strategy").fill("IF CLOSE > OPEN THEN BUY\n")
     page.get_by_role("button", name="Save").click()
     page.get_by_role("link", name="Versions").first.click()
+    newest = page.locator("#v-" + strategies.version_of("IF CLOSE > OPEN THEN BUY\n"))
+    newest.get_by_text("What this save changed").click()
+    expect(newest.locator("pre.diff .add")).to_have_text(["+IF CLOSE > OPEN THEN BUY"])  # old -> new
+    expect(page.locator(".tag.good", has_text="current")).to_have_count(1)
     entry = page.locator(f"#v-{strategies.version_of(original)}")
-    entry.get_by_text("Changes from this version to the current text").click()
-    expect(entry.locator("pre.diff .add")).to_have_text(["+IF CLOSE > OPEN THEN BUY"])  # old -> new
-    entry.get_by_role("button", name="Restore").click()
+    entry.get_by_role("link", name="Restore…").click()
+    expect(page.locator("#restore-confirm pre.diff .del")).to_have_text(["-IF CLOSE > OPEN THEN BUY"])
+    expect(page.locator("#restore-position")).to_contain_text("Position now:")
+    page.get_by_role("button", name=f"Yes, restore {strategies.version_of(original)}").click()
     expect(page.get_by_role("status").first).to_contain_text(f"Restored version {strategies.version_of(original)}")
     assert path.read_text() == original
     expect(page.locator("#strategy")).to_have_value(original)

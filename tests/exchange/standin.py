@@ -118,6 +118,11 @@ class StandIn:
         self.max_notional = Decimal("9000000")
         self.orders: list[dict] = []  # every order executed, both markets, in order
         self.algo_orders: list[dict] = []  # futures conditional orders (STOP_MARKET), every one placed
+        self.spot_stops: list[dict] = []  # spot STOP_LOSS / STOP_LOSS_LIMIT sells, every one placed
+        self.locked: dict[str, Decimal] = {}  # spot balances held by open orders (the stops)
+        # spot "Exchange information" > symbols[].orderTypes: STOP_LOSS is not offered on every symbol; this
+        # one (as XRPETH long was) has only STOP_LOSS_LIMIT. Tests add "STOP_LOSS" to model the others.
+        self.spot_order_types = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"]
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every REST request
         self.error_codes: list[int] = []  # Binance error codes answered, in order
         self.faults: list[Fault] = []
@@ -578,6 +583,8 @@ class StandIn:
             ("GET", "/api/v3/account"): lambda: self._spot_account(),
             ("POST", "/api/v3/order"): lambda: self._spot_order(params),
             ("GET", "/api/v3/order"): lambda: self._query_order(params, "spot"),
+            ("DELETE", "/api/v3/order"): lambda: self._cancel_spot_order(params),
+            ("GET", "/api/v3/openOrders"): lambda: self._open_spot_orders(params),
             ("GET", "/api/v3/myTrades"): lambda: self._my_trades(params),
             ("POST", "/fapi/v1/order"): lambda: self._futures_order(params),
             ("POST", "/fapi/v1/algoOrder"): lambda: self._new_algo_order(params),
@@ -646,7 +653,7 @@ class StandIn:
                              "baseAssetPrecision": 8,
                              "quoteAsset": self.quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
                              "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
-                             "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS_LIMIT", "TAKE_PROFIT_LIMIT"],
+                             "orderTypes": list(self.spot_order_types),
                              "icebergAllowed": True, "ocoAllowed": True, "quoteOrderQtyMarketAllowed": True,
                              "isSpotTradingAllowed": True, "isMarginTradingAllowed": False,
                              "filters": [
@@ -709,15 +716,20 @@ class StandIn:
                 "canTrade": True, "canWithdraw": True, "canDeposit": True, "brokered": False,
                 "requireSelfTradePrevention": False, "preventSor": False, "updateTime": self.server_time_ms(),
                 "accountType": "SPOT",
-                "balances": [{"asset": asset, "free": e8(amount), "locked": "0.00000000"}
+                "balances": [{"asset": asset, "free": e8(amount), "locked": e8(self.locked.get(asset, Decimal(0)))}
                              for asset, amount in self.balances.items()],
                 "permissions": ["SPOT"], "uid": 354937868}
 
     def _spot_order(self, params: dict) -> dict:
         # spot "Trading endpoints" > "New order (TRADE)": MARKET with quantity or quoteOrderQty; FULL answer
         # with fills; -2010 when the balance is insufficient; commission 0.1 % in the asset received.
+        if params.get("type") in ("STOP_LOSS", "STOP_LOSS_LIMIT"):
+            return self._new_spot_stop(params)
         self._check_order_params(params)
-        price = self.last_price()
+        return self._execute_spot(params, self.last_price())
+
+    def _execute_spot(self, params: dict, price: Decimal, order_type: str = "MARKET") -> dict:
+        """Execute a spot sell or buy at `price` now (a MARKET order, or a triggered stop)."""
         side = params["side"]
         if "quoteOrderQty" in params:
             qty = (Decimal(params["quoteOrderQty"]) / price / self.step).to_integral_value(ROUND_DOWN) * self.step
@@ -761,7 +773,7 @@ class StandIn:
         order = {"symbol": self.symbol, "orderId": len(self.orders) + 1, "orderListId": -1,
                  "clientOrderId": params["newClientOrderId"], "transactTime": now_ms, "price": "0.00000000",
                  "origQty": e8(qty), "executedQty": e8(qty), "origQuoteOrderQty": params.get("quoteOrderQty", "0"),
-                 "cummulativeQuoteQty": e8(cost), "status": "FILLED", "timeInForce": "GTC", "type": "MARKET",
+                 "cummulativeQuoteQty": e8(cost), "status": "FILLED", "timeInForce": "GTC", "type": order_type,
                  "side": side, "workingTime": now_ms, "selfTradePreventionMode": "EXPIRE_MAKER",
                  "fills": [{"price": e8(price), "qty": e8(qty), "commission": e8(commission),
                             "commissionAsset": commission_asset, "tradeId": 56000 + len(self.orders)}],
@@ -822,7 +834,101 @@ class StandIn:
                 found = {k: v for k, v in order.items() if k not in ("market", "params", "fills", "transactTime")}
                 return {**found, "time": order.get("transactTime", order.get("updateTime")),
                         "updateTime": order.get("transactTime", order.get("updateTime")), "isWorking": False}
+        if market == "spot":
+            for stop in reversed(self.spot_stops):
+                if stop["clientOrderId"] == wanted or str(stop["orderId"]) == params.get("orderId"):
+                    return self._stop_answer(stop)
         raise ApiError(400, -2013, "Order does not exist.")
+
+    # -- spot stops -----------------------------------------------------------------------------------
+
+    def _new_spot_stop(self, params: dict) -> dict:
+        """spot "New order (TRADE)" with type STOP_LOSS (quantity, stopPrice: a market order once the last
+        price reaches stopPrice) or STOP_LOSS_LIMIT (also price and timeInForce: a limit order then). Only the
+        symbol's orderTypes are taken (-1116 otherwise, as spot "Error codes" INVALID_ORDER_TYPE); the sold
+        base is locked while the order is open (spot "Account information": balances[].locked); a stop the
+        last price has already reached is refused, -2010 "Stop price would trigger immediately." (spot
+        "Error codes" > "Messages for -1010 ERROR_MSG_RECEIVED, -2010 NEW_ORDER_REJECTED")."""
+        if params.get("symbol") != self.symbol:
+            raise ApiError(400, -1121, "Invalid symbol.")
+        if params["type"] not in self.spot_order_types:
+            raise ApiError(400, -1116, "Invalid orderType.")
+        if params.get("side") != "SELL":
+            raise ApiError(400, -1116, "Only SELL stops are modelled by this stand-in.")
+        required = ["quantity", "stopPrice"] + (["price", "timeInForce"] if params["type"] == "STOP_LOSS_LIMIT" else [])
+        for name in required:
+            if name not in params:
+                raise ApiError(400, -1102, f"Mandatory parameter '{name}' was not sent, was empty/null, or "
+                                           "malformed.")
+        if not CLIENT_ORDER_ID.match(params.get("newClientOrderId", "")):
+            raise ApiError(400, -1100, "Illegal characters found in parameter 'newClientOrderId'; legal range is "
+                                       "'^[\\.A-Z\\:/a-z0-9_-]{1,36}$'.")
+        qty, stop_price = Decimal(params["quantity"]), Decimal(params["stopPrice"])
+        if qty % self.step or qty < self.min_qty:
+            raise ApiError(400, -1013, "Filter failure: LOT_SIZE")
+        if self.last_price() <= stop_price:
+            raise ApiError(400, -2010, "Stop price would trigger immediately.")
+        if qty > self.balances.get(self.base, Decimal(0)):
+            raise ApiError(400, -2010, "Account has insufficient balance for requested action.")
+        self.balances[self.base] -= qty
+        self.locked[self.base] = self.locked.get(self.base, Decimal(0)) + qty
+        now_ms = self.server_time_ms()
+        stop = {"symbol": self.symbol, "orderId": 9_000_000 + len(self.spot_stops), "orderListId": -1,
+                "clientOrderId": params["newClientOrderId"], "price": params.get("price", "0.00000000"),
+                "origQty": e8(qty), "executedQty": "0.00000000", "cummulativeQuoteQty": "0.00000000",
+                "status": "NEW", "timeInForce": params.get("timeInForce", "GTC"), "type": params["type"],
+                "side": "SELL", "stopPrice": e8(stop_price), "time": now_ms, "updateTime": now_ms,
+                "isWorking": False, "triggered": False}
+        self.spot_stops.append(stop)
+        return {"symbol": self.symbol, "orderId": stop["orderId"], "orderListId": -1,
+                "clientOrderId": stop["clientOrderId"], "transactTime": now_ms}
+
+    def _stop_answer(self, stop: dict) -> dict:
+        # spot "Query order (USER_DATA)" / "Current open orders": the order's fields, no fills.
+        return {k: v for k, v in stop.items() if k != "triggered"}
+
+    def _open_spot_orders(self, params: dict) -> list[dict]:
+        """spot "Current open orders (USER_DATA)" (GET /api/v3/openOrders): the symbol's orders still open."""
+        return [self._stop_answer(s) for s in self.spot_stops
+                if s["status"] in ("NEW", "PARTIALLY_FILLED") and params.get("symbol", s["symbol"]) == s["symbol"]]
+
+    def _cancel_spot_order(self, params: dict) -> dict:
+        """spot "Cancel order (TRADE)" (DELETE /api/v3/order): an open order is cancelled and its locked base
+        freed; one already filled, cancelled or unknown answers -2011 "Unknown order sent." (spot "Error codes"
+        CANCEL_REJECTED)."""
+        for stop in reversed(self.spot_stops):
+            if stop["clientOrderId"] == params.get("origClientOrderId") or \
+                    str(stop["orderId"]) == params.get("orderId"):
+                if stop["status"] not in ("NEW", "PARTIALLY_FILLED"):
+                    break
+                self._unlock(Decimal(stop["origQty"]) - Decimal(stop["executedQty"]))
+                stop["status"], stop["updateTime"] = "CANCELED", self.server_time_ms()
+                return self._stop_answer(stop)
+        raise ApiError(400, -2011, "Unknown order sent.")
+
+    def _unlock(self, qty: Decimal) -> None:
+        self.locked[self.base] = self.locked.get(self.base, Decimal(0)) - qty
+        self.balances[self.base] = self.balances.get(self.base, Decimal(0)) + qty
+
+    def _trigger_spot_stops(self, price: Decimal) -> None:
+        """spot "Order types": a SELL STOP_LOSS becomes a market order once the last price is at or below its
+        stopPrice, filled at that trade's price here; a STOP_LOSS_LIMIT becomes a limit order at its price and
+        fills at the first trade at or above that price (a fall through the limit leaves it open)."""
+        for stop in self.spot_stops:
+            if stop["status"] != "NEW":
+                continue
+            if not stop["triggered"] and price > Decimal(stop["stopPrice"]):
+                continue
+            stop["triggered"] = stop["isWorking"] = True
+            if stop["type"] == "STOP_LOSS_LIMIT" and price < Decimal(stop["price"]):
+                continue  # a working limit order below the market's price now
+            qty = Decimal(stop["origQty"])
+            self._unlock(qty)
+            order = self._execute_spot({"side": "SELL", "quantity": e8(qty),
+                                        "newClientOrderId": stop["clientOrderId"]}, price, order_type=stop["type"])
+            self.orders[-1]["orderId"] = stop["orderId"]  # one order at Binance: the stop, now filled
+            stop.update(status="FILLED", executedQty=order["executedQty"], updateTime=order["transactTime"],
+                        cummulativeQuoteQty=order["cummulativeQuoteQty"])
 
     # -- futures account ------------------------------------------------------------------------------
 
@@ -966,6 +1072,7 @@ class StandIn:
         becomes a market order (origType STOP_MARKET) for the whole position (closePosition) or at most its
         reduce-only quantity; with nothing left to reduce it expires (fapi "Event: Algo Order Update")."""
         with self._lock:
+            self._trigger_spot_stops(price)
             for algo in self.algo_orders:
                 if algo["algoStatus"] != "NEW":
                     continue
