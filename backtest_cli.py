@@ -33,6 +33,8 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
 @click.option("--strategy", "strategy_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="strategy file; numbers written {4..12}, {10..50..5}, {7,14,21} or {fast: 3..6} make a sweep")
 @click.option("--fee", default=0.001, show_default=True, type=click.FloatRange(0, 0.1), help="fee per side")
+@click.option("--slippage", default=0.0, show_default=True, type=click.FloatRange(0, 0.1),
+              help="every fill moved this fraction against the trader (0.0005 is 0.05 %), stops included")
 @click.option("--fill", default="next-open", show_default=True, type=click.Choice(["next-open", "close"]),
               help="fill at the next candle's open, or at the decision candle's close")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of the table (a list for a sweep)")
@@ -50,7 +52,7 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
                    "window), not on everything before it")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="do not read or write the parsed candles kept next to the CSV (<file>.omniwise.npz)")
-def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: str, as_json: bool,
+def backtest_command(candles_path: Path, strategy_path: Path, fee: float, slippage: float, fill: str, as_json: bool,
                      with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
                      rolling: bool, no_cache: bool, symbol: str | None, from_day: str | None, to_day: str | None,
                      market: str) -> None:
@@ -90,15 +92,15 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, fill: 
     else:
         candles = _load(candles_path, no_cache)
     if split is None and walk_forward is None and not is_sweep:
-        _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart)
+        _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart, slippage)
     elif split is None and walk_forward is None:
-        _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades)
+        _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage)
     else:
         try:
             if split is not None:
-                _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades)
+                _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades, slippage)
             else:
-                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by, rolling)
+                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by, rolling, slippage)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -141,10 +143,10 @@ def _load_history(symbol: str, market: str, from_day: str, to_day: str | None):
         sys.exit(1)
 
 
-def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart) -> None:
+def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart, slippage) -> None:
     from core import backtest
 
-    result = backtest.run_backtest(candles, policy, fee_rate=fee, fill=fill)
+    result = backtest.run_backtest(candles, policy, fee_rate=fee, fill=fill, slippage=slippage)
     if chart is not None:
         from core.charts import render_svg
 
@@ -173,10 +175,11 @@ def _run(combinations, candles, fee, fill, keep_reports, label="", **options):
     return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
 
 
-def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> None:
+def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage) -> None:
     from core import sweep_runs
 
-    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades), rank_by, as_json)
+    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades, slippage=slippage),
+                            rank_by, as_json)
     deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
@@ -190,16 +193,17 @@ def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades) -> N
     click.echo(_deflated_line(ranked, deflated))
 
 
-def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades) -> None:
+def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades, slippage) -> None:
     from core import sweep_runs
 
     n = len(candles["close"])
     point = sweep_runs.split_point(n, fraction)
     inside, outside = sweep_runs.part(candles, slice(0, point)), sweep_runs.part(candles, slice(point, n))
-    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades=with_trades),
-                            rank_by, as_json)
+    ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades=with_trades,
+                                 slippage=slippage), rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
-    again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades)
+    again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades,
+                               slippage=slippage)
     deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
@@ -214,7 +218,7 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     click.echo(_deflated_line(ranked, deflated))
 
 
-def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling) -> None:
+def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling, slippage) -> None:
     from core import sweep_runs
     from core.backtest import metric_lines
 
@@ -222,15 +226,17 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rol
     done, notes = [], []
     for number, (train, test) in enumerate(sweep_runs.walk_forward_folds(n, folds, rolling), start=1):
         history, warmup = sweep_runs.block(candles, train)
-        runs = _run(combinations, history, fee, fill, False, f"fold {number} of {folds}: ", warmup=warmup)
+        runs = _run(combinations, history, fee, fill, False, f"fold {number} of {folds}: ", warmup=warmup,
+                    slippage=slippage)
         metric, note = sweep_runs.choose_metric(runs, rank_by)
         if note and as_json:
             click.echo(f"fold {number}: {note}", err=True)
         notes.append((metric, note))
         ranked = sweep_runs.rank(runs, metric)
         best = ranked[:sweep_runs.TOP_RECHECKED]
-        done.append(sweep_runs.Fold(train, test, ranked, sweep_runs.recheck(best, candles, test, fee, fill)))
-    joined, results = sweep_runs.joined_out_of_sample(done, candles, fee, fill)
+        done.append(sweep_runs.Fold(train, test, ranked, sweep_runs.recheck(best, candles, test, fee, fill,
+                                                                             slippage=slippage)))
+    joined, results = sweep_runs.joined_out_of_sample(done, candles, fee, fill, slippage)
     if as_json:
         _print_json({
             "rolling": rolling,

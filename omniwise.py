@@ -198,6 +198,9 @@ def restore_command(backup_file: Path) -> None:
         raise click.ClickException(f"{exc}: stop it first (sudo systemctl stop omniwise-worker)") from None
     except BackupError as exc:
         raise click.ClickException(f"{exc}; nothing was changed") from None
+    except OSError as exc:  # the data folder cannot be written (the backup is put in place by one rename)
+        raise click.ClickException(f"cannot restore into {settings.data_dir}: {exc.strerror or exc} "
+                                   f"({exc.filename})") from None
     click.echo(f"restored {backup_file} to {settings.db_path}")
     click.echo(f"  taken at:       {_utc(summary.taken_at_ms) or 'not recorded (an older backup)'}")
     click.echo(f"  worker's last beacon: {_utc(summary.last_beacon_ms) or 'none'}")

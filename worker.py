@@ -48,7 +48,7 @@ def make_broker(settings: Settings, db, rest: BinanceRest | None = None, user_ev
     (settling orders from the user data stream's `user_events` too). Makes no network call;
     ConfigError when the Binance keys are missing."""
     if settings.broker == "paper":
-        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate)
+        return PaperBroker(db, settings.symbol, settings.paper_balance, settings.fee_rate, settings.paper_slippage)
     if not (settings.binance_api_key and settings.binance_api_secret):
         raise ConfigError(f"OMNIWISE_BROKER={settings.broker} needs BINANCE_API_KEY and BINANCE_API_SECRET "
                           "in the environment")
@@ -292,6 +292,9 @@ def main() -> int:
         lock = maintenance.hold_worker_lock(settings.data_dir)  # one worker a data folder; `restore` waits for none
     except maintenance.WorkerRunning as exc:
         print(f"omniwise worker: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a data folder it cannot write to
+        print(f"omniwise worker: cannot take the lock in {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     with store.connect(settings.db_path) as db:  # no log line of the worker may carry a secret either
         logs.add_secrets(intake.webhook_token(db, settings.webhook_token), settings.binance_api_key,

@@ -115,6 +115,7 @@ class BacktestResult:
     metrics: Metrics  # the standard figures
     size_share: float = 1.0  # share of equity each entry spent (SIZE)
     in_market: np.ndarray | None = None  # per candle: a position is held at its close
+    slippage: float = 0.0  # fraction every fill was moved against the trader (`--slippage`)
 
     @functools.cached_property
     def trades(self) -> list[Trade]:
@@ -141,7 +142,8 @@ class BacktestResult:
             "buy_hold_return_pct": _round(self.buy_hold_return_pct),
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
-            "fee": self.fee_rate, "fill": self.fill, "size_pct": _round(self.size_share * 100),
+            "fee": self.fee_rate, "fill": self.fill, "slippage": self.slippage,
+            "size_pct": _round(self.size_share * 100),
             "metrics": self.metrics.as_json(),
         }
 
@@ -182,14 +184,16 @@ def _trades_json_text(table: TradeTable) -> str:
 
 def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: float = fills.DEFAULT_FEE_RATE,
                  fill: str = "next-open", indicator_cache: dict | None = None, warmup: int = 0,
-                 close_at_end: bool = False) -> BacktestResult:
+                 close_at_end: bool = False, slippage: float = 0.0) -> BacktestResult:
     """Run `policy` over `candles` (open_time_ms, open, high, low, close, volume arrays).
 
     `indicator_cache`: see `Policy.decide_all` (a sweep shares indicators between its combinations).
     `warmup`: the first `warmup` candles only warm the indicators up (no decision there, and no figure:
     the result covers the candles after them). `close_at_end`: a trade still open on the last candle is
     closed at its close (`exit_reason` block_end) and counted like any other, as an out-of-sample block
-    ends; a trade that would enter at that very close is not opened."""
+    ends; a trade that would enter at that very close is not opened. `slippage`: every fill (entries and
+    exits, stops included) moved by that fraction against the trader; the levels stay set from the
+    market's price, as the paper broker's."""
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(FILLS)}, not {fill!r}")
     if not 0 <= warmup <= len(candles["close"]):
@@ -218,6 +222,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         found = exits.find_trades(candles, actions, policy.risk, fill, fee_rate, decided=decided, atr=atr)
     if close_at_end:
         found = _closed_at_end(found, candles, fill)
+    if slippage:
+        found = _slipped(found, slippage)
     closed = found.exit_index >= 0
     entries, exits_at = found.entry_index, found.exit_index[closed]
     entry_prices, is_short = found.entry_price, found.is_short
@@ -242,7 +248,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
         max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
-        ledger=ledger, metrics=metrics, size_share=size, in_market=in_market)
+        ledger=ledger, metrics=metrics, size_share=size, in_market=in_market, slippage=slippage)
 
 
 def _ratios(entry, exit_, is_short, fee_rate):
@@ -255,6 +261,15 @@ def _ratios(entry, exit_, is_short, fee_rate):
 
 
 _BLOCK_END = exits.REASONS.index(exits.BLOCK_END)
+
+
+def _slipped(found: exits.TradeArrays, slippage: float) -> exits.TradeArrays:
+    """Every fill moved against the trader (fills.slipped): a long buys higher and sells lower, a short the
+    reverse."""
+    is_short = np.zeros(len(found.entry_price), bool) if found.is_short is None else found.is_short
+    entry_side = np.where(is_short, -1.0, 1.0)  # +1: the entry is a buy
+    return dataclasses.replace(found, entry_price=found.entry_price * (1 + entry_side * slippage),
+                               exit_price=found.exit_price * (1 - entry_side * slippage))
 
 
 def _shifted(found: exits.TradeArrays, by: int) -> exits.TradeArrays:
@@ -444,6 +459,7 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
         f"  trades        {len(table):,} ({closed:,} closed, {len(table) - closed} open)",
         *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, "
+        + (f"slippage {result.slippage * 100:g} %, " if result.slippage else "")
         + ("long and short" if table.is_short.any() else "long only")
         + (f", {result.size_share * 100:g} % of equity per entry" if result.size_share < 1 else ""),
     ]

@@ -53,10 +53,11 @@ class PaperBroker:
     can_short = True
 
     def __init__(self, db: Database, symbol: str, start_balance: float = 10_000.0,
-                 fee_rate: float = fills.DEFAULT_FEE_RATE):
+                 fee_rate: float = fills.DEFAULT_FEE_RATE, slippage: float = 0.0):
         self.db = db
         self.symbol = symbol
         self.fee_rate = fee_rate
+        self.slippage = slippage  # every fill moved by this fraction against the trader (OMNIWISE_PAPER_SLIPPAGE)
         self.db.execute(
             "INSERT OR IGNORE INTO paper_accounts(symbol, quote_balance, base_qty, entry_price, updated_at_ms) "
             "VALUES (?, ?, 0, NULL, 0)", [symbol, start_balance])
@@ -105,12 +106,15 @@ class PaperBroker:
                                [self.name, self.symbol]).fetchone() is not None
 
     def fill_pending(self, price: float, time_ms: int) -> list[dict]:
-        """Fill every pending order at `price`. Call inside a transaction."""
+        """Fill every pending order at `price` (moved by the slippage against the trader). Call inside a
+        transaction."""
         pending = self.db.execute(
             "SELECT id, side, client_order_id, size_share, target FROM orders WHERE broker = ? AND symbol = ? "
             "AND status = 'pending' ORDER BY id", [self.name, self.symbol]).fetchall()
         filled = []
+        market_price = price
         for order_id, side, client_id, size_share, target in pending:
+            price = fills.slipped(market_price, side, self.slippage)
             quote, base, entry = self.account()
             share = 1.0 if size_share is None else size_share
             if side == "BUY" and target == "flat" and base < -DUST_QTY:  # buy the short back
@@ -136,7 +140,7 @@ class PaperBroker:
                             [fill.qty, fill.price, fill.quote, fill.fee_quote, time_ms, order_id])
             filled.append({"id": order_id, "client_order_id": client_id, "side": side, "target": target, "qty": fill.qty,
                            "price": fill.price, "quote": fill.quote, "fee_quote": fill.fee_quote,
-                           "filled_at_ms": time_ms})
+                           "filled_at_ms": time_ms, "market_price": market_price})
         return filled
 
 

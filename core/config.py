@@ -33,6 +33,7 @@ class Settings:
     broker: str = "paper"
     paper_balance: float = 10_000.0  # quote asset the paper account starts with
     fee_rate: float = 0.001  # per side, paper trading and backtests
+    paper_slippage: float = 0.0  # fraction every paper market fill is moved against the trader
     webhook_token: str | None = None
     webhook_allow: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # empty: any address
     webhook_rate_per_s: float = 20.0  # per source address, burst twice that; 0 turns the limit off
@@ -101,6 +102,7 @@ _FIELDS = {
     "REPLAY_SPEED": ("replay_speed", lambda v: _number(v, "REPLAY_SPEED", minimum=0)),
     "PAPER_BALANCE": ("paper_balance", lambda v: _number(v, "PAPER_BALANCE", minimum=0)),
     "FEE": ("fee_rate", lambda v: _number(v, "FEE", minimum=0)),
+    "PAPER_SLIPPAGE": ("paper_slippage", lambda v: _fraction(v, "PAPER_SLIPPAGE")),
     "BROKER": ("broker", lambda v: _choice(v, "BROKER", ("paper", "binance-spot", "binance-futures"))),
     "WEBHOOK_TOKEN": ("webhook_token", str),
     "WEBHOOK_ALLOW": ("webhook_allow", lambda v: _networks(v, "WEBHOOK_ALLOW")),
@@ -180,6 +182,13 @@ def _number(value: str, name: str, minimum: float) -> float:
         raise ConfigError(f"{PREFIX}{name}={value!r} is not a number") from None
     if not number >= minimum:
         raise ConfigError(f"{PREFIX}{name}={value!r} must be at least {minimum:g}")
+    return number
+
+
+def _fraction(value: str, name: str) -> float:
+    number = _number(value, name, minimum=0)
+    if not number < 0.5:  # half the price against the trader is no longer a slippage (and inf is no number)
+        raise ConfigError(f"{PREFIX}{name}={value!r} must be a fraction below 0.5 (0.001 is 0.1 %)")
     return number
 
 

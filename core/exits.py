@@ -180,6 +180,14 @@ def liquidation_factor(fee_rate: float) -> float:
     return (2 - fee_rate) / (1 + fee_rate)
 
 
+def usable_atr(atr: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """ATR that can set a level: zero (a flat market: the level would be the entry itself, stopped out at
+    once) and undefined (warming up) become NaN, which sets no level. The worker's OpenTrade.enter does the
+    same."""
+    with np.errstate(invalid="ignore"):
+        return {period: np.where(np.asarray(values) > 0, values, np.nan) for period, values in atr.items()}
+
+
 def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open",
                 fee_rate: float = DEFAULT_FEE_RATE, decided: np.ndarray | None = None,
                 atr: dict[int, np.ndarray] | None = None) -> TradeArrays:
@@ -190,6 +198,10 @@ def find_trades(candles, actions: np.ndarray, risk: Risk, fill: str = "next-open
     as an answer of the rules after a risk exit. `atr`: ATR(n) per period at each deciding candle
     (Policy.atr_by_minute); computed on the candles when None."""
     n = len(actions)
+    if risk.atr_periods:
+        if atr is None:
+            atr = {p: indicators.compute("ATR", candles, (float(p),)) for p in risk.atr_periods}
+        atr = usable_atr(atr)
     # Rule segments: from a BUY (SHORT) while not long (short) to the next other target, as without risk
     # exits. The wish changes only on a candle whose BUY, SELL or SHORT differs from the last one before it.
     acted = np.flatnonzero(actions != Action.HOLD)

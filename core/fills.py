@@ -26,6 +26,12 @@ class Fill:
     fee_quote: float  # the fee, valued in the quote asset
 
 
+def slipped(price: float, side: str, slippage: float) -> float:
+    """The price a market order of `side` fills at when the market is at `price`, `slippage` (a fraction)
+    against the trader: a buy pays more, a sell gets less (DESIGN.md: `--slippage`, OMNIWISE_PAPER_SLIPPAGE)."""
+    return price * (1 + slippage) if side == "BUY" else price * (1 - slippage)
+
+
 def buy_all(quote_balance: float, price: float, fee_rate: float) -> Fill:
     """Spend the whole quote balance at `price`."""
     gross_qty = quote_balance / price

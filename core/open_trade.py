@@ -39,8 +39,10 @@ class OpenTrade:
         return "short" if self.is_short else "long"
 
     def enter(self, price: float, atr: dict[int, float], is_short: bool = False) -> None:
-        """An entry filled at `price`; `atr` is the ATR of the decision candle."""
-        self.entry_price, self.atr, self.peak, self.is_short = price, dict(atr), price, is_short
+        """An entry filled at `price`; `atr` is the ATR of the decision candle. An ATR of zero (a flat market)
+        or undefined sets no level: stored as NaN, as the backtest does (exits.usable_atr)."""
+        usable = {period: (value if value > 0 else float("nan")) for period, value in atr.items()}
+        self.entry_price, self.atr, self.peak, self.is_short = price, usable, price, is_short
 
     def close(self) -> None:
         """The position is flat again."""

@@ -80,16 +80,16 @@ class IndicatorCache(dict):
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
                      keep_reports: bool = False, jobs: int | None = None,
                      progress: Callable[[int], None] | None = None, with_trades: bool = False,
-                     warmup: int = 0, close_at_end: bool = False) -> list[Run]:
+                     warmup: int = 0, close_at_end: bool = False, slippage: float = 0.0) -> list[Run]:
     """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores).
 
-    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`; `warmup` and
-    `close_at_end` as in `run_backtest` (an out-of-sample block)."""
+    `keep_reports` keeps each run's JSON object, its trades too with `with_trades`; `warmup`,
+    `close_at_end` (an out-of-sample block) and `slippage` as in `run_backtest`."""
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
     _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, with_trades=with_trades,
-                warmup=warmup, close_at_end=close_at_end, indicators=IndicatorCache())
+                warmup=warmup, close_at_end=close_at_end, slippage=slippage, indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -114,7 +114,7 @@ def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
     result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
                           fill=_JOB["fill"], indicator_cache=_JOB["indicators"], warmup=_JOB["warmup"],
-                          close_at_end=_JOB["close_at_end"])
+                          close_at_end=_JOB["close_at_end"], slippage=_JOB["slippage"])
     report = None
     if _JOB["keep_reports"]:
         report = result.as_json() if _JOB["with_trades"] else result.summary_json()
@@ -218,21 +218,23 @@ def part(candles: Candles, where: slice) -> dict[str, np.ndarray]:
 
 
 def recheck(runs: list[Run], candles: Candles, where: slice, fee_rate: float, fill: str,
-            keep_reports: bool = False, jobs: int | None = None, with_trades: bool = False) -> list[Run]:
+            keep_reports: bool = False, jobs: int | None = None, with_trades: bool = False,
+            slippage: float = 0.0) -> list[Run]:
     """The same combinations run again over the out-of-sample block `where` of `candles`: warmed up on
     the candles before it, a trade still open at its end closed at its last close."""
     combinations = [Combination(run.params, run.text) for run in runs]
     history, warmup = block(candles, where)
     return run_combinations(combinations, history, fee_rate, fill, keep_reports, jobs, with_trades=with_trades,
-                            warmup=warmup, close_at_end=True)
+                            warmup=warmup, close_at_end=True, slippage=slippage)
 
 
-def joined_out_of_sample(folds: list[Fold], candles: Candles, fee_rate: float, fill: str) -> tuple[Metrics, list[BacktestResult]]:
+def joined_out_of_sample(folds: list[Fold], candles: Candles, fee_rate: float, fill: str,
+                         slippage: float = 0.0) -> tuple[Metrics, list[BacktestResult]]:
     """The best of each fold traded on its test block (warmed up, closed at its end), the blocks joined
     into one account."""
     results = []
     for fold in folds:
         history, warmup = block(candles, fold.test)
         results.append(run_backtest(history, compile_strategy(fold.ranked[0].text), fee_rate=fee_rate, fill=fill,
-                                    warmup=warmup, close_at_end=True))
+                                    warmup=warmup, close_at_end=True, slippage=slippage))
     return compute_metrics(join([result.ledger for result in results])), results

@@ -304,8 +304,9 @@ class Trader:
         since an entry fills at the next candle's open before that candle joins); a close closes them."""
         for fill in filled:
             target = fill.get("target") or ("long" if fill["side"] == "BUY" else "flat")
-            if target in OPEN_SIDE:
-                self.open_trade.enter(fill["price"], self._atr(policy), is_short=target == "short")
+            if target in OPEN_SIDE:  # levels from the market's price, as the backtest (paper slippage aside)
+                self.open_trade.enter(fill.get("market_price", fill["price"]), self._atr(policy),
+                                      is_short=target == "short")
             else:
                 self.open_trade.close()
 
@@ -356,10 +357,11 @@ class Trader:
         return row[0] if row else None
 
     def _risk_exit(self, policy: Policy, reason: str, price: float, minute_ms: int, time_ms: int,
-                   now_ms: int, stop_fill: dict | None = None) -> tuple[dict, list[dict]]:
+                   now_ms: int, stop_fill: dict | None = None, level: float | None = None) -> tuple[dict, list[dict]]:
         """Sell the position because a level was reached: a decision of its own (its id gives the order's
-        client id), the order, and on paper its fill at `price`; with `stop_fill`, the fill of the stop the
-        exchange triggered is the order (nothing is sent). Call inside a transaction."""
+        client id), the order, and on paper its fill at `price` (`level`: the level it crossed, when that
+        differs); with `stop_fill`, the fill of the stop the exchange triggered is the order (nothing is
+        sent). Call inside a transaction."""
         distance = getattr(policy.risk, reason, None)  # a liquidation has no statement
         statement = exits.STATEMENT_TITLES[reason] + (f" {distance.text}" if distance is not None else "")
         entry, side = self.open_trade.entry_price, self.open_trade.side
@@ -377,10 +379,10 @@ class Trader:
             order["status"] = "filled"
         self.open_trade.close()
         self.open_trade.reentry_blocked = True
-        exit_alert = _ExitAlert(order["id"], reason, statement, entry, price, stop_fill is not None,
-                                 side == "short")
+        exit_alert = _ExitAlert(order["id"], reason, statement, entry, price if level is None else level,
+                                 stop_fill is not None, side == "short")
         if order.get("status") == "filled" or stop_fill is not None:
-            self._alert_exit(exit_alert, price, now_ms)
+            self._alert_exit(exit_alert, filled[0]["price"] if filled else price, now_ms)  # paper: after slippage
         else:  # an exchange fills it when it is sent: the alert gives that fill, not the level
             self._exits_to_alert.append(exit_alert)
         return order, filled
@@ -438,10 +440,14 @@ class Trader:
         hit = levels.check_tick(price, is_open)
         if hit is None:
             return
+        reason, level = hit
+        # A stop is a market order once crossed: paper fills at the crossing trade's price, beyond the level
+        # (a take profit is not worse than its level).
+        fill_price = level if reason == exits.TAKE_PROFIT else price
         minute_ms = time_ms - time_ms % 60_000
         now_ms = int(self.clock() * 1000)
         with store.transaction(self.db):
-            order, filled = self._risk_exit(policy, *hit, minute_ms, time_ms, now_ms)
+            order, filled = self._risk_exit(policy, reason, fill_price, minute_ms, time_ms, now_ms, level=level)
             open_trade.save(self.db, self.symbol, self.open_trade, now_ms)
             if filled:
                 brokers.save_position(self.db, self.broker.position(), now_ms)

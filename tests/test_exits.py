@@ -374,18 +374,18 @@ def tick(minute: int, second: float, price: float) -> Tick:
     return Tick(price, 1.0, T0 + minute * MINUTE + int(second * 1000), next(_agg_id), 0, 0, False)
 
 
-def test_live_stop_fills_at_the_level_on_the_tick_that_reaches_it(db, paper_trader):
+def test_live_stop_fills_at_the_price_of_the_tick_that_crosses_it(db, paper_trader):
     trader = paper_trader("IF CLOSE > 100 THEN BUY\nSTOP LOSS 2%\n")
     trader.on_tick(tick(0, 1, 101.0))          # minute 0 closes at 101: BUY
     trader.on_tick(tick(1, 0, 100.0))          # minute 1 opens at 100: the entry; stop 98
     assert trader.broker.position().side == "long"
     trader.on_tick(tick(1, 20, 98.5))
     assert trader.broker.position().side == "long"
-    trader.on_tick(tick(1, 30, 97.9))          # through the stop mid-minute: sold at once, at the level
+    trader.on_tick(tick(1, 30, 97.9))          # through the stop mid-minute: sold at once, at that trade's price
     assert trader.broker.position().side == "flat"
     (row,) = db.execute("SELECT o.side, o.price, o.filled_at_ms, d.reason, d.candle_open_time_ms FROM orders o "
                         "JOIN decisions d ON d.id = o.decision_id WHERE o.side = 'SELL'").fetchall()
-    assert row == ("SELL", 98.0, T0 + MINUTE + 30_000, "stop_loss", T0 + MINUTE)
+    assert row == ("SELL", 97.9, T0 + MINUTE + 30_000, "stop_loss", T0 + MINUTE)  # not the level 98: no flattery
     trader.on_tick(tick(2, 0, 101.0))          # minute 1 closed below 100: HOLD; the candle check is not repeated
     assert db.execute("SELECT count(*) FROM orders WHERE side = 'SELL'").fetchone() == (1,)
 
@@ -446,7 +446,8 @@ def test_a_risk_exit_is_alerted_and_explains_the_following_mismatch(db, paper_tr
     trader.on_tick(tick(1, 0, 100.0))
     trader.on_tick(tick(1, 9, 97.0))
     (subject, state, message) = db.execute("SELECT subject, state, message FROM alerts").fetchone()
-    assert (subject, state) == ("trade", "stop_loss") and "exited by stop loss at 98" in message
+    assert (subject, state) == ("trade", "stop_loss") and "exited by stop loss at 97 " in message
+    assert "level 98" in message
     now_ms = T0 + 2 * MINUTE
     with store.transaction(db):
         db.execute("INSERT INTO external_signals(received_at_ms, source, signal, signal_time_ms, symbol, outcome) "

@@ -456,18 +456,18 @@ def test_a_flip_is_a_close_and_an_open_with_their_own_decisions_and_client_ids(d
         ("BUY", 100.0), ("SELL", 90.0), ("SELL", 90.0)]
 
 
-def test_live_short_stop_fills_at_the_level_and_blocks_only_the_short_side(db, paper_trader):
+def test_live_short_stop_fills_at_the_crossing_trade_and_blocks_only_the_short_side(db, paper_trader):
     trader = paper_trader(HAND + "STOP LOSS 2%\n")
     trader.on_tick(tick(0, 1, 40.0))           # minute 0 closes at 40: SHORT
     trader.on_tick(tick(1, 0, 100.0))          # minute 1 opens at 100: short; stop 102
     assert trader.broker.position().side == "short"
     trader.on_tick(tick(1, 20, 101.5))
     assert trader.broker.position().side == "short"
-    trader.on_tick(tick(1, 30, 102.4))         # through the stop mid-minute: bought back at the level
+    trader.on_tick(tick(1, 30, 102.4))         # through the stop (102) mid-minute: bought back at that trade
     assert trader.broker.position().side == "flat"
     (row,) = db.execute("SELECT o.side, o.price, d.reason, d.position_before FROM orders o JOIN decisions d "
                         "ON d.id = o.decision_id WHERE o.side = 'BUY'").fetchall()
-    assert row == ("BUY", 102.0, "stop_loss", "short")
+    assert row == ("BUY", 102.4, "stop_loss", "short")
     state = open_trade.load(db, "XRPETH")
     assert state.reentry_blocked and state.is_short
     trader.on_tick(tick(2, 0, 45.0))           # minute 1 closed at 102.4: HOLD, unblocked

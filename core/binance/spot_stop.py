@@ -116,8 +116,8 @@ class SpotStop(ExchangeStop):
                                      f"{exc}", now_ms)
             return
         except ExchangeUnreachable as exc:
-            log.warning("the stop %s may or may not be on Binance (%s): its open orders are read again",
-                        stop["client_id"], exc)
+            log.warning("the stop %s may or may not be on Binance (%s): it is asked about before it is moved, and "
+                        "Binance's open orders are read again at the next order check", stop["client_id"], exc)
             return
         log.info("stop kept on Binance: %s %s %s at %s (%s)", params["type"], decimal_text(qty), stop["client_id"],
                  stop["trigger_price"], reason)

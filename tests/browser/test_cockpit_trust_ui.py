@@ -214,3 +214,69 @@ def test_a_replay_is_a_banner_with_its_day_speed_and_progress(op, site):
     expect(op.locator("#replay-banner")).to_contain_text("Replay finished.", timeout=10_000)
     write(site, lambda db: replay_status.live(db, now_ms()))
     expect(op.locator("#replay-banner")).to_have_count(0, timeout=10_000)
+
+
+PAGES = ["/", "/trades", "/admin/algo", "/admin/algo/history", "/admin/webhook", "/alerts", "/admin/flatten"]
+
+# WCAG 2.1 relative luminance and contrast ratio, computed in the page for every element holding text.
+CONTRAST_FAILURES = """() => {
+  const channel = (c) => { c /= 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); };
+  const rgba = (text) => (text.match(/[\\d.]+/g) || []).map(Number);
+  const luminance = ([r, g, b]) => 0.2126 * channel(r) + 0.7152 * channel(g) + 0.0722 * channel(b);
+  function background(el) {
+    for (; el; el = el.parentElement) {
+      const c = rgba(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  }
+  const failures = [];
+  for (const el of document.querySelectorAll("body *")) {
+    if (el.closest("svg, canvas, .visually-hidden, [hidden], noscript, #chart, #equity")) continue;
+    const own = Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim());
+    if (!own || !el.getClientRects().length) continue;
+    const style = getComputedStyle(el);
+    if (style.visibility === "hidden" || style.display === "none") continue;
+    const fg = rgba(style.color).slice(0, 3), bg = background(el);
+    const [hi, lo] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    const needed = size >= 24 || (bold && size >= 18.66) ? 3 : 4.5;
+    if (ratio < needed) failures.push(el.tagName + " '" + el.textContent.trim().slice(0, 40) + "' " + ratio.toFixed(2));
+  }
+  return failures;
+}"""
+
+TAP_TARGETS = """() => Array.from(document.querySelectorAll("header nav a, header nav button, main button, main a.button, main select, main summary"))
+  .filter((el) => el.getClientRects().length && !el.closest("[hidden]"))
+  .map((el) => { const r = el.getBoundingClientRect(); return [el.textContent.trim().slice(0, 30), Math.round(r.height), Math.round(r.width)]; })"""
+
+
+def test_every_page_has_one_h1_and_its_text_meets_wcag_aa_contrast(op, site):
+    worker_alive(site)
+    for path in PAGES:
+        op.goto(site.url + path)
+        assert op.locator("h1").count() == 1, path
+        assert op.evaluate(CONTRAST_FAILURES) == [], path
+
+
+def test_phone_tap_targets_are_at_least_44_px_and_log_out_stands_apart(op, site):
+    if op.width_name != "phone":
+        pytest.skip("tap targets are a phone's matter")
+    for path in PAGES:
+        op.goto(site.url + path)
+        small = [t for t in op.evaluate(TAP_TARGETS) if t[1] < 44 or t[2] < 44]
+        assert small == [], path
+    logout = op.get_by_role("button", name="Log out").bounding_box()
+    alerts = op.get_by_role("link", name="Alerts", exact=True).bounding_box()
+    gap = logout["x"] - (alerts["x"] + alerts["width"]) if abs(logout["y"] - alerts["y"]) < 10 else 100
+    assert gap >= 24, gap  # not a slip of the thumb from Alerts
+
+
+def test_keyboard_focus_is_visible_in_the_editor(op, site):
+    op.goto(site.url + "/admin/algo")
+    op.locator("#strategy").focus()
+    op.keyboard.press("End")  # keyboard use: :focus-visible applies
+    outline = op.evaluate("getComputedStyle(document.querySelector('.editor')).outlineStyle")
+    width = op.evaluate("parseFloat(getComputedStyle(document.querySelector('.editor')).outlineWidth)")
+    assert outline == "solid" and width >= 2
