@@ -52,14 +52,20 @@ class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
 
     def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """As BinanceBroker.execute; a SELL first cancels the stop kept on Binance, and when that stop has
-        already sold the position, its fill is this order's (no second order is sent)."""
+        already sold the position, its fill is this order's (no second order is sent). After an order of
+        unknown outcome the stops on Binance are reconciled at once."""
         if order["side"] == "SELL" and self._cancel_stop_before_selling(order):
             return
         super().execute(order, even_if_unknown)
+        if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
+            self._reconcile_quietly()
 
     def recover(self) -> None:
         """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
         super().recover()
+        self._reconcile_quietly()
+
+    def _reconcile_quietly(self) -> None:
         try:
             self.reconcile_stops()
         except BrokerError as exc:

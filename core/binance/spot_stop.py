@@ -13,10 +13,9 @@ decides when to place, move and cancel); only the exchange's side differs here."
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
-import secrets
-import string
 from decimal import Decimal
 
 from core import store
@@ -29,7 +28,6 @@ from core.health import alerts
 log = logging.getLogger(__name__)
 
 SPOT_STOP_KEY = "binance_spot_stop"  # meta: the stop kept on Binance spot, as JSON (client id, level, reason)
-TAG_KEY = "binance_stop_tag"  # meta: this installation's mark in its stops' client ids, made once, kept by restore
 STOP_LIMIT_OFFSET = Decimal("0.005")  # STOP_LOSS_LIMIT: the limit 0.5 % under the trigger, room for a fast fall
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "PENDING_NEW")
 STOP_TYPES = ("STOP_LOSS", "STOP_LOSS_LIMIT")
@@ -73,7 +71,7 @@ class SpotStop(ExchangeStop):
         ours that is not it (placed after the backup now restored, or whose answer was lost) is cancelled;
         the kept one missing from Binance is settled by stop_exit (filled, cancelled by hand, never placed)."""
         stored = self._stored_stop()
-        ours = re.compile(rf"^ow[A-Za-z0-9]{{8}}-s{re.escape(self._stop_tag())}\d+$")
+        ours = re.compile(rf"^ow[A-Za-z0-9]{{8}}-s{self._stop_tag()}\d+$")
         for order in self.rest.call("get_open_orders", symbol=self.symbol):
             client_id = order.get("clientOrderId", "")
             if not ours.match(client_id) or (stored is not None and client_id == stored["client_id"]):
@@ -158,10 +156,7 @@ class SpotStop(ExchangeStop):
                 alerts.queue(self.db, "orders", "stop_refused", message, now_ms, is_failure=True)
 
     def _stop_tag(self) -> str:
-        """Four letters or digits marking this installation's stops (kept in the database, so in its backups)."""
-        tag = store.get_meta(self.db, TAG_KEY)
-        if tag is None:
-            tag = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
-            with store.transaction(self.db):
-                store.set_meta(self.db, TAG_KEY, tag, int(self.clock() * 1000))
-        return tag
+        """Four hex digits marking this account key's stops: the start of the API key's SHA-256 (the key is
+        no secret, and 16 bits of its hash reveal nothing). Derived, not stored, so a backup restored from
+        before the first stop still knows its stops; another installation with its own key has another."""
+        return hashlib.sha256((self.rest.client.API_KEY or "").encode()).hexdigest()[:4]
