@@ -115,6 +115,7 @@ class BacktestResult:
     size_share: float = 1.0  # share of equity each entry spent (SIZE)
     in_market: np.ndarray | None = None  # per candle: a position is held at its close
     slippage: float = 0.0  # fraction every fill was moved against the trader (`--slippage`)
+    timeframe: str = "1m"  # the candles the rules decided on (TIMEFRAME); `candles` counts minutes
 
     @functools.cached_property
     def trades(self) -> list[Trade]:
@@ -142,7 +143,7 @@ class BacktestResult:
             "win_rate_pct": None if self.win_rate_pct is None else _round(self.win_rate_pct),
             "max_drawdown_pct": _round(self.max_drawdown_pct), "exposure_pct": _round(self.exposure_pct),
             "fee": self.fee_rate, "fill": self.fill, "slippage": self.slippage,
-            "size_pct": _round(self.size_share * 100),
+            "size_pct": _round(self.size_share * 100), "timeframe": self.timeframe,
             "metrics": self.metrics.as_json(),
         }
 
@@ -206,7 +207,7 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         none = np.zeros(0, dtype=np.int64)
         table = TradeTable(none, np.zeros(0), none, np.zeros(0), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
         return BacktestResult(table, 0, 0.0, 0.0, None, 0.0, 0.0, fee_rate, fill, np.ones(0), ledger,
-                              compute_metrics(ledger), size, np.zeros(0, bool))
+                              compute_metrics(ledger), size, np.zeros(0, bool), slippage, policy.timeframe_name)
     actions, decided = policy.decide_minutes(candles, indicator_cache)
     atr = policy.atr_by_minute(candles) if policy.risk.atr_periods else None
     if warmup:
@@ -247,7 +248,8 @@ def run_backtest(candles: Mapping[str, np.ndarray], policy: Policy, fee_rate: fl
         win_rate_pct=None if not len(ratios) else float(np.mean(ratios > 1)) * 100,
         max_drawdown_pct=metrics.max_drawdown_pct,
         exposure_pct=float(np.mean(in_market)) * 100, fee_rate=fee_rate, fill=fill, equity=equity,
-        ledger=ledger, metrics=metrics, size_share=size, in_market=in_market, slippage=slippage)
+        ledger=ledger, metrics=metrics, size_share=size, in_market=in_market, slippage=slippage,
+        timeframe=policy.timeframe_name)
 
 
 def _ratios(entry, exit_, is_short, fee_rate):
@@ -417,9 +419,13 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
     closed = int(np.count_nonzero(table.closed))
     span = f"{_utc(int(times[0]))} to {_utc(int(times[-1]))} UTC" if result.candles else "no candles"
     fill = "the next candle's open" if result.fill == "next-open" else "the decision candle's close"
+    if result.timeframe != "1m":
+        fill = ("the open of the first minute after the window" if result.fill == "next-open"
+                else "the window's close")
     lines = [
         title,
-        f"  candles       {result.candles:,} ({span})",
+        f"  candles       {result.candles:,} ({span})"
+        + (f", decided on {result.timeframe} candles" if result.timeframe != "1m" else ""),
         f"  trades        {len(table):,} ({closed:,} closed, {len(table) - closed} open)",
         *metric_lines(result.metrics),
         f"  fills         at {fill}, fee {result.fee_rate * 100:g} % per side, "

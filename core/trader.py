@@ -223,8 +223,10 @@ class Trader:
             if sent is not None and sent.get("status") != "filled":
                 self.broker.execute(sent)  # only after the commit: the order's row exists before it is sent
         self._alert_exits()
-        for sent in [*late_orders, *orders]:
-            if sent.get("target") in OPEN_SIDE and (policy.risk.has_exits or sent["target"] == "short"):
+        for sent in [*late_orders, *orders]:  # in order: a change of side closes, then opens
+            if sent.get("target") == "flat":
+                self._closed_by_exchange_fill(sent)
+            elif sent.get("target") in OPEN_SIDE and (policy.risk.has_exits or sent["target"] == "short"):
                 self._enter_from_exchange_fill(sent, policy)
         self._keep_exchange_stop(policy)
         self.latencies_s.append(time.perf_counter() - started)
@@ -348,6 +350,16 @@ class Trader:
         if row is None or row[0] != "filled" or not row[1] or self.open_trade.is_open:
             return
         self.open_trade.enter(row[1], self._atr(policy), is_short=order.get("target") == "short")
+        with store.transaction(self.db):
+            open_trade.save(self.db, self.symbol, self.open_trade, int(self.clock() * 1000))
+
+    def _closed_by_exchange_fill(self, order: dict) -> None:
+        """An exchange broker filled a close while sending it: the trade's levels end now, so no stop is kept
+        for a position that is gone (and a change of side opens the other side's from its own fill)."""
+        row = self.db.execute("SELECT status FROM orders WHERE id = ?", [order["id"]]).fetchone()
+        if row is None or row[0] != "filled" or not self.open_trade.is_open:
+            return
+        self.open_trade.close()
         with store.transaction(self.db):
             open_trade.save(self.db, self.symbol, self.open_trade, int(self.clock() * 1000))
 
@@ -478,7 +490,7 @@ class Trader:
             return
         levels = self._levels(policy)
         try:
-            keep_stop(*(levels.stop() if levels is not None else (None, None)))
+            keep_stop(*(levels.stop() if levels is not None else (None, None)), is_short=self.open_trade.is_short)
         except brokers.BrokerError as exc:
             log.warning("the stop kept on the exchange was not updated: %s", exc)
 

@@ -241,7 +241,7 @@ def test_pages_write_quantities_prices_and_money_with_the_markets_decimals(opera
     activity = operator.get("/dashboard/activity").get_data(as_text=True)
     assert f'<td class="num">{qty:,.8f}</td><td class="num">95,000.00</td>' in activity
     trades = operator.get("/trades").get_data(as_text=True)
-    assert f'<td class="num">{qty:,.8f}</td>' in trades and "fees USDT" in trades
+    assert f'<td class="num" data-label="qty BTC">{qty:,.8f}</td>' in trades and "fees USDT" in trades
 
 
 def test_the_money_text_follows_the_strategys_size(operator, data_dir):
@@ -420,7 +420,7 @@ def test_alerts_are_filtered_by_state_and_states_are_words(operator, db):
     queue_alerts(db)
     page = operator.get("/alerts?state=trailing_stop").get_data(as_text=True)
     assert "alert 2 in state trailing_stop" in page and "alert 0" not in page and "alert 1" not in page
-    assert "<td>trailing stop</td>" in page and "<td>trailing_stop</td>" not in page
+    assert '<td data-label="state">trailing stop</td>' in page and ">trailing_stop</td>" not in page
     assert '<option value="trailing_stop" selected>trailing stop</option>' in page
     page = operator.get("/alerts?state=mismatch").get_data(as_text=True)
     assert "alert 0 in" in page and "alert 3 in" in page and "alert 1 in" not in page

@@ -512,3 +512,49 @@ def test_a_data_folder_that_cannot_be_written_is_one_line(data_dir, archive):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"Error: {folder(data_dir)}: cannot create the folder: Not a directory"]
+
+
+# -- open-ended input -------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+_ROW_PARTS = st.sampled_from(["1516600000000", "1516600060000", "1516600000000000", "0.1", "-1", "nan", "inf", "1e400",
+                              "", " ", "x", "\x00", "\u00e9", "open_time", "true", "99999999999999999999"])
+_CSV_BYTES = st.one_of(
+    st.binary(max_size=400),
+    st.lists(st.lists(_ROW_PARTS, min_size=0, max_size=14).map(",".join), max_size=12)
+    .map(lambda lines: "\n".join(lines).encode()),
+    st.text(max_size=300).map(lambda text: text.encode("utf-8", "surrogatepass")),
+)
+
+
+@hypothesis_settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=_CSV_BYTES)
+def test_any_bytes_inside_a_kept_zip_read_as_klines_or_name_the_zip(tmp_path, content):
+    path = tmp_path / "ETHBTC-1m-2018-01-21.zip"
+    with zipfile.ZipFile(path, "w") as out:
+        out.writestr("ETHBTC-1m-2018-01-21.csv", content)
+    try:
+        candles = history.read_zip(path)
+    except FeedError as exc:
+        assert exc.format().startswith(f"{path}:") and "\n" not in exc.message
+        return
+    times = candles["open_time_ms"]
+    assert np.all(np.diff(times) > 0) and np.all(candles["low"] > 0)
+    assert np.all(candles["low"] <= np.minimum(candles["open"], candles["close"]))
+
+
+@given(text=st.text(max_size=40))
+def test_any_date_or_symbol_text_is_parsed_or_refused_in_one_line(text):
+    for parse in (lambda: history.parse_day(text, "--from"), lambda: history.parse_symbol(text)):
+        try:
+            value = parse()
+        except history.HistoryError as exc:
+            assert "\n" not in str(exc) and "\r" not in str(exc)  # the text is quoted (repr): one line
+            assert str(exc).startswith(("--from ", "unknown symbol "))
+            continue
+        assert isinstance(value, (dt.date, str))
+        if isinstance(value, str):
+            assert history._SYMBOL.fullmatch(value) and value == text.strip().upper()
+        else:
+            assert value.isoformat() == text

@@ -476,3 +476,23 @@ def test_decisions_show_their_window_and_the_webhook_page_the_strategys_bar(oper
     assert "decides on <strong>4h</strong> bars" in webhook
     assert "at least <strong>28860 s</strong>" in webhook  # two bars and a minute
     assert "too short for it" in webhook  # the default 600 s
+
+
+def test_backtest_command_says_the_timeframe_and_gives_the_engines_trades(tmp_path, ethbtc):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    text, _, _ = REFERENCES[1]
+    strategy = tmp_path / "tf.txt"
+    strategy.write_text(text)
+    command = [sys.executable, str(ROOT / "omniwise.py"), "backtest", "--candles", str(ETHBTC), "--strategy",
+               str(strategy)]
+    report = json.loads(subprocess.run(command + ["--json"], capture_output=True, text=True, check=True).stdout)
+    assert report["timeframe"] == "1h" and report["candles"] == len(ethbtc["close"])
+    assert [(t["entry_time"], t["exit_time"], t["exit_reason"]) for t in report["trades"]] == \
+        [(t[0], t[2], t[4]) for t in engine_trades(ethbtc, text)]
+    table = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert "decided on 1h candles" in table and "the open of the first minute after the window" in table

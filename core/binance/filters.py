@@ -4,7 +4,7 @@ for one symbol, and quantities written as Binance takes them."""
 from __future__ import annotations
 
 import dataclasses
-from decimal import ROUND_DOWN, Decimal
+from decimal import ROUND_CEILING, ROUND_DOWN, Decimal
 from typing import NamedTuple
 
 from core.binance.rest import SPOT
@@ -86,6 +86,13 @@ def floor_to(value: Decimal, step: Decimal) -> Decimal:
     if step <= 0:
         return value
     return (value / step).to_integral_value(rounding=ROUND_DOWN) * step
+
+
+def ceil_to(value: Decimal, step: Decimal) -> Decimal:
+    """`value` rounded up to a whole multiple of `step` (unchanged when step is 0)."""
+    if step <= 0:
+        return value
+    return (value / step).to_integral_value(rounding=ROUND_CEILING) * step
 
 
 def decimal_text(value: Decimal) -> str:

@@ -85,6 +85,7 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
         """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own; a SELL
         first cancels the stop kept on Binance, and when that stop has already closed the position, its fill
         is this order's (no second order is sent)."""
+        self.unsent_ids.discard(order["id"])
         if plan_side(order) == "SELL" and self._stored_stop() is not None:
             try:
                 fill = None if self._cancel_stop(self._stored_stop()) else self.stop_exit()

@@ -94,6 +94,7 @@ class BinanceBroker(Settling):
         self._position: Position | None = None
         self._alerted: set[tuple[int, str]] = set()  # (order id, status) alerted, so a settling loop alerts once
         self._account_alerts: set[str] = set()  # account problems alerted at start
+        self.unsent_ids: set[int] = set()  # orders recorded by this process and not yet handed to execute
 
     # -- the broker protocol (see core.brokers.PaperBroker) -------------------------------------------
 
@@ -118,12 +119,14 @@ class BinanceBroker(Settling):
             "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, created_at_ms, "
             "size_share, target) VALUES (:decision_id, :client_order_id, :broker, :symbol, :side, :status, "
             ":created_at_ms, :size_share, :target)", order).lastrowid
+        self.unsent_ids.add(order["id"])
         return order
 
     def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """Size a recorded order from the exchange's account and send it once; an unknown outcome is
         never sent again but settled (see the module docstring). While another order's outcome is unknown
         nothing is sent, unless `even_if_unknown` (a flatten: it closes what the account holds now)."""
+        self.unsent_ids.discard(order["id"])
         try:
             self._prepare_for(plan_side(order))
             waiting = self._settle_open(exclude_id=order["id"])
@@ -143,7 +146,9 @@ class BinanceBroker(Settling):
 
     def recover(self) -> None:
         """Settle orders whose outcome is open (a crash, a timeout) from what Binance knows of them, then
-        read the position. Runs at start and periodically; never sends an order."""
+        read the position. Runs at start and periodically (between candles: an order recorded and not sent by
+        then is a leftover); never sends an order."""
+        self.unsent_ids.clear()
         try:
             self.prepare()
         except ExchangeUnreachable as exc:
@@ -186,6 +191,7 @@ class BinanceBroker(Settling):
 
     def _send(self, order: dict, params: dict) -> dict | None:
         """Send a recorded order once; returns Binance's answer, or None when it was not (yet) executed."""
+        self.unsent_ids.discard(order["id"])
         params = {"symbol": self.symbol, "type": "MARKET", "newClientOrderId": order["client_order_id"], **params}
         try:
             answer = self.rest.call(self.create_method, is_order=True, **params)

@@ -40,6 +40,9 @@ class Settling:
             f"SELECT id, client_order_id, side, status, created_at_ms, error FROM orders WHERE broker = ? "
             f"AND symbol = ? AND status IN ({', '.join('?' * len(OPEN_STATUSES))}) AND id != ? ORDER BY id",
             [self.name, self.symbol, *OPEN_STATUSES, -1 if exclude_id is None else exclude_id]).fetchall()
+        # Orders this process recorded and is about to send (the open after the close of a change of side) are
+        # not a crash's leftovers.
+        rows = [row for row in rows if row[0] not in self.unsent_ids]
         if rows:
             self._take_stream_updates()
         waiting = None

@@ -54,6 +54,7 @@ class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
         """As BinanceBroker.execute; a SELL first cancels the stop kept on Binance, and when that stop has
         already sold the position, its fill is this order's (no second order is sent). After an order of
         unknown outcome the stops on Binance are reconciled at once."""
+        self.unsent_ids.discard(order["id"])
         if order["side"] == "SELL" and self._cancel_stop_before_selling(order):
             return
         super().execute(order, even_if_unknown)

@@ -84,7 +84,7 @@ class SpotStop(ExchangeStop):
             log.warning("a stale stop on Binance (%s, %s at %s) was cancelled: the database keeps %s", client_id,
                         order.get("type"), order.get("stopPrice"), stored["client_id"] if stored else "none")
 
-    def _place_stop(self, trigger: Decimal, reason: str | None) -> None:
+    def _place_stop(self, trigger: Decimal, reason: str | None, side: str = "SELL") -> None:  # spot: a long's only
         rules, now_ms = self.rules, int(self.clock() * 1000)
         qty = rules.floor_qty(self._read_account().base_free)
         if not rules.is_tradable(qty, trigger):

@@ -1,5 +1,7 @@
 """The strategy's stop kept on Binance (DESIGN.md "Risk statements": the stop holds while the worker is
-down): one Close-All STOP_MARKET through the Algo Service, placed, moved and cancelled with the level.
+down): one Close-All STOP_MARKET through the Algo Service, placed, moved and cancelled with the level. A
+long's is a SELL below the price, a short's a BUY above it (fapi "New Algo Order (TRADE)": closePosition
+with side BUY closes a short; a STOP_MARKET BUY triggers when the price rises to triggerPrice).
 
 ExchangeStop is a mixin of core.binance.futures.BinanceFuturesBroker: it uses its REST client, rules, clock,
 client-id prefix, `_query`, `_fill_of` and `_read_account`."""
@@ -12,7 +14,7 @@ from decimal import Decimal
 
 from core import brokers, store
 from core.health import alerts
-from core.binance.filters import decimal_text, floor_to
+from core.binance.filters import ceil_to, decimal_text, floor_to
 from core.binance.rest import ORDER_DOES_NOT_EXIST, ExchangeRejected, ExchangeUnreachable
 from core.brokers import BrokerError
 
@@ -30,16 +32,23 @@ class ExchangeStop:
 
     stop_key = STOP_KEY  # the meta row that keeps it
 
-    def keep_stop(self, level: float | None, reason: str | None) -> None:
+    def keep_stop(self, level: float | None, reason: str | None, is_short: bool = False) -> None:
         """Keep one Close-All STOP_MARKET (reduce-only by nature) on Binance at the effective stop `level`,
         placed, moved once the level differs by 0.1 % or more, cancelled with `level` None (flat, or no stop
-        statement). Never inside a transaction; BrokerError when Binance could not be asked."""
+        statement). A short's (`is_short`) is a BUY, its trigger rounded up to the tick as a long's is rounded
+        down: never nearer the price than the worker's own level. Never inside a transaction; BrokerError
+        when Binance could not be asked."""
         stop = self._stored_stop()
         if level is None or level != level or level <= 0:
             if stop is not None:
                 self._cancel_stop(stop)
             return
-        trigger = floor_to(Decimal(repr(level)), self.rules.tick)
+        side = "BUY" if is_short else "SELL"
+        trigger = (ceil_to if is_short else floor_to)(Decimal(repr(level)), self.rules.tick)
+        if stop is not None and stop.get("side", "SELL") != side:  # the position changed side: a new stop
+            if not self._cancel_stop(stop):
+                return
+            stop = None
         if stop is not None:
             kept = Decimal(stop["trigger_price"])
             if abs(Decimal(repr(level)) - kept) < kept * STOP_MOVE_SHARE:
@@ -48,7 +57,7 @@ class ExchangeStop:
                 return
             if not self._cancel_stop(stop):
                 return  # it was triggered: the trader records the exit from stop_exit()
-        self._place_stop(trigger, reason)
+        self._place_stop(trigger, reason, side)
 
     def stop_exit(self) -> dict | None:
         """The fill of the kept stop once Binance triggered it (client_order_id, exchange_order_id, reason, qty,
@@ -81,18 +90,19 @@ class ExchangeStop:
             log.warning("position not read after the stop on Binance filled: %s", exc)
         log.warning("the stop kept on Binance (%s) closed the position at %s", stop["client_id"], fill["price"])
         return {**fill, "client_order_id": stop["client_id"], "exchange_order_id": str(answer.get("orderId")),
-                "reason": stop["reason"]}
+                "reason": stop["reason"], "side": stop.get("side", "SELL")}
 
     def record_stop_fill(self, decision_id: int, fill: dict, now_ms: int) -> dict:
         """Record the stop's fill as the order of the exit decision `decision_id`. Call inside a transaction."""
+        side = fill.get("side", "SELL")  # a short's stop buys
         order = {"decision_id": decision_id, "client_order_id": fill["client_order_id"], "broker": self.name,
-                 "symbol": self.symbol, "side": "SELL", "status": "filled", "created_at_ms": now_ms}
+                 "symbol": self.symbol, "side": side, "status": "filled", "created_at_ms": now_ms, "target": "flat"}
         order["id"] = self.db.execute(
             "INSERT INTO orders(decision_id, client_order_id, broker, symbol, side, status, qty, price, quote, "
-            "fee_quote, exchange_order_id, created_at_ms, filled_at_ms) VALUES (?, ?, ?, ?, 'SELL', 'filled', ?, ?, "
-            "?, ?, ?, ?, ?)", [decision_id, fill["client_order_id"], self.name, self.symbol, fill["qty"], fill["price"],
-                               fill["quote"], fill["fee_quote"], fill["exchange_order_id"], now_ms,
-                               fill["time_ms"]]).lastrowid
+            "fee_quote, exchange_order_id, created_at_ms, filled_at_ms, target) VALUES (?, ?, ?, ?, ?, 'filled', ?, ?, "
+            "?, ?, ?, ?, ?, 'flat')", [decision_id, fill["client_order_id"], self.name, self.symbol, side, fill["qty"],
+                                       fill["price"], fill["quote"], fill["fee_quote"], fill["exchange_order_id"],
+                                       now_ms, fill["time_ms"]]).lastrowid
         if self._position is not None:
             brokers.save_position(self.db, self._position, now_ms)
         return order
@@ -110,15 +120,15 @@ class ExchangeStop:
         log.warning("order %s not sent: the stop kept on Binance (%s) had already closed the position",
                     order["client_order_id"], fill["client_order_id"])
 
-    def _place_stop(self, trigger: Decimal, reason: str | None) -> None:
+    def _place_stop(self, trigger: Decimal, reason: str | None, side: str = "SELL") -> None:
         now_ms = int(self.clock() * 1000)
         stop = {"client_id": f"{self.prefix}-s{now_ms}", "trigger_price": decimal_text(trigger), "reason": reason,
-                "placed_at_ms": now_ms}
+                "placed_at_ms": now_ms, "side": side}
         self._store_stop(stop)  # before it is sent: a lost answer still leaves the id to ask Binance about
         try:
             # fapi "New Algo Order (TRADE)": conditional orders live in the Algo Service since 2025-12-09.
             self.rest.call("futures_create_algo_order", is_order=True, algoType="CONDITIONAL", symbol=self.symbol,
-                           side="SELL", type="STOP_MARKET", triggerPrice=stop["trigger_price"], closePosition="true",
+                           side=side, type="STOP_MARKET", triggerPrice=stop["trigger_price"], closePosition="true",
                            workingType="CONTRACT_PRICE", clientAlgoId=stop["client_id"])
         except ExchangeRejected as exc:
             self._store_stop(None)
@@ -136,7 +146,8 @@ class ExchangeStop:
             log.warning("the stop %s may or may not be on Binance (%s): asked about before it is moved",
                         stop["client_id"], exc)
             return
-        log.info("stop kept on Binance: STOP_MARKET %s at %s (%s)", stop["client_id"], stop["trigger_price"], reason)
+        log.info("stop kept on Binance: STOP_MARKET %s %s at %s (%s)", side, stop["client_id"], stop["trigger_price"],
+                 reason)
 
     def _cancel_stop(self, stop: dict) -> bool:
         """Cancel the kept stop; True once it is gone, False when Binance had triggered it (kept for stop_exit)."""

@@ -280,3 +280,45 @@ def test_keyboard_focus_is_visible_in_the_editor(op, site):
     outline = op.evaluate("getComputedStyle(document.querySelector('.editor')).outlineStyle")
     width = op.evaluate("parseFloat(getComputedStyle(document.querySelector('.editor')).outlineWidth)")
     assert outline == "solid" and width >= 2
+
+
+def test_on_a_phone_the_heartbeat_comes_first_and_trades_and_alerts_are_cards(op, site):
+    from core import brokers
+    from core.health import alerts
+
+    if op.width_name != "phone":
+        pytest.skip("cards are the phone's layout")
+    worker_alive(site)
+
+    def seed(db):
+        broker = brokers.PaperBroker(db, "BTCUSDT", 10_000, 0.001)
+        at = now_ms() - 600_000
+        for i, (side, price) in enumerate((("BUY", 100.0), ("SELL", 104.0))):
+            with db.conn:
+                decision_id = db.execute(
+                    "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, "
+                    "created_at_ms) VALUES ('BTCUSDT', ?, ?, 'long', 'flat', 'strategy', ?)",
+                    [at + i * 60_000, side, at + i * 60_000]).lastrowid
+            broker.submit(decision_id, side, at + i * 60_000)
+            broker.fill_pending(price, at + i * 60_000)
+        with db.conn:
+            alerts.queue(db, "position", "mismatch", "HEARTBEAT FAILURE: signal is BUY but no long position "
+                         "(position is flat): exited by trailing stop at 101.92 (2026-12-06 10:00 UTC)", now_ms(), True)
+
+    write(site, seed)
+    op.goto(site.url + "/")
+    tiles = op.locator("#summary > article")
+    first = min(range(tiles.count()), key=lambda i: (tiles.nth(i).bounding_box()["y"], tiles.nth(i).bounding_box()["x"]))
+    assert tiles.nth(first).get_attribute("id") == "heartbeat-tile"
+    op.goto(site.url + "/trades")
+    pnl = op.locator("#trades tbody tr").first.locator("td.pnl").first
+    expect(pnl).to_contain_text("+")
+    box = pnl.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    op.goto(site.url + "/alerts")
+    message = op.locator("table.alerts td.message").first
+    expect(message).to_contain_text("exited by trailing stop")
+    box = message.bounding_box()
+    assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    assert op.evaluate("document.getElementById('alerts-scroll').scrollWidth <= "
+                       "document.getElementById('alerts-scroll').clientWidth")  # nothing hidden to the right
