@@ -59,18 +59,12 @@ class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
             return
         super().execute(order, even_if_unknown)
         if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
-            self._reconcile_quietly()
+            self.reconcile_quietly()
 
     def recover(self) -> None:
         """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
         super().recover()
-        self._reconcile_quietly()
-
-    def _reconcile_quietly(self) -> None:
-        try:
-            self.reconcile_stops()
-        except BrokerError as exc:
-            log.warning("the stops on Binance were not reconciled: %s", exc)
+        self.reconcile_quietly()
 
 
     def _average_price(self) -> Decimal | None:

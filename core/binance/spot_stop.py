@@ -13,9 +13,7 @@ decides when to place, move and cancel); only the exchange's side differs here."
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import re
 from decimal import Decimal
 
 from core import store
@@ -66,23 +64,13 @@ class SpotStop(ExchangeStop):
         return {**fill, "client_order_id": stop["client_id"], "exchange_order_id": str(answer.get("orderId")),
                 "reason": stop["reason"]}
 
-    def reconcile_stops(self) -> None:
-        """Compare the stops Binance holds for us (GET openOrders) with the one kept in the database: one of
-        ours that is not it (placed after the backup now restored, or whose answer was lost) is cancelled;
-        the kept one missing from Binance is settled by stop_exit (filled, cancelled by hand, never placed)."""
-        stored = self._stored_stop()
-        ours = re.compile(rf"^ow[A-Za-z0-9]{{8}}-s{self._stop_tag()}\d+$")
-        for order in self.rest.call("get_open_orders", symbol=self.symbol):
-            client_id = order.get("clientOrderId", "")
-            if not ours.match(client_id) or (stored is not None and client_id == stored["client_id"]):
-                continue
-            try:
-                self.rest.call("cancel_order", symbol=self.symbol, origClientOrderId=client_id)
-            except ExchangeRejected as exc:
-                if exc.code not in (UNKNOWN_ORDER_SENT, ORDER_DOES_NOT_EXIST):
-                    raise
-            log.warning("a stale stop on Binance (%s, %s at %s) was cancelled: the database keeps %s", client_id,
-                        order.get("type"), order.get("stopPrice"), stored["client_id"] if stored else "none")
+    def _open_stops(self) -> list[tuple[str, str]]:
+        """(client id, what it is) of the symbol's open orders (spot "Current open orders (USER_DATA)")."""
+        return [(order.get("clientOrderId", ""), f"{order.get('type')} at {order.get('stopPrice')}")
+                for order in self.rest.call("get_open_orders", symbol=self.symbol)]
+
+    def _cancel_open_stop(self, client_id: str) -> None:
+        self.rest.call("cancel_order", symbol=self.symbol, origClientOrderId=client_id)
 
     def _place_stop(self, trigger: Decimal, reason: str | None, side: str = "SELL") -> None:  # spot: a long's only
         rules, now_ms = self.rules, int(self.clock() * 1000)
@@ -154,9 +142,3 @@ class SpotStop(ExchangeStop):
             self._account_alerts.add(message)
             with store.transaction(self.db):
                 alerts.queue(self.db, "orders", "stop_refused", message, now_ms, is_failure=True)
-
-    def _stop_tag(self) -> str:
-        """Four hex digits marking this account key's stops: the start of the API key's SHA-256 (the key is
-        no secret, and 16 bits of its hash reveal nothing). Derived, not stored, so a backup restored from
-        before the first stop still knows its stops; another installation with its own key has another."""
-        return hashlib.sha256((self.rest.client.API_KEY or "").encode()).hexdigest()[:4]
