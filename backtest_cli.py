@@ -164,22 +164,12 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
         click.echo(backtest.format_report(result, title, candles))
 
 
-def _run(combinations, candles, fee, fill, keep_reports, label="", **options):
-    from core.sweep_cluster import ClusterError
-
-    try:
-        return _run_here_or_there(combinations, candles, fee, fill, keep_reports, label, **options)
-    except ClusterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _run_here_or_there(combinations, candles, fee, fill, keep_reports, label, **options):
-    from core import sweep_runs
+def _run(combinations, candles, fee, fill, keep_reports, label="", cluster=None, **options):
+    """Every combination over `candles`, on the local cores or on the Dask cluster at `cluster`; a long
+    sweep reports its progress on stderr."""
+    from core import sweep_cluster, sweep_runs
 
     total = len(combinations)
-    if total * len(candles["close"]) < _LONG_SWEEP:
-        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, **options)
     start = time.perf_counter()
     step = max(1, total // 20)
 
@@ -188,7 +178,16 @@ def _run_here_or_there(combinations, candles, fee, fill, keep_reports, label, **
             click.echo(f"{label}swept {done:,} of {total:,} combinations ({done * 100 // total} %), "
                        f"{time.perf_counter() - start:.1f} s", err=True)
 
-    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
+    if total * len(candles["close"]) < _LONG_SWEEP:
+        progress = None
+    if cluster is None:
+        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
+    settings = sweep_runs.RunSettings(fee, fill, keep_reports, **options)
+    try:
+        return sweep_cluster.run_on_cluster(cluster, combinations, candles, settings, progress)
+    except sweep_cluster.ClusterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
 def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage, cluster) -> None:

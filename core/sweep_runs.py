@@ -80,18 +80,13 @@ class IndicatorCache(dict):
 def run_combinations(combinations: list[Combination], candles: Candles, fee_rate: float, fill: str,
                      keep_reports: bool = False, jobs: int | None = None,
                      progress: Callable[[int], None] | None = None, with_trades: bool = False,
-                     warmup: int = 0, close_at_end: bool = False, slippage: float = 0.0,
-                     cluster: str | None = None) -> list[Run]:
-    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores),
-    or on the Dask cluster whose scheduler is at `cluster` (core.sweep_cluster).
+                     warmup: int = 0, close_at_end: bool = False, slippage: float = 0.0) -> list[Run]:
+    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores;
+    core.sweep_cluster runs them on a Dask cluster instead).
 
     `keep_reports` keeps each run's JSON object, its trades too with `with_trades`; `warmup`,
     `close_at_end` (an out-of-sample block) and `slippage` as in `run_backtest`."""
     settings = RunSettings(fee_rate, fill, keep_reports, with_trades, warmup, close_at_end, slippage)
-    if cluster:
-        from core.sweep_cluster import run_on_cluster
-
-        return run_on_cluster(cluster, combinations, candles, settings, progress)
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
