@@ -264,16 +264,47 @@ def _read_agg_trades(path: Path, layout: Layout) -> Iterator[Tick]:
 
 def _agg_trade_chunks(path: Path, layout: Layout) -> Iterator[Iterator[Tick]]:
     state = _AggState(path, layout)
-    with open(path, encoding="utf-8-sig") as file:
+    with open(path, "rb") as file:
         for _ in range(layout.first_data_line - 1):
-            file.readline()
+            file.readline(MAX_LINE_BYTES + 1)  # sniff has read these already
         line_no = layout.first_data_line
-        while lines := file.readlines(_CHUNK_CHARS):
+        for lines in _line_chunks(file, path, line_no):
             ticks = state.fast_chunk(lines)
             if ticks is None:  # something is off: find it (or accept an odd but valid chunk) row by row
                 ticks = state.slow_chunk(lines, line_no)
             line_no += len(lines)
             yield ticks
+
+
+def _line_chunks(file: BinaryIO, path, first_line_no: int) -> Iterator[list[str]]:
+    """Whole lines of a file open in binary, as text, about _CHUNK_CHARS bytes at a time; a line longer
+    than MAX_LINE_BYTES or not UTF-8 raises FeedError naming it (memory stays bounded)."""
+    line_no, rest, first = first_line_no, b"", first_line_no == 1
+    while True:
+        block = file.read(_CHUNK_CHARS)
+        data = rest + block
+        cut = len(data) if not block else data.rfind(b"\n") + 1
+        rows, rest = data[:cut], data[cut:]
+        if len(rest) > MAX_LINE_BYTES:
+            raise FeedError(path, line_no + rows.count(b"\n"),
+                            f"the line is longer than {MAX_LINE_BYTES:,} bytes: not a Binance CSV row")
+        if rows:
+            try:
+                text = rows.decode("utf-8-sig" if first else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = line_no + rows.count(b"\n", 0, exc.start)
+                raise FeedError(path, bad, "the line is not text (UTF-8): not a Binance CSV row") from None
+            lines = text.splitlines(keepends=True)
+            if len(lines) != rows.count(b"\n") + (not rows.endswith(b"\n")):  # a \r, \x0b, \u2028 ... inside
+                lines = [line + "\n" for line in text.split("\n")]
+                lines[-1] = lines[-1][:-1]
+                if not lines[-1]:
+                    lines.pop()
+            first = False
+            line_no += len(lines)
+            yield lines
+        if not block:
+            return
 
 
 class _AggState:

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from core.backtest import load_candles
-from core.feeds import FeedError, read_klines
+from core.feeds import FeedError, read_agg_trades, read_klines
 from tests.conftest import ROOT
 
 GB = 1 << 30
@@ -30,14 +30,15 @@ def row(time, price=1.0, columns=6):
 
 
 def peak_mb(command):
-    """Run `command` and give (exit code, stderr, its peak resident memory in MB), measured by os.wait4.
+    """Run `command` and give (exit code, its output (stdout and stderr), its peak resident memory in MB),
+    measured by os.wait4.
     Its address space is capped at 4 GB, so a reader that does not bound its memory fails here rather
     than taking the machine's."""
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (4 * GB, 4 * GB)))
-    stderr = process.stderr.read().decode()
+    output = process.stdout.read().decode()
     _, status, usage = os.wait4(process.pid, 0)
-    return os.waitstatus_to_exitcode(status), stderr, usage.ru_maxrss / 1024
+    return os.waitstatus_to_exitcode(status), output, usage.ru_maxrss / 1024
 
 
 def command(candles, tmp_path):
@@ -123,3 +124,25 @@ def test_any_file_gives_valid_candles_or_a_feed_error(tmp_path_factory, lines, r
     times = candles["open_time_ms"]
     assert np.all(np.diff(times) > 0) and np.all(times % MINUTE == 0)
     assert times.tolist() == [c.open_time_ms for c in read_klines(path)]
+
+
+AGG_ROW = "13519807,0.00141342,23.00000000,15373518,15373518,{time},True,True"
+
+
+def test_an_agg_trades_file_that_turns_to_zeros_ends_at_that_line_in_bounded_memory(tmp_path):
+    rows = "\n".join(AGG_ROW.format(time=1_570_752_011_620 + i) for i in range(1000)).replace("13519807,", "{id},")
+    head = "\n".join(line.format(id=13_519_807 + i) for i, line in enumerate(rows.splitlines())) + "\n"
+    path = sparse(tmp_path / "agg.csv", head.encode())
+    code, stderr, peak = peak_mb([sys.executable, str(ROOT / "omniwise.py"), "candles", "--agg-trades", str(path),
+                                  "--out", str(tmp_path / "out.csv")])
+    assert code == 1 and stderr == f"{path}:1001: error: the line is longer than 4,096 bytes: not a Binance CSV row\n"
+    assert peak < 250
+
+
+def test_an_agg_trades_line_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "agg.csv"
+    rows = [AGG_ROW.format(time=1_570_752_011_620).encode(), b"1,\xff\xfe,2,3,4,5,True,True"]
+    path.write_bytes(b"\n".join(rows) + b"\n")
+    with pytest.raises(FeedError) as caught:
+        list(read_agg_trades(path))
+    assert (caught.value.line, caught.value.message) == (2, "the line is not text (UTF-8): not a Binance CSV row")
