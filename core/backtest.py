@@ -24,7 +24,8 @@ import numpy as np
 
 from core import exits, fills
 from core.dsl import Action, Policy
-from core.feeds import KLINES, MAX_LINE_BYTES, UNIT_RANGES, FeedError, Layout, read_klines, sniff, to_ms_factor
+from core.feeds import (KLINES, MAX_LINE_BYTES, UNIT_RANGES, FeedError, Layout, LineTooLong, line_blocks, read_klines,
+                        sniff, to_ms_factor)
 from core.metrics import Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
@@ -396,20 +397,14 @@ class _Doubt(Exception):
 def _fast_klines(file: BinaryIO, layout: Layout, progress) -> dict[str, np.ndarray]:
     for _ in range(layout.first_data_line - 1):
         file.readline(MAX_LINE_BYTES + 1)  # sniff has read these already
-    chunks, rest = [], b""
-    while True:
-        block = file.read(_BLOCK_BYTES)
-        data = rest + block
-        cut = len(data) if not block else data.rfind(b"\n") + 1
-        rows, rest = data[:cut], data[cut:]
-        if len(rest) > MAX_LINE_BYTES:
-            raise _Doubt  # a line without an end in sight
-        if rows:
+    chunks = []
+    try:
+        for rows in line_blocks(file, _BLOCK_BYTES):
             chunks.append(_parse_rows(rows, layout))
-        if progress is not None:
-            progress(file.tell())
-        if not block:
-            break
+            if progress is not None:
+                progress(file.tell())
+    except LineTooLong:
+        raise _Doubt from None  # the slow reader names the line
     table = np.concatenate(chunks) if chunks else np.zeros((0, 6))
     open_, high, low, close, volume = table[:, 1:].T
     if not (np.all(np.isfinite(table)) and np.all(low > 0) and np.all(volume >= 0)

@@ -279,16 +279,9 @@ def _agg_trade_chunks(path: Path, layout: Layout) -> Iterator[Iterator[Tick]]:
 def _line_chunks(file: BinaryIO, path, first_line_no: int) -> Iterator[list[str]]:
     """Whole lines of a file open in binary, as text, about _CHUNK_CHARS bytes at a time; a line longer
     than MAX_LINE_BYTES or not UTF-8 raises FeedError naming it (memory stays bounded)."""
-    line_no, rest, first = first_line_no, b"", first_line_no == 1
-    while True:
-        block = file.read(_CHUNK_CHARS)
-        data = rest + block
-        cut = len(data) if not block else data.rfind(b"\n") + 1
-        rows, rest = data[:cut], data[cut:]
-        if len(rest) > MAX_LINE_BYTES:
-            raise FeedError(path, line_no + rows.count(b"\n"),
-                            f"the line is longer than {MAX_LINE_BYTES:,} bytes: not a Binance CSV row")
-        if rows:
+    line_no, first = first_line_no, first_line_no == 1
+    try:
+        for rows in line_blocks(file, _CHUNK_CHARS):
             try:
                 text = rows.decode("utf-8-sig" if first else "utf-8")
             except UnicodeDecodeError as exc:
@@ -303,6 +296,27 @@ def _line_chunks(file: BinaryIO, path, first_line_no: int) -> Iterator[list[str]
             first = False
             line_no += len(lines)
             yield lines
+    except LineTooLong:
+        raise FeedError(path, line_no, f"the line is longer than {MAX_LINE_BYTES:,} bytes: not a Binance CSV row") from None
+
+
+class LineTooLong(Exception):
+    """A line goes on past MAX_LINE_BYTES: the file is not a Binance CSV from there on."""
+
+
+def line_blocks(file: BinaryIO, size: int) -> Iterator[bytes]:
+    """The bytes of a file open in binary as blocks of whole lines, about `size` bytes each (the file's
+    last line may lack its end); LineTooLong, after the lines before it, at a line over MAX_LINE_BYTES."""
+    rest = b""
+    while True:
+        block = file.read(size)
+        data = rest + block
+        cut = len(data) if not block else data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+        if len(rest) > MAX_LINE_BYTES:
+            raise LineTooLong
         if not block:
             return
 
