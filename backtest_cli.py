@@ -322,13 +322,20 @@ def _figure(value, width: int = 9, fmt: str = ".2f") -> str:
     return f"{'-' if value is None else format(value, fmt):>{width}}"
 
 
+def _cell(metrics, name: str) -> str:
+    """One figure of a sweep table, 16 wide: '-' where undefined, 'no loss' where that is why."""
+    if metrics.is_no_loss(name):
+        return f"{'no loss':>16}"
+    return _figure(getattr(metrics, name), 16, "d" if name == "trades" else ".3f")
+
+
 def _table(runs, rank_by: str) -> str:
     columns = [rank_by] + [c for c in ("return_pct", "max_drawdown_pct", "sharpe", "sortino", "calmar",
                                        "win_rate_pct", "profit_factor", "trades") if c != rank_by]
     width = max([len(_params(run)) for run in runs] + [6])
     lines = [f"  {'#':>3}  {'params':<{width}} " + " ".join(f"{c:>16}" for c in columns)]
     for place, run in enumerate(runs, start=1):
-        cells = " ".join(_figure(getattr(run.metrics, c), 16, "d" if c == "trades" else ".3f") for c in columns)
+        cells = " ".join(_cell(run.metrics, c) for c in columns)
         lines.append(f"  {place:>3}  {_params(run):<{width}} {cells}")
     return "\n".join(lines)
 
@@ -340,8 +347,7 @@ def _side_by_side(best, again, rank_by: str) -> str:
     lines = [f"  {'':>3}  {'':<{width}}  {'in sample':^{len(head)}} | {'out of sample':^{len(head)}}",
              f"  {'#':>3}  {'params':<{width}}  {head} | {head}"]
     for place, (run, oos) in enumerate(zip(best, again), start=1):
-        cells = [" ".join(_figure(getattr(m, c), 16, "d" if c == "trades" else ".3f") for c in figures)
-                 for m in (run.metrics, oos.metrics)]
+        cells = [" ".join(_cell(m, c) for c in figures) for m in (run.metrics, oos.metrics)]
         lines.append(f"  {place:>3}  {_params(run):<{width}}  {cells[0]} | {cells[1]}")
     return "\n".join(lines)
 

@@ -26,7 +26,7 @@ from core import exits, fills
 from core.dsl import Action, Policy
 from core.feeds import (KLINES, MAX_LINE_BYTES, UNIT_RANGES, FeedError, Layout, LineTooLong, line_blocks, read_klines,
                         sniff, to_ms_factor)
-from core.metrics import Ledger, Metrics, compute_metrics
+from core.metrics import MIN_DAYS, Ledger, Metrics, compute_metrics
 
 FILLS = ("next-open", "close")
 _BLOCK_BYTES = 1 << 23  # bytes of a klines file parsed at once: about 60,000 rows of Binance's 12 columns
@@ -482,16 +482,24 @@ def format_report(result: BacktestResult, title: str, candles: Mapping[str, np.n
 
 
 def metric_lines(m: Metrics) -> list[str]:
-    """The metrics as table lines, '-' where a figure is undefined."""
+    """The metrics as table lines, '-' where a figure is undefined, with the reason at the line's end."""
     def num(value, fmt):
         return "-" if value is None else format(value, fmt)
+
+    def why(*names):
+        reasons = dict.fromkeys(m.why_null[name] for name in names if name in m.why_null)  # in order, once
+        return f"   ({'; '.join(reasons)})" if reasons else ""
+
     return [
         f"  return        {m.return_pct:+.2f} %   (buy and hold {m.buy_and_hold_pct:+.2f} %)",
         f"  max drawdown  {m.max_drawdown_pct:.2f} %",
-        f"  win rate      {num(m.win_rate_pct, '.1f')} %   expectancy {num(m.expectancy_pct, '+.3f')} % a trade",
-        f"  profit factor {num(m.profit_factor, '.3f')}",
+        f"  win rate      {num(m.win_rate_pct, '.1f')} %   expectancy {num(m.expectancy_pct, '+.3f')} % a trade"
+        + why("win_rate_pct"),
+        f"  profit factor {num(m.profit_factor, '.3f')}" + why("profit_factor"),
         f"  exposure      {m.exposure_pct:.1f} % of candles in a position",
-        f"  sharpe        {num(m.sharpe, '.3f')}   sortino {num(m.sortino, '.3f')}   calmar {num(m.calmar, '.3f')}",
+        f"  sharpe        {num(m.sharpe, '.3f')}   sortino {num(m.sortino, '.3f')}   calmar {num(m.calmar, '.3f')}"
+        + (why("sharpe", "sortino", "calmar") if m.days < MIN_DAYS else f"   over {m.days:,} complete UTC days"
+           + why("sharpe", "sortino", "calmar")),
         f"  fees paid     {m.fees_paid * 100:.2f} % of the starting balance",
     ]
 
