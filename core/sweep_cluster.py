@@ -10,6 +10,7 @@ project folder with its virtualenv (README, "Sweeps on a Dask cluster").
 from __future__ import annotations
 
 import math
+import socket
 import uuid
 from collections.abc import Callable
 
@@ -24,12 +25,20 @@ class ClusterError(Exception):
     """The cluster cannot run the sweep (no scheduler at the address, no worker): say so and stop."""
 
 
+def _reachable(address: str) -> None:
+    """Open and close a TCP connection to tcp://HOST:PORT: a refused port fails at once, where Dask's
+    Client would retry it for its whole timeout."""
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+
+
 def run_on_cluster(address: str, combinations: list[Combination], candles: Candles, settings: RunSettings,
                    progress: Callable[[int], None] | None = None) -> list[Run]:
     """Backtest every combination on the Dask cluster whose scheduler is at `address` (tcp://HOST:PORT)."""
     from distributed import Client, as_completed
 
     try:
+        _reachable(address)
         client = Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")
     except (OSError, TimeoutError) as exc:
         raise ClusterError(f"no Dask scheduler answers at {address}: {exc}") from None
