@@ -8,6 +8,7 @@ here, so a backtest starts without importing Flask (about 0.1 s saved a run; mea
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -50,11 +51,13 @@ _LONG_SWEEP = 2_000_000  # combinations x candles above which a sweep reports it
 @click.option("--rolling", is_flag=True,
               help="with --walk-forward: train each fold on the block before its test block only (a fixed-length "
                    "window), not on everything before it")
+@click.option("--cluster", metavar="tcp://HOST:PORT", default=None,
+              help="run the combinations on this Dask cluster's workers instead of the local cores")
 @click.option("--no-cache", "no_cache", is_flag=True,
               help="do not read or write the parsed candles kept next to the CSV (<file>.omniwise.npz)")
 def backtest_command(candles_path: Path, strategy_path: Path, fee: float, slippage: float, fill: str, as_json: bool,
                      with_trades: bool, chart: Path | None, rank_by: str, split: float | None, walk_forward: int | None,
-                     rolling: bool, no_cache: bool, symbol: str | None, from_day: str | None, to_day: str | None,
+                     rolling: bool, cluster: str | None, no_cache: bool, symbol: str | None, from_day: str | None, to_day: str | None,
                      market: str) -> None:
     """Run a strategy (or every combination of a sweep) over a history with the worker's own policy and fills."""
     if (candles_path is None) == (symbol is None) or (symbol is None) != (from_day is None):
@@ -72,6 +75,8 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, slippa
         raise click.UsageError("choose one of --split and --walk-forward")
     if rolling and walk_forward is None:
         raise click.UsageError("--rolling is a kind of --walk-forward: give --walk-forward K too")
+    if cluster is not None and not re.fullmatch(r"tcp://[^\s:/]+:\d{1,5}", cluster):
+        raise click.UsageError(f"--cluster takes the scheduler's address as tcp://HOST:PORT, not {cluster!r}")
     is_sweep = sweeps.has_sweep(text)
     if chart is not None and (is_sweep or split is not None or walk_forward is not None):
         raise click.UsageError("--chart draws one backtest: not with a sweep, --split or --walk-forward")
@@ -94,13 +99,14 @@ def backtest_command(candles_path: Path, strategy_path: Path, fee: float, slippa
     if split is None and walk_forward is None and not is_sweep:
         _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, chart, slippage)
     elif split is None and walk_forward is None:
-        _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage)
+        _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage, cluster)
     else:
         try:
             if split is not None:
-                _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades, slippage)
+                _split(combinations, candles, split, fee, fill, as_json, rank_by, with_trades, slippage, cluster)
             else:
-                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by, rolling, slippage)
+                _walk_forward(combinations, candles, walk_forward, fee, fill, as_json, rank_by, rolling, slippage,
+                              cluster)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
 
@@ -158,12 +164,12 @@ def _single(policy, candles, candles_path, strategy_path, fee, fill, as_json, ch
         click.echo(backtest.format_report(result, title, candles))
 
 
-def _run(combinations, candles, fee, fill, keep_reports, label="", **options):
-    from core import sweep_runs
+def _run(combinations, candles, fee, fill, keep_reports, label="", cluster=None, **options):
+    """Every combination over `candles`, on the local cores or on the Dask cluster at `cluster`; a long
+    sweep reports its progress on stderr."""
+    from core import sweep_cluster, sweep_runs
 
     total = len(combinations)
-    if total * len(candles["close"]) < _LONG_SWEEP:
-        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, **options)
     start = time.perf_counter()
     step = max(1, total // 20)
 
@@ -172,14 +178,23 @@ def _run(combinations, candles, fee, fill, keep_reports, label="", **options):
             click.echo(f"{label}swept {done:,} of {total:,} combinations ({done * 100 // total} %), "
                        f"{time.perf_counter() - start:.1f} s", err=True)
 
-    return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
+    if total * len(candles["close"]) < _LONG_SWEEP:
+        progress = None
+    if cluster is None:
+        return sweep_runs.run_combinations(combinations, candles, fee, fill, keep_reports, progress=progress, **options)
+    settings = sweep_runs.RunSettings(fee, fill, keep_reports, **options)
+    try:
+        return sweep_cluster.run_on_cluster(cluster, combinations, candles, settings, progress)
+    except sweep_cluster.ClusterError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
 
 
-def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage) -> None:
+def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slippage, cluster) -> None:
     from core import sweep_runs
 
-    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades, slippage=slippage),
-                            rank_by, as_json)
+    ranked, rank_by = _rank(_run(combinations, candles, fee, fill, as_json, with_trades=with_trades, slippage=slippage,
+                                 cluster=cluster), rank_by, as_json)
     deflated = sweep_runs.deflated_sharpe_of_best(ranked)
     if as_json:
         reports = [run.report | {"params": run.params} for run in ranked]
@@ -193,14 +208,14 @@ def _sweep(combinations, candles, fee, fill, as_json, rank_by, with_trades, slip
     click.echo(_deflated_line(ranked, deflated))
 
 
-def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades, slippage) -> None:
+def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_trades, slippage, cluster) -> None:
     from core import sweep_runs
 
     n = len(candles["close"])
     point = sweep_runs.split_point(n, fraction)
     inside, outside = sweep_runs.part(candles, slice(0, point)), sweep_runs.part(candles, slice(point, n))
     ranked, rank_by = _rank(_run(combinations, inside, fee, fill, as_json, "in sample: ", with_trades=with_trades,
-                                 slippage=slippage), rank_by, as_json)
+                                 slippage=slippage, cluster=cluster), rank_by, as_json)
     best = ranked[:sweep_runs.TOP_RECHECKED]
     again = sweep_runs.recheck(best, candles, slice(point, n), fee, fill, as_json, with_trades=with_trades,
                                slippage=slippage)
@@ -218,7 +233,7 @@ def _split(combinations, candles, fraction, fee, fill, as_json, rank_by, with_tr
     click.echo(_deflated_line(ranked, deflated))
 
 
-def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling, slippage) -> None:
+def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rolling, slippage, cluster) -> None:
     from core import sweep_runs
     from core.backtest import metric_lines
 
@@ -227,7 +242,7 @@ def _walk_forward(combinations, candles, folds, fee, fill, as_json, rank_by, rol
     for number, (train, test) in enumerate(sweep_runs.walk_forward_folds(n, folds, rolling), start=1):
         history, warmup = sweep_runs.block(candles, train)
         runs = _run(combinations, history, fee, fill, False, f"fold {number} of {folds}: ", warmup=warmup,
-                    slippage=slippage)
+                    slippage=slippage, cluster=cluster)
         metric, note = sweep_runs.choose_metric(runs, rank_by)
         if note and as_json:
             click.echo(f"fold {number}: {note}", err=True)
@@ -307,13 +322,20 @@ def _figure(value, width: int = 9, fmt: str = ".2f") -> str:
     return f"{'-' if value is None else format(value, fmt):>{width}}"
 
 
+def _cell(metrics, name: str) -> str:
+    """One figure of a sweep table, 16 wide: '-' where undefined, 'no loss' where that is why."""
+    if metrics.is_no_loss(name):
+        return f"{'no loss':>16}"
+    return _figure(getattr(metrics, name), 16, "d" if name == "trades" else ".3f")
+
+
 def _table(runs, rank_by: str) -> str:
     columns = [rank_by] + [c for c in ("return_pct", "max_drawdown_pct", "sharpe", "sortino", "calmar",
                                        "win_rate_pct", "profit_factor", "trades") if c != rank_by]
     width = max([len(_params(run)) for run in runs] + [6])
     lines = [f"  {'#':>3}  {'params':<{width}} " + " ".join(f"{c:>16}" for c in columns)]
     for place, run in enumerate(runs, start=1):
-        cells = " ".join(_figure(getattr(run.metrics, c), 16, "d" if c == "trades" else ".3f") for c in columns)
+        cells = " ".join(_cell(run.metrics, c) for c in columns)
         lines.append(f"  {place:>3}  {_params(run):<{width}} {cells}")
     return "\n".join(lines)
 
@@ -325,8 +347,7 @@ def _side_by_side(best, again, rank_by: str) -> str:
     lines = [f"  {'':>3}  {'':<{width}}  {'in sample':^{len(head)}} | {'out of sample':^{len(head)}}",
              f"  {'#':>3}  {'params':<{width}}  {head} | {head}"]
     for place, (run, oos) in enumerate(zip(best, again), start=1):
-        cells = [" ".join(_figure(getattr(m, c), 16, "d" if c == "trades" else ".3f") for c in figures)
-                 for m in (run.metrics, oos.metrics)]
+        cells = [" ".join(_cell(m, c) for c in figures) for m in (run.metrics, oos.metrics)]
         lines.append(f"  {place:>3}  {_params(run):<{width}}  {cells[0]} | {cells[1]}")
     return "\n".join(lines)
 

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -35,9 +36,10 @@ KLINES_COLUMNS = ("open_time", "open", "high", "low", "close", "volume", "close_
 _BOOLS = {"True": True, "true": True, "False": False, "false": False}
 # The raw timestamps each unit covers: 1973 to 5138 in ms and µs, up to 5138 in s, so that every
 # timestamp has exactly one reading.
-_UNIT_RANGES = {"s": (0, 10**11), "ms": (10**11, 10**14), "µs": (10**14, 10**17)}
+UNIT_RANGES = {"s": (0, 10**11), "ms": (10**11, 10**14), "µs": (10**14, 10**17)}
 _TO_MS = {"s": (1000, 1), "ms": (1, 1), "µs": (1, 1000)}  # (multiplier, divisor)
 _CHUNK_CHARS = 1 << 18  # lines parsed at once on the fast path; about 3,500 aggTrades rows
+MAX_LINE_BYTES = 4096  # a Binance CSV row is under 200 bytes: a longer line is not one, and is not read on
 
 
 class FeedError(Exception):
@@ -87,8 +89,22 @@ def read_klines(path: str | Path) -> list[Candle]:
     The 6-column layout has no quote volume, trade count or taker volumes: they are 0.
     """
     layout = sniff(path)
-    with open(path, encoding="utf-8-sig") as file:
-        return _kline_rows(file, layout, path)
+    with open(path, "rb") as file:
+        return _kline_rows(text_lines(file, path), layout, path)
+
+
+def text_lines(file: BinaryIO, path: str | Path) -> Iterator[str]:
+    """The lines of a file open in binary, as text (a UTF-8 byte order mark dropped), read one bounded line
+    at a time: a line over MAX_LINE_BYTES or not UTF-8 raises FeedError naming it, so a file of zeros,
+    random bytes or /dev/zero ends at its first line instead of filling the memory."""
+    for line_no, raw in enumerate(iter(lambda: file.readline(MAX_LINE_BYTES + 1), b""), start=1):
+        if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+            raise FeedError(path, line_no, f"the line is longer than {MAX_LINE_BYTES:,} bytes: not a Binance CSV row")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FeedError(path, line_no, "the line is not text (UTF-8): not a Binance CSV row") from None
+        yield text.removeprefix("\ufeff") if line_no == 1 else text
 
 
 def read_kline_lines(lines: Sequence[str], name: str | Path) -> list[Candle]:
@@ -179,8 +195,8 @@ def _candle_end_ms(candle: Candle) -> int:
 
 def sniff(path: str | Path) -> Layout:
     """Layout, header and time unit of a file, from its first two non-blank lines; FeedError if unknown."""
-    with open(path, encoding="utf-8-sig") as file:
-        return sniff_lines(file, path)
+    with open(path, "rb") as file:
+        return sniff_lines(text_lines(file, path), path)
 
 
 def sniff_lines(lines: Iterable[str], path: str | Path) -> Layout:
@@ -199,7 +215,7 @@ def sniff_lines(lines: Iterable[str], path: str | Path) -> Layout:
     # A header and no rows: an empty file of a known layout.
     kind = {"agg_trade_id": AGG_TRADES, "open_time": KLINES}.get(header[0])
     if kind is None:
-        raise FeedError(path, 1, f"unknown header {','.join(header)!r}: expected Binance aggTrades or klines")
+        raise FeedError(path, 1, f"unknown header {','.join(header)[:80]!r}: expected Binance aggTrades or klines")
     return Layout(kind, len(header), 2, "ms")
 
 
@@ -213,7 +229,7 @@ def _layout_of_row(path, line_no: int, fields: list[str]) -> Layout:
                         f"with true/false in the 7th) nor klines (6 or 12 columns)")
     raw = _integer(fields[time_field], (AGG_TRADES_COLUMNS if kind == AGG_TRADES else KLINES_COLUMNS)[time_field],
                    path, line_no)
-    for unit, (lower, upper) in _UNIT_RANGES.items():
+    for unit, (lower, upper) in UNIT_RANGES.items():
         if lower <= raw < upper:
             return Layout(kind, len(fields), line_no, unit)
     raise FeedError(path, line_no, f"timestamp {raw} is not in s, ms or µs")
@@ -231,7 +247,7 @@ def to_ms_factor(unit: str) -> float:
 
 def _time_ms(raw: int, unit: str, path, line_no: int) -> int:
     """A raw timestamp of the file's unit in ms; FeedError if its magnitude says another unit."""
-    lower, upper = _UNIT_RANGES[unit]
+    lower, upper = UNIT_RANGES[unit]
     if not lower <= raw < upper:
         raise FeedError(path, line_no, f"timestamp {raw} is not in {unit} like the first row of the file")
     multiplier, divisor = _TO_MS[unit]
@@ -248,16 +264,61 @@ def _read_agg_trades(path: Path, layout: Layout) -> Iterator[Tick]:
 
 def _agg_trade_chunks(path: Path, layout: Layout) -> Iterator[Iterator[Tick]]:
     state = _AggState(path, layout)
-    with open(path, encoding="utf-8-sig") as file:
+    with open(path, "rb") as file:
         for _ in range(layout.first_data_line - 1):
-            file.readline()
+            file.readline(MAX_LINE_BYTES + 1)  # sniff has read these already
         line_no = layout.first_data_line
-        while lines := file.readlines(_CHUNK_CHARS):
+        for lines in _line_chunks(file, path, line_no):
             ticks = state.fast_chunk(lines)
             if ticks is None:  # something is off: find it (or accept an odd but valid chunk) row by row
                 ticks = state.slow_chunk(lines, line_no)
             line_no += len(lines)
             yield ticks
+
+
+def _line_chunks(file: BinaryIO, path, first_line_no: int) -> Iterator[list[str]]:
+    """Whole lines of a file open in binary, as text, about _CHUNK_CHARS bytes at a time; a line longer
+    than MAX_LINE_BYTES or not UTF-8 raises FeedError naming it (memory stays bounded)."""
+    line_no, first = first_line_no, first_line_no == 1
+    try:
+        for rows in line_blocks(file, _CHUNK_CHARS):
+            try:
+                text = rows.decode("utf-8-sig" if first else "utf-8")
+            except UnicodeDecodeError as exc:
+                bad = line_no + rows.count(b"\n", 0, exc.start)
+                raise FeedError(path, bad, "the line is not text (UTF-8): not a Binance CSV row") from None
+            lines = text.splitlines(keepends=True)
+            if len(lines) != rows.count(b"\n") + (not rows.endswith(b"\n")):  # a \r, \x0b, \u2028 ... inside
+                lines = [line + "\n" for line in text.split("\n")]
+                lines[-1] = lines[-1][:-1]
+                if not lines[-1]:
+                    lines.pop()
+            first = False
+            line_no += len(lines)
+            yield lines
+    except LineTooLong:
+        raise FeedError(path, line_no, f"the line is longer than {MAX_LINE_BYTES:,} bytes: not a Binance CSV row") from None
+
+
+class LineTooLong(Exception):
+    """A line goes on past MAX_LINE_BYTES: the file is not a Binance CSV from there on."""
+
+
+def line_blocks(file: BinaryIO, size: int) -> Iterator[bytes]:
+    """The bytes of a file open in binary as blocks of whole lines, about `size` bytes each (the file's
+    last line may lack its end); LineTooLong, after the lines before it, at a line over MAX_LINE_BYTES."""
+    rest = b""
+    while True:
+        block = file.read(size)
+        data = rest + block
+        cut = len(data) if not block else data.rfind(b"\n") + 1
+        if cut:
+            yield data[:cut]
+        rest = data[cut:]
+        if len(rest) > MAX_LINE_BYTES:
+            raise LineTooLong
+        if not block:
+            return
 
 
 class _AggState:
@@ -266,7 +327,7 @@ class _AggState:
     def __init__(self, path: Path, layout: Layout):
         self.path = path
         self.layout = layout
-        self.lower, self.upper = _UNIT_RANGES[layout.time_unit]
+        self.lower, self.upper = UNIT_RANGES[layout.time_unit]
         self.multiplier, self.divisor = _TO_MS[layout.time_unit]
         self.prev_time_ms = -1
         self.prev_id = -1
@@ -358,6 +419,8 @@ def _kline(fields: list[str], layout: Layout, path: Path, line_no: int) -> Candl
     if not low <= min(open_, close) <= max(open_, close) <= high:
         raise FeedError(path, line_no, f"open {fields[1]}, close {fields[4]} are not between low {fields[3]} "
                         f"and high {fields[2]}: the columns are mixed up")
+    if open_ms % MINUTE_MS:
+        raise FeedError(path, line_no, f"open_time {fields[0]} is not on a whole minute: not 1-minute klines")
     if layout.columns == 6:
         return Candle(open_ms, open_, high, low, close, volume, open_ms + MINUTE_MS - 1, 0.0, 0, 0.0, 0.0)
     close_ms = _time_ms(_integer(fields[6], "close_time", path, line_no), layout.time_unit, path, line_no)

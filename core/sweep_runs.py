@@ -81,15 +81,16 @@ def run_combinations(combinations: list[Combination], candles: Candles, fee_rate
                      keep_reports: bool = False, jobs: int | None = None,
                      progress: Callable[[int], None] | None = None, with_trades: bool = False,
                      warmup: int = 0, close_at_end: bool = False, slippage: float = 0.0) -> list[Run]:
-    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores).
+    """Backtest every combination over `candles` (in the given order), on `jobs` processes (all cores;
+    core.sweep_cluster runs them on a Dask cluster instead).
 
     `keep_reports` keeps each run's JSON object, its trades too with `with_trades`; `warmup`,
     `close_at_end` (an out-of-sample block) and `slippage` as in `run_backtest`."""
+    settings = RunSettings(fee_rate, fill, keep_reports, with_trades, warmup, close_at_end, slippage)
     jobs = min(jobs or available_cores(), len(combinations))
     keep_freed_memory()
     # Each forked worker fills its own copy of the (empty) cache; it dies with the pool.
-    _JOB.update(candles=candles, fee_rate=fee_rate, fill=fill, keep_reports=keep_reports, with_trades=with_trades,
-                warmup=warmup, close_at_end=close_at_end, slippage=slippage, indicators=IndicatorCache())
+    _JOB.update(candles=candles, settings=settings, indicators=IndicatorCache())
     results: list[Run | None] = [None] * len(combinations)
     tasks = list(enumerate(combinations))
     try:
@@ -110,15 +111,33 @@ def run_combinations(combinations: list[Combination], candles: Candles, fee_rate
     return results  # type: ignore[return-value]
 
 
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """How every combination of a sweep is run (the same on local cores and on a cluster)."""
+
+    fee_rate: float
+    fill: str
+    keep_reports: bool = False
+    with_trades: bool = False
+    warmup: int = 0
+    close_at_end: bool = False
+    slippage: float = 0.0
+
+
+def run_one(combination: Combination, candles: Candles, settings: RunSettings, indicators: dict | None) -> Run:
+    """One combination's backtest as a sweep row."""
+    result = run_backtest(candles, compile_strategy(combination.text), fee_rate=settings.fee_rate,
+                          fill=settings.fill, indicator_cache=indicators, warmup=settings.warmup,
+                          close_at_end=settings.close_at_end, slippage=settings.slippage)
+    report = None
+    if settings.keep_reports:
+        report = result.as_json() if settings.with_trades else result.summary_json()
+    return Run(combination.params, combination.text, result.metrics, report)
+
+
 def _run_one(task: tuple[int, Combination]) -> tuple[int, Run]:
     index, combination = task
-    result = run_backtest(_JOB["candles"], compile_strategy(combination.text), fee_rate=_JOB["fee_rate"],
-                          fill=_JOB["fill"], indicator_cache=_JOB["indicators"], warmup=_JOB["warmup"],
-                          close_at_end=_JOB["close_at_end"], slippage=_JOB["slippage"])
-    report = None
-    if _JOB["keep_reports"]:
-        report = result.as_json() if _JOB["with_trades"] else result.summary_json()
-    return index, Run(combination.params, combination.text, result.metrics, report)
+    return index, run_one(combination, _JOB["candles"], _JOB["settings"], _JOB["indicators"])
 
 
 def keep_freed_memory() -> None:

@@ -81,7 +81,7 @@ def test_a_trade_stream_reported_down_is_alerted_and_so_is_its_return(settings, 
     reports = [(False, "the trade stream is down (ConnectionRefusedError: refused)"),
                (True, "the BTCUSDT trade stream is up and its candles are complete")]
 
-    def open_feed(settings, rest, after_ms, stop, on_state=None):
+    def open_feed(settings, rest, after_ms, stop, on_state=None, warmup_minutes=None):
         def feed():
             try:
                 for is_up, reason in reports:

@@ -54,7 +54,7 @@ def test_a_decision_on_the_last_candle_has_nothing_to_fill_at():
 @pytest.mark.parametrize("text, line, message", [
     ("open_time,open,high,low,close,volume\n1516423980000,2,3,1,2,6\n1516424040000,2,3,x,2,6\n", 3, "low"),
     ("1516423980000,2,3,1,2,6\n1516424040000,2,3,2.5,2,6\n", 2, "not between low"),
-    ("1516423980000,1,1,1,1,1\n1516423920000,1,1,1,1,1\n", 2, "time order"),
+    ("1516423980000,1,1,1,1,1\n1516423920000,1,1,1,1,1\n", 2, "not sorted by time"),
     ("1516423980000,1,1\n", 1, ""),
 ])
 def test_bad_candle_files_name_the_line(tmp_path, text, line, message):

@@ -351,3 +351,29 @@ def test_live_trades_are_checked_one_by_one_and_the_exit_goes_out_on_the_crossin
     assert f"exited by stop loss at {fill:.8g}" in message and f"level {level:.8g}" in message, message
     trader.on_trade(LiveTrade(level * 0.5, minute + 4_000, 4))
     assert len(standin.orders) == 2  # flat: later trades send nothing
+
+
+def test_a_restore_leaves_no_stale_futures_stop_and_the_stop_is_held_again(standin, settings, tmp_path):
+    """Long with its Close-All stop A, backup, A moved to B, restore: the restored database knows only A
+    (cancelled since). B is cancelled at start (else Binance refuses a second Close-All stop, -4130), and
+    the next candle places the stop again."""
+    from core import maintenance
+
+    db = store.connect(settings.db_path)
+    broker = futures_broker(standin, db)
+    price = hold_long(standin)
+    level = float(price * Decimal("0.98"))
+    broker.keep_stop(level, "trailing_stop")
+    maintenance.backup(settings.db_path, tmp_path / "backup.db")
+    broker.keep_stop(level * 1.01, "trailing_stop")
+    db.close()
+    maintenance.restore(tmp_path / "backup.db", settings.data_dir, int(time.time() * 1000))
+    db = store.connect(settings.db_path)
+    restored = futures_broker(standin, db)
+    restored.recover()
+    assert live_stops(standin) == [] and restored.stop_exit() is None
+    restored.keep_stop(level * 1.01, "trailing_stop")
+    (held,) = live_stops(standin)
+    assert Decimal(held["triggerPrice"]) == floor_tick(Decimal(repr(level * 1.01)))
+    assert len({a["clientAlgoId"] for a in standin.algo_orders}) == 3
+    db.close()

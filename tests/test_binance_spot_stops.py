@@ -156,14 +156,16 @@ def test_a_restart_keeps_the_stop_and_a_restore_cancels_the_one_it_does_not_know
     db.close()
 
 
-def test_another_installations_stops_are_left_alone(standin, db, tmp_path):
-    other_db = store.connect(tmp_path / "other.db")
-    try:
-        broker_for(standin, other_db).keep_stop(below(standin, "0.02"), "stop_loss")  # a second installation
-        broker_for(standin, db).recover()
-        assert [s["status"] for s in standin.spot_stops] == ["NEW"]
-    finally:
-        other_db.close()
+def test_stops_of_another_key_or_placed_by_hand_are_left_alone(standin, db):
+    broker = broker_for(standin, db)
+    trigger = str((standin.last_price() * Decimal("0.98")).quantize(TICK))
+    tag = broker._stop_tag()
+    other = "0000" if tag != "0000" else "ffff"
+    for client_id in (f"owAbCdEfGh-s{other}1700000000000", "my-own-stop"):  # another API key's, the operator's
+        broker.rest.call("create_order", symbol=SYMBOL, side="SELL", type="STOP_LOSS_LIMIT", quantity="100",
+                         stopPrice=trigger, price=trigger, timeInForce="GTC", newClientOrderId=client_id)
+    broker.recover()
+    assert [s["status"] for s in standin.spot_stops] == ["NEW", "NEW"]
 
 
 def test_flatten_cancels_the_stop_and_sells_everything(standin, db, data_dir):
@@ -176,3 +178,22 @@ def test_flatten_cancels_the_stop_and_sells_everything(standin, db, data_dir):
     trader = Trader(db, SYMBOL, PolicyLoader(data_dir / "strategy.txt"), broker)
     assert trader.flatten().startswith("SELL 500 XRPETH at ")
     assert [s["status"] for s in standin.spot_stops] == ["CANCELED"] and broker.position().side == "flat"
+
+
+def test_an_order_of_unknown_outcome_has_the_stops_on_binance_reconciled_at_once(standin, settings, tmp_path):
+    """A stale stop of ours (placed after the backup now restored) is cancelled as soon as an order's
+    outcome turns unknown, not only at the next order check."""
+    db = store.connect(settings.db_path)
+    maintenance.backup(settings.db_path, tmp_path / "backup.db")
+    broker_for(standin, db).keep_stop(below(standin, "0.02"), "stop_loss")  # placed after the backup
+    db.close()
+    maintenance.restore(tmp_path / "backup.db", settings.data_dir, int(time.time() * 1000))
+    db = store.connect(settings.db_path)
+    broker = broker_for(standin, db)  # no recover() yet: the stale stop still waits
+    standin.balances["XRP"] += 300  # bought by hand meanwhile: free to sell
+    broker.position()
+    standin.fail("500")  # the SELL: "could have been a success"
+    order = place(broker, db, "SELL")
+    assert order_row(db, order)["status"] == "unknown"
+    assert [s["status"] for s in standin.spot_stops] == ["CANCELED"]
+    db.close()

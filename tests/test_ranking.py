@@ -87,3 +87,14 @@ def test_ranking_never_puts_a_no_loss_null_below_a_number(rows, metric):
 
 def test_every_rankable_metric_is_a_figure_and_days_is_not_rankable():
     assert "days" not in RANKABLE and set(RANKABLE) <= set(Metrics.__dataclass_fields__)
+
+
+def test_the_sweep_table_writes_a_no_loss_null_as_no_loss_and_other_nulls_as_a_dash():
+    from backtest_cli import _table
+
+    runs = rank([run("some", profit_factor=2.5), run("flawless", 85.0, {"profit_factor": NO_LOSING_TRADE},
+                                                    profit_factor=None),
+                 run("none", profit_factor=None, why_null={"profit_factor": "no closed trade"})], "profit_factor")
+    rows = [line.split() for line in _table(runs, "profit_factor").splitlines()[1:]]
+    assert [row[1:4] for row in rows] == [["name=flawless", "no", "loss"], ["name=some", "2.500", "0.000"],
+                                          ["name=none", "-", "0.000"]]

@@ -84,7 +84,8 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
     def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """As BinanceBroker.execute; a BUY while short first closes the short with an order of its own; a SELL
         first cancels the stop kept on Binance, and when that stop has already closed the position, its fill
-        is this order's (no second order is sent)."""
+        is this order's (no second order is sent). After an order of unknown outcome the stops on Binance
+        are reconciled at once."""
         self.unsent_ids.discard(order["id"])
         if plan_side(order) == "SELL" and self._stored_stop() is not None:
             try:
@@ -105,6 +106,13 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
             if account.amount < 0 and not self._close_short(order, account):
                 return
         super().execute(order, even_if_unknown)
+        if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
+            self.reconcile_quietly()
+
+    def recover(self) -> None:
+        """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
+        super().recover()
+        self.reconcile_quietly()
 
     def _close_short(self, order: dict, account: FuturesAccount) -> bool:
         """Buy the short back (reduce-only) as its own decision and order; True once it is filled."""

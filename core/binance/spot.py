@@ -52,19 +52,19 @@ class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
 
     def execute(self, order: dict, even_if_unknown: bool = False) -> None:
         """As BinanceBroker.execute; a SELL first cancels the stop kept on Binance, and when that stop has
-        already sold the position, its fill is this order's (no second order is sent)."""
+        already sold the position, its fill is this order's (no second order is sent). After an order of
+        unknown outcome the stops on Binance are reconciled at once."""
         self.unsent_ids.discard(order["id"])
         if order["side"] == "SELL" and self._cancel_stop_before_selling(order):
             return
         super().execute(order, even_if_unknown)
+        if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
+            self.reconcile_quietly()
 
     def recover(self) -> None:
         """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
         super().recover()
-        try:
-            self.reconcile_stops()
-        except BrokerError as exc:
-            log.warning("the stops on Binance were not reconciled: %s", exc)
+        self.reconcile_quietly()
 
 
     def _average_price(self) -> Decimal | None:

@@ -14,9 +14,6 @@ decides when to place, move and cancel); only the exchange's side differs here."
 from __future__ import annotations
 
 import logging
-import re
-import secrets
-import string
 from decimal import Decimal
 
 from core import store
@@ -29,7 +26,6 @@ from core.health import alerts
 log = logging.getLogger(__name__)
 
 SPOT_STOP_KEY = "binance_spot_stop"  # meta: the stop kept on Binance spot, as JSON (client id, level, reason)
-TAG_KEY = "binance_stop_tag"  # meta: this installation's mark in its stops' client ids, made once, kept by restore
 STOP_LIMIT_OFFSET = Decimal("0.005")  # STOP_LOSS_LIMIT: the limit 0.5 % under the trigger, room for a fast fall
 OPEN_STATUSES = ("NEW", "PARTIALLY_FILLED", "PENDING_NEW")
 STOP_TYPES = ("STOP_LOSS", "STOP_LOSS_LIMIT")
@@ -68,23 +64,13 @@ class SpotStop(ExchangeStop):
         return {**fill, "client_order_id": stop["client_id"], "exchange_order_id": str(answer.get("orderId")),
                 "reason": stop["reason"]}
 
-    def reconcile_stops(self) -> None:
-        """Compare the stops Binance holds for us (GET openOrders) with the one kept in the database: one of
-        ours that is not it (placed after the backup now restored, or whose answer was lost) is cancelled;
-        the kept one missing from Binance is settled by stop_exit (filled, cancelled by hand, never placed)."""
-        stored = self._stored_stop()
-        ours = re.compile(rf"^ow[A-Za-z0-9]{{8}}-s{re.escape(self._stop_tag())}\d+$")
-        for order in self.rest.call("get_open_orders", symbol=self.symbol):
-            client_id = order.get("clientOrderId", "")
-            if not ours.match(client_id) or (stored is not None and client_id == stored["client_id"]):
-                continue
-            try:
-                self.rest.call("cancel_order", symbol=self.symbol, origClientOrderId=client_id)
-            except ExchangeRejected as exc:
-                if exc.code not in (UNKNOWN_ORDER_SENT, ORDER_DOES_NOT_EXIST):
-                    raise
-            log.warning("a stale stop on Binance (%s, %s at %s) was cancelled: the database keeps %s", client_id,
-                        order.get("type"), order.get("stopPrice"), stored["client_id"] if stored else "none")
+    def _open_stops(self) -> list[tuple[str, str]]:
+        """(client id, what it is) of the symbol's open orders (spot "Current open orders (USER_DATA)")."""
+        return [(order.get("clientOrderId", ""), f"{order.get('type')} at {order.get('stopPrice')}")
+                for order in self.rest.call("get_open_orders", symbol=self.symbol)]
+
+    def _cancel_open_stop(self, client_id: str) -> None:
+        self.rest.call("cancel_order", symbol=self.symbol, origClientOrderId=client_id)
 
     def _place_stop(self, trigger: Decimal, reason: str | None, side: str = "SELL") -> None:  # spot: a long's only
         rules, now_ms = self.rules, int(self.clock() * 1000)
@@ -156,12 +142,3 @@ class SpotStop(ExchangeStop):
             self._account_alerts.add(message)
             with store.transaction(self.db):
                 alerts.queue(self.db, "orders", "stop_refused", message, now_ms, is_failure=True)
-
-    def _stop_tag(self) -> str:
-        """Four letters or digits marking this installation's stops (kept in the database, so in its backups)."""
-        tag = store.get_meta(self.db, TAG_KEY)
-        if tag is None:
-            tag = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(4))
-            with store.transaction(self.db):
-                store.set_meta(self.db, TAG_KEY, tag, int(self.clock() * 1000))
-        return tag

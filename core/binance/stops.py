@@ -8,8 +8,10 @@ client-id prefix, `_query`, `_fill_of` and `_read_account`."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from decimal import Decimal
 
 from core import brokers, store
@@ -122,8 +124,8 @@ class ExchangeStop:
 
     def _place_stop(self, trigger: Decimal, reason: str | None, side: str = "SELL") -> None:
         now_ms = int(self.clock() * 1000)
-        stop = {"client_id": f"{self.prefix}-s{now_ms}", "trigger_price": decimal_text(trigger), "reason": reason,
-                "placed_at_ms": now_ms, "side": side}
+        stop = {"client_id": f"{self.prefix}-s{self._stop_tag()}{now_ms}", "trigger_price": decimal_text(trigger),
+                "reason": reason, "placed_at_ms": now_ms, "side": side}
         self._store_stop(stop)  # before it is sent: a lost answer still leaves the id to ask Binance about
         try:
             # fapi "New Algo Order (TRADE)": conditional orders live in the Algo Service since 2025-12-09.
@@ -164,6 +166,47 @@ class ExchangeStop:
                 return False
         self._store_stop(None)
         return True
+
+    def reconcile_stops(self) -> None:
+        """Compare the stops Binance holds for this key (its open orders) with the one kept in the database:
+        one that is not it (placed after the backup now restored, or whose answer was lost) is cancelled; the
+        kept one missing from Binance is settled by stop_exit (filled, cancelled by hand, never placed). Runs
+        at start, at every order check and after an order of unknown outcome."""
+        stored = self._stored_stop()
+        ours = re.compile(rf"^ow[A-Za-z0-9]{{8}}-s{self._stop_tag()}\d+$")
+        for client_id, described in self._open_stops():
+            if not ours.match(client_id) or (stored is not None and client_id == stored["client_id"]):
+                continue
+            try:
+                self._cancel_open_stop(client_id)
+            except ExchangeRejected as exc:
+                if exc.code not in (UNKNOWN_ORDER_SENT, ORDER_DOES_NOT_EXIST):
+                    raise
+            log.warning("a stale stop on Binance (%s, %s) was cancelled: the database keeps %s", client_id, described,
+                        stored["client_id"] if stored else "none")
+
+    def reconcile_quietly(self) -> None:
+        """reconcile_stops, a failure logged (it runs again at the next order check)."""
+        try:
+            self.reconcile_stops()
+        except BrokerError as exc:
+            log.warning("the stops on Binance were not reconciled: %s", exc)
+
+    def _open_stops(self) -> list[tuple[str, str]]:
+        """(client id, what it is) of the symbol's open conditional orders (fapi "Query Current All Algo Open
+        Orders (USER_DATA)", GET /fapi/v1/openAlgoOrders)."""
+        return [(algo.get("clientAlgoId", ""), f"{algo.get('side')} {algo.get('orderType', algo.get('type'))} at "
+                                               f"{algo.get('triggerPrice')}")
+                for algo in self.rest.call("futures_get_open_algo_orders", symbol=self.symbol)]
+
+    def _cancel_open_stop(self, client_id: str) -> None:
+        self.rest.call("futures_cancel_algo_order", symbol=self.symbol, clientAlgoId=client_id)
+
+    def _stop_tag(self) -> str:
+        """Four hex digits marking this API key's stops: the start of the key's SHA-256 (the key is no secret,
+        and 16 bits of its hash reveal nothing). Derived, not stored, so a backup restored from before the
+        first stop still knows the stops placed after it; another installation with its own key has another."""
+        return hashlib.sha256((self.rest.client.API_KEY or "").encode()).hexdigest()[:4]
 
     def _stored_stop(self) -> dict | None:
         value = store.get_meta(self.db, self.stop_key)
