@@ -515,3 +515,19 @@ def test_flatten_buys_a_paper_short_back(db, paper_trader):
     minute(trader, 1, 100, 101, 95, 99)
     assert trader.flatten().startswith("BUY 10 XRPETH at 99")
     assert trader.broker.position().side == "flat"
+
+
+def test_the_editor_preview_shows_each_trades_side(operator, settings, db, ethbtc):
+    from core.charts import preview
+    from tests.test_exits import store_ethbtc, validate
+
+    store_ethbtc(db, settings.symbol, ethbtc)
+    expected = preview(db, settings.symbol, compile_strategy(REVERSING), settings.fee_rate).result
+    shorts = sum(t.side == "short" for t in expected.trades)
+    assert 0 < shorts < len(expected.trades)
+    fragment = validate(operator, REVERSING)
+    assert fragment.count('class="entry-short"') == shorts  # the chart: a downward triangle a short entry
+    sides = [t.side for t in expected.trades[-5:]][::-1]  # the table: the newest five, newest first
+    assert [f'<td class="side-{side}">{side}</td>' for side in sides] == \
+        [cell for cell in fragment.split("<tr>") for cell in [cell[cell.find("<td"):cell.find("</td>") + 5]]
+         if cell.startswith('<td class="side-')]

@@ -173,3 +173,30 @@ def test_the_editor_under_spot_says_why_before_saving(operator, settings):
     before = settings.strategy_path.read_text()
     saved = operator.post("/admin/algo", data={"strategy": text, "csrf_token": operator.csrf_token})
     assert saved.status_code == 422 and settings.strategy_path.read_text() == before
+
+
+def test_a_spot_worker_refuses_a_strategy_with_short_alerts_and_orders_nothing(data_dir):
+    from tests.exchange.standin import DAY_START_MS, start_standin
+    from tests.processes import query, stop_worker, wait_until
+    from tests.test_binance_worker import start_worker
+
+    exchange = start_standin(start_ms=DAY_START_MS + 3 * 3_600_000, speed=300)
+    try:
+        (data_dir / "strategy.txt").write_text("IF CLOSE > OPEN THEN BUY\nIF CLOSE < OPEN THEN SHORT\n")
+        worker = start_worker(data_dir, exchange)  # binance-spot
+        try:
+            ((state, reason),) = wait_until(lambda: query(data_dir, "SELECT state, reason FROM heartbeat WHERE "
+                                                                    "subject = 'strategy'"), worker, timeout_s=60,
+                                            what="the strategy judged")
+            def newest() -> int:
+                return query(data_dir, "SELECT max(open_time_ms) FROM candles")[0][0] or 0
+            first = wait_until(newest, worker, timeout_s=60, what="candles")
+            wait_until(lambda: newest() >= first + 300_000, worker, timeout_s=60, what="five more minutes")
+        finally:
+            stop_worker(worker)
+        assert state == "invalid" and "line 2, column 22: SHORT needs a broker that can short" in reason
+        assert exchange.orders == [] and query(data_dir, "SELECT count(*) FROM orders") == [(0,)]
+        (message,) = [m for (m,) in query(data_dir, "SELECT message FROM alerts WHERE subject = 'strategy'")]
+        assert "SHORT needs a broker that can short" in message
+    finally:
+        exchange.close()
