@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.requirements-installed
 PORT ?= 5000
+# Two test processes per core: half of the suite's time is waiting on servers, workers and browsers
+# (2 cores, a fresh clone: 291 s with -n 2, 224 s with -n 4, 235 s with -n 6).
+JOBS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
 .PHONY: run test bench clean
 
@@ -18,7 +21,7 @@ run: $(STAMP)
 	@OMNIWISE_PORT=$(PORT) $(VENV)/bin/honcho start -f Procfile
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -n auto
+	$(VENV)/bin/python -m pytest -n $(JOBS)
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/run.py
