@@ -33,8 +33,8 @@ from pathlib import Path
 
 import requests
 
-from core.binance.rest import backoff_s
 from core.candles import DAY_MS, MINUTE_MS
+from core.retry import backoff_s
 from core.history import API_SUFFIX, HistoryError, Piece, daily_pieces, day_start_ms, plan
 
 WORKERS = 4  # files fetched at once: enough to fill a line, few enough to stay a polite client

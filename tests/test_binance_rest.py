@@ -6,7 +6,8 @@ import pytest
 from binance.client import Client
 from binance.exceptions import BinanceAPIException
 
-from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable, backoff_s
+from core.binance.rest import FUTURES, SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
+from core.retry import backoff_s
 from core.config import ConfigError, Settings, load_settings
 from tests.exchange.standin import API_KEY, API_SECRET, start_standin
 

@@ -33,7 +33,8 @@ from typing import NamedTuple
 from binance.async_client import AsyncClient
 from binance.ws.streams import BinanceSocketManager
 
-from core.binance.rest import SPOT, BinanceRest, backoff_s, endpoints
+from core.binance.rest import SPOT, BinanceRest, endpoints
+from core.retry import backoff_s
 from core.brokers import BrokerError
 from core.candles import MINUTE_MS, Candle, LiveTrade
 

@@ -27,6 +27,7 @@ from binance.exceptions import BinanceAPIException, BinanceRequestException
 from binance.ws.streams import BinanceSocketManager
 
 from core.brokers import BrokerError
+from core.retry import backoff_s
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,6 @@ ORDER_DOES_NOT_EXIST = -2013
 EXECUTION_UNKNOWN = (-1006, -1007)  # Binance's own words: "execution status unknown"
 WEIGHT_HEADROOM = 0.9  # pause once this share of the minute's request weight is used
 DEFAULT_WEIGHT_LIMIT_1M = {SPOT: 6000, FUTURES: 2400}  # until exchangeInfo says otherwise
-BACKOFF_BASE_S = 0.5
-BACKOFF_MAX_S = 30.0
 
 
 class ExchangeRejected(BrokerError):
@@ -94,13 +93,6 @@ def endpoints(settings, market: str) -> Endpoints:
         return Endpoints(settings.binance_api_url or default.rest_url, stream_url, ws_api_url)
     return Endpoints(settings.binance_futures_url or default.rest_url,
                      settings.binance_futures_stream_url or default.stream_url)
-
-
-def backoff_s(attempt: int, random: Callable[[], float]) -> float:
-    """Delay before retry number `attempt` (1, 2, ...): doubling from 0.5 s up to 30 s, jittered to
-    between half and all of it so that many clients do not retry in step."""
-    ceiling = min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2 ** (attempt - 1))
-    return ceiling * (0.5 + random() / 2)
 
 
 class BinanceRest:
