@@ -9,28 +9,13 @@ recursive ones (EMA, RSI, ATR, ADX, ...) to settle below the language's comparis
 from __future__ import annotations
 
 import dataclasses
-import sys
 from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from core.lean_imports import without_dataframes
 
-def _import_talib():
-    """TA-Lib, without the pandas and polars wrappers its __init__ builds when they are installed: every
-    input here is a numpy array, and importing pandas would add 0.3 to 1 s to every process start (the
-    backtest's 0.8 s budget). A library already imported is left as it is."""
-    blocked = [name for name in ("pandas", "polars") if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None  # `from pandas import Series` then fails as if pandas were not installed
-    try:
-        import talib
-    finally:
-        for name in blocked:
-            del sys.modules[name]
-    return talib
-
-
-talib = _import_talib()
+talib = without_dataframes("talib")
 
 MAX_PERIOD = 10_000
 SERIES = ("open", "high", "low", "close", "volume")
