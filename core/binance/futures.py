@@ -106,13 +106,6 @@ class BinanceFuturesBroker(ExchangeStop, BinanceBroker):
             if account.amount < 0 and not self._close_short(order, account):
                 return
         super().execute(order, even_if_unknown)
-        if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
-            self.reconcile_quietly()
-
-    def recover(self) -> None:
-        """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
-        super().recover()
-        self.reconcile_quietly()
 
     def _close_short(self, order: dict, account: FuturesAccount) -> bool:
         """Buy the short back (reduce-only) as its own decision and order; True once it is filled."""

@@ -58,14 +58,6 @@ class BinanceSpotBroker(SpotStop, SpotTradeEvidence, BinanceBroker):
         if order["side"] == "SELL" and self._cancel_stop_before_selling(order):
             return
         super().execute(order, even_if_unknown)
-        if self._status(order["id"]) == "unknown":  # whatever it did, the stops Binance holds are read again
-            self.reconcile_quietly()
-
-    def recover(self) -> None:
-        """As BinanceBroker.recover, then the stops Binance holds are reconciled with the one kept here."""
-        super().recover()
-        self.reconcile_quietly()
-
 
     def _average_price(self) -> Decimal | None:
         """The price Binance checks a market order's notional at: the average of `avgPriceMins` minutes."""

@@ -185,6 +185,17 @@ class ExchangeStop:
             log.warning("a stale stop on Binance (%s, %s) was cancelled: the database keeps %s", client_id, described,
                         stored["client_id"] if stored else "none")
 
+    def execute(self, order: dict, even_if_unknown: bool = False) -> None:
+        """As the broker's execute; after an order of unknown outcome the stops Binance holds are read again."""
+        super().execute(order, even_if_unknown)
+        if self._status(order["id"]) == "unknown":
+            self.reconcile_quietly()
+
+    def recover(self) -> None:
+        """As the broker's recover, then the stops Binance holds are reconciled with the one kept here."""
+        super().recover()
+        self.reconcile_quietly()
+
     def reconcile_quietly(self) -> None:
         """reconcile_stops, a failure logged (it runs again at the next order check)."""
         try:
