@@ -12,10 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flask import Blueprint, current_app, render_template, request
-from sqlite_utils import Database
 from werkzeug.exceptions import HTTPException
 
 from core import clock, logs, store
+from core.store import Database
 from core.webhook import intake, ledger
 from core.ratelimit import RateLimited, RateLimiter
 

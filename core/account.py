@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-from sqlite_utils import Database
+from core.store import Database
 
 DAY_MS = 86_400_000
 MAX_EQUITY_POINTS = 2_000  # the curve's newest fills; older history thins out of the chart, not out of the totals

@@ -10,10 +10,10 @@ import hmac
 import logging
 import secrets
 
-from sqlite_utils import Database
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from core import store
+from core.store import Database
 
 log = logging.getLogger("omniwise.auth")
 PASSWORD_KEY = "admin_password_hash"

@@ -12,9 +12,8 @@ import dataclasses
 import json
 import logging
 
-from sqlite_utils import Database
-
 from core import fills, store
+from core.store import Database
 
 log = logging.getLogger(__name__)
 

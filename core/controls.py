@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlite_utils import Database
-
 from core import store
 from core.health import alerts
+from core.store import Database
 
 PAUSE, RESUME, FLATTEN = "pause", "resume", "flatten"
 

@@ -14,7 +14,6 @@ import io
 from decimal import Decimal
 
 import numpy as np
-from sqlite_utils import Database
 
 from core import account, brokers, controls, indicators, open_trade, precision, timeframes
 from core.health import alerts, heartbeat, liveness
@@ -24,6 +23,7 @@ from core.dsl import Policy
 from core.dsl import timeframe
 from core.dsl.nodes import AtTimeframe, Indicator, Series
 from core.health.status import iso, status_report
+from core.store import Database
 
 CHART_CANDLES = 240  # four hours of minutes
 MAX_WARMUP = 5_000  # candles read before the chart so that its averages are settled

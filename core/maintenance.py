@@ -11,11 +11,10 @@ import sqlite3
 from pathlib import Path
 from typing import IO
 
-from sqlite_utils import Database
-
 from core import auth, clock, store
 from core.binance.orders import CLIENT_ID_PREFIX_KEY, new_client_id_prefix
 from core.dsl.policy import MAX_WINDOW
+from core.store import Database
 
 log = logging.getLogger(__name__)
 DAY_MS = 86_400_000

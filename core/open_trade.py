@@ -12,10 +12,9 @@ import dataclasses
 import json
 import time
 
-from sqlite_utils import Database
-
 from core.dsl import Risk
 from core.exits import REASON_WORDS, TradeLevels, exit_reason, liquidation_factor
+from core.store import Database
 
 
 @dataclasses.dataclass

@@ -13,9 +13,8 @@ import json
 import math
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 
-from sqlite_utils import Database
-
 from core import store
+from core.store import Database
 
 META_KEY = "precision:{symbol}"
 # Money in a fiat currency or a coin pegged to one is written in cents; other quote assets with 6 decimals

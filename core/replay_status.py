@@ -13,9 +13,8 @@ import json
 import re
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from core import store
+from core.store import Database
 
 META_KEY = "replay"
 DAY_MS = 86_400_000

@@ -9,10 +9,14 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
-
 from core import clock
+from core.lean_imports import without_dataframes
+
+# Every module reaches sqlite-utils through here (tests/test_layout.py): it imports pandas when installed (the
+# tests' reference needs it), for DataFrames we never pass, 0.3-1 s of every start of the web app, the worker
+# and each command.
+Database = without_dataframes("sqlite_utils").Database
+Migrations = without_dataframes("sqlite_utils.migrations").Migrations
 
 BUSY_TIMEOUT_MS = 10_000
 

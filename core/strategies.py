@@ -15,11 +15,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from core import store
 from core.health import liveness
 from core.dsl import Diagnostic, Policy, StrategyError, compile_strategy
+from core.store import Database
 from core.strategy_file import MAX_FILE_BYTES, read_within_limit
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from sqlite_utils import Database
 
 from core import brokers, controls, events, exits, open_trade, store
 from core.health import alerts
@@ -24,6 +23,7 @@ from core.candles import Candle, LiveTrade, Tick, TickBuffer
 from core.dsl import Action, Policy
 from core.dsl.policy import MAX_WINDOW
 from core.policy_loader import PolicyLoader
+from core.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -90,3 +90,29 @@ def test_blueprints_and_the_web_server_never_import_the_programs():
     for name, path in found.items():
         if name.startswith("blueprints") or name == "webserver":
             assert not imports_of(name, path, set(found)) & {"omniwise", "worker"}, name
+
+
+def test_only_the_store_imports_sqlite_utils():
+    # core/store.py imports it without pandas (core/lean_imports.py); a direct import elsewhere, run first, would
+    # bring pandas into every process again.
+    found = modules(ROOT)
+    direct = set()
+    for name, path in found.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "sqlite_utils" or n.startswith("sqlite_utils.") for n in names):
+                direct.add(name)
+    assert direct == set()  # core/store.py reaches it through without_dataframes, not an import statement
+
+
+def test_the_programs_start_without_pandas():
+    # pandas is installed for the tests' reference; importing it costs 0.3-1 s of every process start
+    import subprocess
+    import sys
+
+    programs = sorted(name for name in modules(ROOT) if "." not in name or name.startswith("blueprints."))
+    code = (f"import sys, importlib; [importlib.import_module(m) for m in {programs!r}]; "
+            "print(' '.join(m for m in ('sqlite_utils', 'talib', 'pandas', 'polars') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stdout.split() == ["sqlite_utils", "talib"]

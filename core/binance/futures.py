@@ -7,8 +7,6 @@ import logging
 from decimal import Decimal
 from typing import NamedTuple
 
-from sqlite_utils import Database
-
 from core import store
 from core.health import alerts
 from core.binance.filters import ZERO, Plan, decimal_text
@@ -16,6 +14,7 @@ from core.binance.orders import BinanceBroker, plan_side
 from core.binance.rest import FUTURES, BinanceRest, ExchangeRejected
 from core.binance.stops import ExchangeStop
 from core.brokers import BrokerError, Position
+from core.store import Database
 
 log = logging.getLogger(__name__)
 

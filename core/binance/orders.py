@@ -24,14 +24,13 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 
-from sqlite_utils import Database
-
 from core import brokers, precision, store
 from core.health import alerts
 from core.binance.filters import Plan, SymbolRules
 from core.binance.rest import SPOT, BinanceRest, ExchangeRejected, ExchangeUnreachable
 from core.binance.settle import UNKNOWN_SETTLE_MS, Settling
 from core.brokers import BrokerError, Position
+from core.store import Database
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from core import store
+from core.store import Database
 
 log = logging.getLogger("omniwise.alerts")
 

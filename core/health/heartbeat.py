@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlite_utils import Database
-
 from core import brokers, open_trade, store
 from core.health import alerts, liveness
+from core.store import Database
 from core.webhook import ledger
 from core.brokers import BrokerError, Position
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlite_utils import Database
-
 from core import store
+from core.store import Database
 
 BEACON_KEY = "worker_beacon_ms"
 BEACON_INTERVAL_S = 5

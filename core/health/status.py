@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datetime
 
-from sqlite_utils import Database
-
 from core import account, brokers, controls
 from core.health import alerts, heartbeat, liveness
+from core.store import Database
 from core.webhook import ledger
 
 

@@ -16,9 +16,8 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from urllib.parse import parse_qsl
 
-from sqlite_utils import Database
-
 from core import logs, store
+from core.store import Database
 from core.webhook import ledger
 from core.webhook.ledger import Receipt, Signal, normalize_symbol
 

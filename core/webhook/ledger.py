@@ -18,9 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from sqlite_utils import Database
-
 from core import store
+from core.store import Database
 
 log = logging.getLogger(__name__)
 
