@@ -1,14 +1,20 @@
-"""How the pages write numbers and times: UTC always (the year when it is not this year), signed money, percents."""
+"""How the pages write numbers and times: UTC always (the year when it is not this year), signed money, percents.
+
+One time base a page: in a replay the market's times (candles, decisions, orders, trades) are the file's, so the
+times of this machine's clock (a signal's arrival, an alert, a pause, the page's own refresh) are written as
+ages there ("36 s ago", "in 74 s"), the time itself on hover. Outside a replay both are the same clock.
+"""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 from flask import Blueprint, current_app, g
 from markupsafe import Markup
 
 from blueprints.db import get_db
-from core import account, clock, dashboard, precision
+from core import account, clock, dashboard, precision, replay_status
 
 bp = Blueprint("formats", __name__)
 
@@ -30,6 +36,32 @@ def utc(time_ms: int | None, short: bool = False, now_ms: int | None = None) -> 
 def hms(time_ms: int | None) -> str:
     """A time of day, 'HH:MM:SS UTC'."""
     return "" if time_ms is None else time.strftime("%H:%M:%S UTC", time.gmtime(time_ms / 1000))
+
+
+@bp.app_template_global()
+def replaying() -> bool:
+    """The worker replays a file (or replayed one to its end): the market's times are the file's (once a request)."""
+    if "replaying" not in g:
+        try:
+            g.replaying = replay_status.is_replaying(get_db())
+        except sqlite3.Error:  # the error page says why
+            g.replaying = False
+    return g.replaying
+
+
+@bp.app_template_filter("clock_time")
+def clock_time(time_ms: int | None, style: str = "full") -> Markup:
+    """A time of this machine's clock: as `utc` ('full', 'short') or `hms` ('hms'); in a replay its age ('36 s
+    ago', 'in 74 s'), since the page's absolute times are then the file's."""
+    if time_ms is None:
+        return Markup("")
+    written = hms(time_ms) if style == "hms" else utc(time_ms, short=style == "short")
+    if not replaying():
+        return Markup("{}").format(written)
+    seconds = (time_ms - clock.now_ms()) / 1000
+    words = f"in {dashboard.duration(seconds)}" if seconds >= 1 else f"{dashboard.duration(-seconds)} ago"
+    return Markup('<time class="age" datetime="{}" title="{} (this machine\'s clock)">{}</time>').format(
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_ms / 1000)), utc(time_ms), words)
 
 
 @bp.app_template_filter("ago")

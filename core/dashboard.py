@@ -186,7 +186,12 @@ def age(iso_time: str | None, now_ms: int) -> str:
     if not iso_time:
         return "never"
     then = datetime.datetime.fromisoformat(iso_time.replace("Z", "+00:00"))
-    seconds = max(0.0, now_ms / 1000 - then.timestamp())
+    return duration(now_ms / 1000 - then.timestamp())
+
+
+def duration(seconds: float) -> str:
+    """A length of time in words: '12 s', '5 min', '3 h', '2 d' (a negative one counts as 0 s)."""
+    seconds = max(0.0, seconds)
     for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
         if seconds >= 2 * size:
             return f"{seconds // size:.0f} {unit}"

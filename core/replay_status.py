@@ -52,6 +52,11 @@ def finished(db: Database, now_ms: int) -> None:
         store.set_meta(db, META_KEY, json.dumps(json.loads(value) | {"finished_at_ms": now_ms}), now_ms)
 
 
+def is_replaying(db: Database) -> bool:
+    """The worker replays (or replayed to its end) a file: the market's times are the file's, not the clock's."""
+    return bool(store.get_meta(db, META_KEY))
+
+
 def current(db: Database, symbol: str) -> Replay | None:
     """The replay the worker runs or ran, with its progress; None when the worker trades a live feed."""
     value = store.get_meta(db, META_KEY)

@@ -9,7 +9,20 @@
   let isLost = false;
   let heartbeatSaid = heartbeatText();
 
+  // In a replay the page's absolute times are the file's: this machine's times are written as ages there.
+  const asAges = freshness !== null && freshness.hasAttribute("data-ages");
+
   function hms(ms) { return new Date(ms).toISOString().slice(11, 19) + " UTC"; }
+
+  function ago(ms) {  // as core/dashboard.duration: '12 s', '5 min', '3 h', '2 d'
+    const seconds = Math.max(0, (Date.now() - ms) / 1000);
+    for (const [unit, size] of [["d", 86400], ["h", 3600], ["min", 60]]) {
+      if (seconds >= 2 * size) return Math.floor(seconds / size) + " " + unit + " ago";
+    }
+    return Math.round(seconds) + " s ago";
+  }
+
+  function when(ms) { return asAges ? ago(ms) : hms(ms); }
 
   function heartbeatText() {
     const state = document.querySelector("#heartbeat-tile .big");
@@ -34,11 +47,11 @@
     if (!freshness || !document.querySelector("[hx-trigger^='every']")) return;  // a page without refreshes
     const wasLost = isLost;
     isLost = Date.now() - lastOkMs > LOST_AFTER_MS;
-    freshness.textContent = (isLost ? "connection lost · last update " : "updated ") + hms(lastOkMs);
+    freshness.textContent = (isLost ? "connection lost · last update " : "updated ") + when(lastOkMs);
     freshness.classList.toggle("lost", isLost);
     document.body.classList.toggle("connection-lost", isLost);
     if (isLost !== wasLost) {
-      say(isLost ? "Connection lost; the page shows data of " + hms(lastOkMs) : "Connection back");
+      say(isLost ? "Connection lost; the page shows data of " + when(lastOkMs) : "Connection back");
       showTitle();
     }
   }

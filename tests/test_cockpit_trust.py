@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import time
 
 import pytest
 from hypothesis import given
@@ -405,6 +406,40 @@ def test_a_stop_while_the_signal_says_buy_gets_a_grace_not_a_failure_recovered_p
             "(2027-01-15 08:05 UTC)"]
 
 
+def short_fill(db, broker, side: str, price: float, at_ms: int, reason: str = "strategy") -> None:
+    """A SELL opens a short, a BUY buys it back."""
+    target, before = ("short", "flat") if side == "SELL" else ("flat", "short")
+    with db.conn:
+        decision_id = db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, created_at_ms) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", [SYMBOL, at_ms, "SHORT" if side == "SELL" else "BUY", target, before,
+                                             reason, at_ms]).lastrowid
+        broker.submit(decision_id, side, at_ms, target=target)
+    broker.fill_pending(price, at_ms)
+
+
+def test_a_shorts_stop_while_the_signal_says_short_gets_the_same_grace(db, settings):
+    from core import brokers
+    from core.health import alerts
+
+    hb = heartbeat.HeartbeatSettings(ttl_s=600, grace_s=90, repeat_s=1800)
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    t0 = 1_800_000_000_000
+    receive(db, "SHORT", t0)
+    short_fill(db, broker, "SELL", 100.0, t0 + 60 * S)
+    assert broker.position().side == "short"
+    assert heartbeat.check_position(db, broker, SYMBOL, t0 + 61 * S, hb).state == heartbeat.OK
+    exit_ms = t0 + 300 * S
+    short_fill(db, broker, "BUY", 102.0, exit_ms, reason="stop_loss")  # STOP LOSS 2% above; the signal says SHORT
+    assert broker.position().side == "flat"
+    verdict = heartbeat.check_position(db, broker, SYMBOL, exit_ms + 1 * S, hb)
+    assert verdict.in_grace and verdict.pending_until_ms == exit_ms + 90 * S
+    receive(db, "FLAT", exit_ms + 4 * S)  # the sender took the same stop
+    assert heartbeat.check_position(db, broker, SYMBOL, exit_ms + 5 * S, hb).state == heartbeat.OK
+    heartbeat.check_position(db, broker, SYMBOL, exit_ms + 200 * S, hb)
+    assert [a["message"] for a in alerts.recent(db)] == []
+
+
 def queue_alerts(db) -> None:
     from core.health import alerts
 
@@ -570,3 +605,63 @@ def test_a_sell_while_already_flat_is_muted_in_the_decisions(operator, db):
     buy, sell = rows.split("<tr")[2:4]  # newest first
     assert 'class="action-buy"' in buy and "→ long" in buy
     assert 'class="no-change"' in sell and 'class="action-hold"' in sell and "already is flat" in sell
+
+
+def visible_text(html: str) -> str:
+    """A page's text as read, without its tags (a time on hover, in a title attribute, is not read)."""
+    html = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+
+
+def a_day_of_everything(db, settings, now: int) -> None:
+    """A replay of 2019-10-11 with a round trip in it, and a signal, an alert, a pause and a pending heartbeat of
+    this machine's clock (`now`)."""
+    from core import brokers, controls, replay_status
+    from core.health import alerts, liveness
+
+    liveness.beat(db, now)
+    replay_status.started(db, "/data/XRPETH-aggTrades-2019-10-11.csv", 60, now)
+    day = 1_570_752_000_000  # 2019-10-11 00:00 UTC
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    paper_fill(db, broker, "BUY", 100.0, day + 60_000)
+    paper_fill(db, broker, "SELL", 110.0, day + 120_000)
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 90, 90, 90, 90, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 120_000, day + 180_000 - 1])
+    receive(db, "BUY", now - 36 * S)
+    heartbeat.record(db, "position", heartbeat.Verdict(heartbeat.MISMATCH, "signal is BUY but no long position",
+                                                       in_grace=True, pending_until_ms=now + 74 * S), now - 36 * S)
+    alerts.queue(db, "worker", "error", "a test alert", now - 5 * 60 * S, is_failure=True)
+    controls.pause(db, now - 3 * 3600 * S)
+
+
+def test_in_a_replay_a_page_writes_its_times_in_the_files_time_and_the_clocks_as_ages(operator, db, settings):
+    now = now_ms()
+    a_day_of_everything(db, settings, now)
+    for path in ("/", "/dashboard/summary", "/dashboard/activity", "/trades", "/alerts"):
+        text = visible_text(operator.get(path).get_data(as_text=True))
+        times = re.findall(r"(?:\d{4}-)?(?:\d\d-\d\d )?\d\d:\d\d(?::\d\d)?(?: UTC)?", text)
+        assert times and all(t.startswith("2019-10-11 ") for t in times), (path, times)
+    summary = visible_text(operator.get("/dashboard/summary").get_data(as_text=True))
+    assert re.search(r"pending · ends in 7[34] s", summary) and "Paused since 3 h ago" in summary
+    activity = visible_text(operator.get("/dashboard/activity").get_data(as_text=True))
+    assert "received signal" in activity and re.search(r"3[67] s ago BUY", activity) and "5 min ago" in activity
+    assert "2019-10-11 00:02 SELL" in activity  # the order, in the file's time
+    page = operator.get("/").get_data(as_text=True)
+    assert re.search(r'id="freshness"[^>]* data-ages>data read <time [^>]*>[01] s ago</time>', page)
+    hover = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime((now - 36 * S) / 1000))
+    assert f'title="{hover} (this machine\'s clock)"' in page  # the time itself, on hover
+
+
+def test_outside_a_replay_the_clocks_times_are_written_as_times(operator, db, settings):
+    from core import replay_status
+
+    now = now_ms()
+    a_day_of_everything(db, settings, now)
+    replay_status.live(db, now)  # the same rows, a live feed: one clock, times written out
+    summary = visible_text(operator.get("/dashboard/summary").get_data(as_text=True))
+    until = time.strftime("%H:%M:%S UTC", time.gmtime((now + 74 * S) / 1000))
+    assert f"pending until {until}" in summary and "Paused since 20" in summary
+    activity = visible_text(operator.get("/dashboard/activity").get_data(as_text=True))
+    assert "received (UTC)" in activity and " ago" not in activity
+    assert "data-ages" not in operator.get("/").get_data(as_text=True)

@@ -243,6 +243,10 @@ def test_a_replay_is_a_banner_with_its_day_speed_and_progress(op, site):
     write(site, lambda db: replay_status.started(db, "XRPETH-aggTrades-2019-10-11.csv", 60, now_ms()))
     op.goto(site.url + "/trades")
     expect(op.locator("#replay-banner")).to_contain_text("Replaying 2019-10-11 at 60×")
+    # the page's times are the file's: its own refreshes are ages, not this machine's time of day
+    expect(op.locator("#freshness")).to_have_text(re.compile(r"^data read \d+ s ago$"))
+    next_refresh(op)
+    expect(op.locator("#freshness")).to_have_text(re.compile(r"^updated \d+ s ago$"))
     write(site, lambda db: replay_status.finished(db, now_ms()))
     next_refresh(op)
     expect(op.locator("#replay-banner")).to_contain_text("Replay finished.")
