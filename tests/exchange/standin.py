@@ -92,6 +92,7 @@ class StandIn:
         self.api_key, self.api_secret = api_key, api_secret
         self.symbol, self.base, self.quote = symbol, base, quote
         self.start_ms, self.speed = start_ms, speed
+        self.klines_asked_at_ms: list[int] = []
         with open(trades_csv, newline="") as file:
             self.trades = [row for row in csv.reader(file) if row and row[0].isdigit()]
         self.trade_times = [int(row[5]) for row in self.trades]
@@ -697,6 +698,7 @@ class StandIn:
             raise ApiError(400, -1120, "Invalid interval.")
         limit = min(int(params.get("limit", 500)), 1000)
         now_ms = self.market_now_ms()
+        self.klines_asked_at_ms.append(now_ms)  # the market's time of each klines request, for the tests
         current_ms = now_ms - now_ms % MINUTE_MS
         end_ms = min(int(params.get("endTime", current_ms)), current_ms)
         if "startTime" in params:
