@@ -16,7 +16,8 @@ def _page_data() -> dict:
     start = settings.paper_balance if settings.broker == "paper" else None
     return {"trips": trips[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
             "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol),
-                                     account.today_ms(db, settings.symbol, settings.feed, now_ms), start)}
+                                     account.today_ms(db, settings.symbol, settings.feed, now_ms), start,
+                                     account.marking_fee(settings))}
 
 
 @bp.get("/trades")
@@ -47,7 +48,8 @@ def equity():
     db, settings = get_db(), current_app.config["SETTINGS"]
     start = settings.paper_balance if settings.broker == "paper" else 0.0  # an exchange account: P&L from 0
     price, at_ms = account.last_close(db, settings.symbol) or (None, clock.now_ms())
-    curve = account.equity_curve(account.ledger(db, settings.symbol)[0], start, price, at_ms)
+    curve = account.equity_curve(account.ledger(db, settings.symbol)[0], start, price, at_ms,
+                                 account.marking_fee(settings))
     asset = account.quote_asset(settings.symbol)
     decimals = precision.for_market(db, settings.symbol, asset, price).money  # as the money tile writes it
     return {"asset": asset, "start": start, "points": curve, "decimals": decimals}

@@ -149,16 +149,28 @@ class Account:
         return dataclasses.asdict(self)
 
 
+def marked_value(qty: float, price: float, fee_rate: float = 0.0) -> float:
+    """What a position is worth at `price`: a long its quantity at the price, a short (qty < 0) minus what buying
+    it back costs, fee included (DESIGN.md "Shorts": equity marks an open short with the buy-back fee)."""
+    return qty * price * (1 + fee_rate) if qty < 0 else qty * price
+
+
+def marking_fee(settings) -> float:
+    """The fee per side an open short is marked with: the paper account's; an exchange's own is not known here."""
+    return settings.fee_rate if settings.broker == "paper" else 0.0
+
+
 def account(db: Database, symbol: str, price: float | None, now_ms: int,
-            start_balance: float | None = None) -> Account:
-    """The account of `symbol` valued at `price` (the last close); `start_balance` is the paper account's."""
+            start_balance: float | None = None, fee_rate: float = 0.0) -> Account:
+    """The account of `symbol` valued at `price` (the last close); `start_balance` is the paper account's and
+    `fee_rate` its fee per side (an open short is marked with the fee of buying it back)."""
     orders, trips = ledger(db, symbol)
     day_start_ms = now_ms - now_ms % DAY_MS
     closed = [t for t in trips if t.exit_time_ms is not None]
     cash, qty = _paper_balance(db, symbol)
     if cash is None:  # an exchange account: the position is what the fills left
         qty = sum(o["qty"] if o["side"] == "BUY" else -o["qty"] for o in orders)
-    value = qty * price if price is not None else (0.0 if qty == 0 else None)  # flat needs no price
+    value = marked_value(qty, price, fee_rate) if price is not None else (0.0 if qty == 0 else None)  # flat: no price
     equity = cash + value if cash is not None and value is not None else None
     return Account(
         cash=cash, position_qty=qty, position_value=value, equity=equity,
@@ -169,9 +181,11 @@ def account(db: Database, symbol: str, price: float | None, now_ms: int,
         start_balance=start_balance if cash is not None else None, trades=len(closed))
 
 
-def equity_curve(orders: list[dict], start_balance: float, price: float | None, now_ms: int) -> list[dict]:
+def equity_curve(orders: list[dict], start_balance: float, price: float | None, now_ms: int,
+                 fee_rate: float = 0.0) -> list[dict]:
     """The start balance a minute before the first fill, equity after each fill (valued at the fill's price),
-    and at `now_ms` (the last candle's close: a replay's clock, not the wall's) at `price`; times in UTC seconds."""
+    and at `now_ms` (the last candle's close: a replay's clock, not the wall's) at `price`; times in UTC seconds.
+    An open short is marked with the fee of buying it back (`fee_rate`), as `account` marks it."""
     cash, qty = start_balance, 0.0
     points = [{"time": orders[0]["filled_at_ms"] // 1000 - 60, "value": start_balance}] if orders else []
     for order in orders:
@@ -179,9 +193,10 @@ def equity_curve(orders: list[dict], start_balance: float, price: float | None, 
             cash, qty = cash - order["quote"], qty + order["qty"]
         else:
             cash, qty = cash + order["quote"], qty - order["qty"]
-        points.append({"time": order["filled_at_ms"] // 1000, "value": cash + qty * order["price"]})
+        points.append({"time": order["filled_at_ms"] // 1000,
+                       "value": cash + marked_value(qty, order["price"], fee_rate)})
     if price is not None and (not points or now_ms // 1000 > points[-1]["time"]):
-        points.append({"time": now_ms // 1000, "value": cash + qty * price})
+        points.append({"time": now_ms // 1000, "value": cash + marked_value(qty, price, fee_rate)})
     deduped: dict[int, float] = {}
     for point in points:  # the chart wants one value per second, ascending: the last fill of a second wins
         deduped[point["time"]] = point["value"]

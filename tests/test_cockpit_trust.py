@@ -440,6 +440,24 @@ def test_a_shorts_stop_while_the_signal_says_short_gets_the_same_grace(db, setti
     assert [a["message"] for a in alerts.recent(db)] == []
 
 
+def test_an_open_short_is_worth_what_buying_it_back_would_leave(operator, db, settings):
+    from core import brokers
+
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)  # 10,000, 0.1 % a side
+    day = 1_570_752_000_000
+    short_fill(db, broker, "SELL", 100.0, day)  # 100 short at 100: 9,990 received after the fee
+    with db.conn:
+        db.execute("INSERT INTO candles VALUES (?, ?, 90, 90, 90, 90, 1, ?, 1, 1, 0.5, 0.5)",
+                   [SYMBOL, day + 60_000, day + 120_000 - 1])
+    # DESIGN: notional + q (E (1 - f) - C (1 + f)) = 10,000 + 100 (99.9 - 90.09)
+    marked = 10_000 + 100 * (100 * 0.999 - 90 * 1.001)
+    assert operator.get("/api/v1/status").json["account"]["equity"] == pytest.approx(marked, abs=1e-9)
+    assert operator.get("/api/v1/equity").json["points"][-1]["value"] == pytest.approx(marked, abs=1e-9)
+    short_fill(db, broker, "BUY", 90.0, day + 120_000)  # bought back at that close: the same money, now realised
+    money = operator.get("/api/v1/status").json["account"]
+    assert money["equity"] == pytest.approx(marked, abs=1e-9) and money["position_qty"] == pytest.approx(0, abs=1e-9)
+
+
 def queue_alerts(db) -> None:
     from core.health import alerts
 

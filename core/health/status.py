@@ -26,7 +26,8 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
     state = heartbeat.state_of(db, "position")
     start_balance = settings.paper_balance if settings.broker == "paper" else None
     money = account.account(db, settings.symbol, account.last_price(db, settings.symbol),
-                            account.today_ms(db, settings.symbol, settings.feed, now_ms), start_balance)
+                            account.today_ms(db, settings.symbol, settings.feed, now_ms), start_balance,
+                            account.marking_fee(settings))
     return {
         "symbol": settings.symbol,
         "broker": settings.broker,
