@@ -88,19 +88,21 @@ def last_risk_exit(db: Database, symbol: str) -> str | None:
     row = _last_risk_exit(db, symbol)
     if row is None:
         return None
-    reason, price, filled_at_ms = row
+    reason, price, filled_at_ms, _ = row
     when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(filled_at_ms / 1000))
     return f"exited by {REASON_WORDS[exit_reason(reason)]} at {price:.8g} ({when} UTC)"
 
 
 def last_risk_exit_ms(db: Database, symbol: str) -> int | None:
-    """When the newest filled order was a risk exit, the time of its fill, else None."""
+    """When the newest filled order was a risk exit, when the worker decided it (its clock, the signals' clock:
+    in a replay the fill carries the file's time), else None."""
     row = _last_risk_exit(db, symbol)
-    return None if row is None else row[2]
+    return None if row is None else row[3]
 
 
-def _last_risk_exit(db: Database, symbol: str) -> tuple[str, float, int] | None:
-    row = db.execute("SELECT d.reason, o.price, o.filled_at_ms FROM orders o JOIN decisions d ON d.id = o.decision_id "
+def _last_risk_exit(db: Database, symbol: str) -> tuple[str, float, int, int] | None:
+    row = db.execute("SELECT d.reason, o.price, o.filled_at_ms, d.created_at_ms FROM orders o "
+                     "JOIN decisions d ON d.id = o.decision_id "
                      "WHERE o.symbol = ? AND o.status = 'filled' ORDER BY o.id DESC LIMIT 1",
                      [symbol]).fetchone()
     if row is None or exit_reason(row[0]) not in ("stop_loss", "take_profit", "trailing_stop", "liquidation"):

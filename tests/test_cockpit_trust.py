@@ -440,6 +440,25 @@ def test_a_shorts_stop_while_the_signal_says_short_gets_the_same_grace(db, setti
     assert [a["message"] for a in alerts.recent(db)] == []
 
 
+def test_in_a_replay_a_stop_gets_its_grace_from_when_the_worker_decided_it_not_from_the_files_time(db, settings):
+    from core import brokers
+
+    hb = heartbeat.HeartbeatSettings(ttl_s=600, grace_s=90, repeat_s=1800)
+    broker = brokers.PaperBroker(db, SYMBOL, settings.paper_balance, settings.fee_rate)
+    file_day = 1_570_752_000_000  # the replayed candles' time: 2019-10-11
+    now = 1_800_000_000_000  # the worker's and the webhook's clock
+    receive(db, "BUY", now)
+    paper_fill(db, broker, "BUY", 100.0, file_day)
+    with db.conn:
+        decision_id = db.execute(
+            "INSERT INTO decisions(symbol, candle_open_time_ms, action, target, position_before, reason, created_at_ms) "
+            "VALUES (?, ?, 'SELL', 'flat', 'long', 'stop_loss', ?)", [SYMBOL, file_day + 60_000, now + 30 * S]).lastrowid
+        broker.submit(decision_id, "SELL", file_day + 60_000)
+    broker.fill_pending(98.0, file_day + 60_000)  # filled at the file's time
+    verdict = heartbeat.check_position(db, broker, SYMBOL, now + 31 * S, hb)
+    assert verdict.in_grace and verdict.pending_until_ms == now + 120 * S
+
+
 def test_an_open_short_is_worth_what_buying_it_back_would_leave(operator, db, settings):
     from core import brokers
 
