@@ -109,7 +109,7 @@ def test_orders_of_unknown_outcome_are_asked_for_every_30_seconds(data_dir):
     standin = start_standin(speed=1)
     settings = Settings(data_dir=data_dir, symbol="XRPETH", broker="binance-spot", binance_api_key=API_KEY,
                         binance_api_secret=API_SECRET, binance_api_url=standin.api_url,
-                        binance_futures_url=standin.futures_url, binance_timeout_s=0.3,
+                        binance_futures_url=standin.futures_url, binance_timeout_s=1.0,
                         binance_recv_window_ms=500)
     live = worker_module.Worker(settings)
     try:

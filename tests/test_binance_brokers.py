@@ -33,7 +33,7 @@ def standin():
 def settings_for(standin, **overrides) -> Settings:
     values = dict(symbol=SYMBOL, broker="binance-spot", binance_api_key=API_KEY, binance_api_secret=API_SECRET,
                   binance_api_url=standin.api_url, binance_futures_url=standin.futures_url,
-                  binance_timeout_s=0.3, binance_recv_window_ms=500)
+                  binance_timeout_s=1.0, binance_recv_window_ms=500)
     return Settings(**{**values, **overrides})
 
 
@@ -105,7 +105,7 @@ def test_each_fault_ends_with_at_most_one_order_per_decision(standin, db, faults
 def test_an_order_executed_seconds_after_its_timeout_is_never_sent_twice_and_is_settled_later(standin, db):
     broker = broker_for(standin, db)
     broker.position()
-    standin.fail("timeout", hold_s=2.0)  # passes the recvWindow check, then waits in the engine: the client gives up
+    standin.fail("timeout", hold_s=2.5)  # passes the recvWindow check, then waits in the engine: the client gives up
     order = place(broker, db, "BUY")
     assert order_row(db, order)["status"] == "unknown"
     assert "unknown" in order_alerts(db)[0] and len(order_alerts(db)) == 1
@@ -652,7 +652,7 @@ def test_futures_order_updates_from_the_user_data_stream_settle_an_order_the_que
         broker = futures_broker(standin, db, user_events=reader.events)
         broker.position()
         standin.order_query_lag_ms = 3_600_000  # the order query keeps answering -2013
-        standin.fail("timeout", path="/fapi/v1/order", hold_s=2.0)  # executed after the worker gave up
+        standin.fail("timeout", path="/fapi/v1/order", hold_s=2.5)  # executed after the worker gave up
         order = place(broker, db, "BUY")
         assert order_row(db, order)["status"] == "unknown"
         wait_until(lambda: not reader.events.empty(), what="ORDER_TRADE_UPDATE on the user data stream")

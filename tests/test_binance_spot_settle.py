@@ -49,7 +49,7 @@ def test_an_execution_report_settles_a_spot_order_the_order_and_trade_queries_de
     broker = broker_for(standin, db, user_events=reader.events)
     broker.position()
     standin.order_query_lag_ms = standin.trade_query_lag_ms = HOUR_MS  # both keep denying the fill
-    standin.fail("timeout", hold_s=1.0)  # executed in the matching engine after the client gave up
+    standin.fail("timeout", hold_s=2.5)  # executed in the matching engine after the client gave up
     order = place(broker, db, "BUY")
     assert order_row(db, order)["status"] == "unknown"
     wait_until(lambda: standin.orders_for(order["client_order_id"]), what="the order executed")
@@ -164,7 +164,7 @@ def test_the_order_id_of_a_new_execution_report_ties_the_trades_to_the_order(sta
     broker = broker_for(standin, db, user_events=updates)
     broker.position()
     standin.order_query_lag_ms = HOUR_MS
-    standin.fail("timeout", hold_s=1.0)
+    standin.fail("timeout", hold_s=2.5)
     order = place(broker, db, "BUY")
     wait_until(lambda: reader.events.qsize() >= 2, what="executionReports NEW and FILLED")
     new, filled = reader.events.get(), reader.events.get()
