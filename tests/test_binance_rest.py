@@ -45,7 +45,7 @@ def settings_for(standin, **overrides) -> Settings:
     values = dict(symbol="XRPETH", broker="binance-spot", binance_api_key=API_KEY, binance_api_secret=API_SECRET,
                   binance_api_url=standin.api_url, binance_futures_url=standin.futures_url,
                   binance_stream_url=standin.stream_url, binance_futures_stream_url=standin.futures_stream_url,
-                  binance_timeout_s=0.5, binance_recv_window_ms=1000)
+                  binance_timeout_s=1.0, binance_recv_window_ms=1000)
     return Settings(**{**values, **overrides})
 
 
@@ -133,8 +133,8 @@ def test_418_ban_longer_than_we_wait_is_refused_at_once_and_nothing_is_sent_duri
 def test_failed_reads_are_retried_with_jittered_backoff(standin, fault):
     fake = FakeTime(1_700_000_000.0)
     rest = rest_for(standin, fake)
-    standin.fail(fault, path="/api/v3/klines", method="GET", hold_s=2.0 if fault == "timeout" else 0, times=2)
-    # (held 2 s against the client's 0.5 s: a client starved of CPU under load would find a 0.6 s answer waiting)
+    standin.fail(fault, path="/api/v3/klines", method="GET", hold_s=2.5 if fault == "timeout" else 0, times=2)
+    # (held 2.5 s against the client's 1 s: a client starved of CPU under load would find a short hold's answer waiting)
     rows = rest.call("get_klines", symbol="XRPETH", interval="1m", limit=5)
     assert len(rows) == 5
     assert fake.sleeps == [backoff_s(1, lambda: 0.5), backoff_s(2, lambda: 0.5)] == [0.375, 0.75]
