@@ -15,6 +15,7 @@ from markupsafe import Markup
 
 from blueprints.db import get_db
 from core import account, clock, dashboard, precision, replay_status
+from core.health.status import iso
 
 bp = Blueprint("formats", __name__)
 
@@ -61,7 +62,7 @@ def clock_time(time_ms: int | None, style: str = "full") -> Markup:
     seconds = (time_ms - clock.now_ms()) / 1000
     words = f"in {dashboard.duration(seconds)}" if seconds >= 1 else f"{dashboard.duration(-seconds)} ago"
     return Markup('<time class="age" datetime="{}" title="{} (this machine\'s clock)">{}</time>').format(
-        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time_ms / 1000)), utc(time_ms), words)
+        iso(time_ms), utc(time_ms), words)
 
 
 @bp.app_template_filter("ago")

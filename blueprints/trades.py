@@ -13,11 +13,8 @@ bp = Blueprint("trades", __name__)
 def _page_data() -> dict:
     db, settings, now_ms = get_db(), current_app.config["SETTINGS"], clock.now_ms()
     _, trips = account.ledger(db, settings.symbol)
-    start = settings.paper_balance if settings.broker == "paper" else None
     return {"trips": trips[::-1], "now_ms": now_ms, "asset": account.quote_asset(settings.symbol),
-            "money": account.account(db, settings.symbol, account.last_price(db, settings.symbol),
-                                     account.today_ms(db, settings.symbol, settings.feed, now_ms), start,
-                                     account.marking_fee(settings))}
+            "money": account.of_settings(db, settings, now_ms)}
 
 
 @bp.get("/trades")

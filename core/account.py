@@ -181,6 +181,15 @@ def account(db: Database, symbol: str, price: float | None, now_ms: int,
         start_balance=start_balance if cash is not None else None, trades=len(closed))
 
 
+def of_settings(db: Database, settings, now_ms: int) -> Account:
+    """The configured market's account at its last close, as the pages and the status API show it: the paper
+    account with its start balance and fee, an exchange account without them; "today" as `today_ms` says."""
+    is_paper = settings.broker == "paper"
+    return account(db, settings.symbol, last_price(db, settings.symbol),
+                   today_ms(db, settings.symbol, settings.feed, now_ms),
+                   settings.paper_balance if is_paper else None, marking_fee(settings))
+
+
 def equity_curve(orders: list[dict], start_balance: float, price: float | None, now_ms: int,
                  fee_rate: float = 0.0) -> list[dict]:
     """The start balance a minute before the first fill, equity after each fill (valued at the fill's price),

@@ -24,10 +24,7 @@ def status_report(db: Database, settings, now_ms: int, alert_limit: int = 10) ->
     position = brokers.load_position(db)
     latest = ledger.latest_signal(db, settings.symbol)
     state = heartbeat.state_of(db, "position")
-    start_balance = settings.paper_balance if settings.broker == "paper" else None
-    money = account.account(db, settings.symbol, account.last_price(db, settings.symbol),
-                            account.today_ms(db, settings.symbol, settings.feed, now_ms), start_balance,
-                            account.marking_fee(settings))
+    money = account.of_settings(db, settings, now_ms)
     return {
         "symbol": settings.symbol,
         "broker": settings.broker,
